@@ -1,0 +1,43 @@
+"""saekit: sparse dictionary learning for language-model interpretability.
+
+The public API is imported lazily, so ``import saekit`` stays fast: torch and
+TransformerLens load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "load_model": "saekit.models",
+    "hook_names": "saekit.models",
+    "hook_width": "saekit.models",
+    "validate_hook": "saekit.models",
+    "W_out": "saekit.models",
+    "load_tokens": "saekit.data",
+    "token_mask": "saekit.data",
+    "concept_labels": "saekit.data",
+    "harvest": "saekit.activations",
+    "iter_harvest": "saekit.activations",
+    "ShuffleBuffer": "saekit.activations",
+    "ActivationCache": "saekit.activations",
+    "CacheWriter": "saekit.activations",
+    "open_cache": "saekit.activations",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'saekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -1,0 +1,469 @@
+"""On-disk activation cache: sharded safetensors files plus a JSON manifest.
+
+Layout of a cache directory ``CACHE/``::
+
+    CACHE/manifest.json
+    CACHE/<hook>/shard_00000.safetensors    # tensor "activations", shape [n, d]
+    CACHE/<hook>/shard_00001.safetensors
+    ...
+
+Every hook holds the same number of rows and row ``i`` of every hook is the same
+token. The manifest records the model, processing, data source, dtype, token
+count and, for every shard, its row count and sha256. Shards are read
+memory-mapped; a shard's hash is checked the first time this process reads it,
+and :meth:`ActivationCache.verify` checks all of them.
+
+A cache is written by :class:`CacheWriter` inside a sibling temporary directory
+and renamed into place only once the manifest is written, so a crashed or
+interrupted harvest never leaves something that looks like a finished cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+__all__ = ["ActivationCache", "CacheError", "open_cache"]
+
+FORMAT = "saekit-activation-cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+TENSOR = "activations"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+# safetensors' own dtype codes, as they appear in a shard's header.
+_ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+# safetensors refuses headers above 100 MB; a larger length field means garbage.
+_MAX_HEADER = 100_000_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_REQUIRED = {
+    "format": str,
+    "version": int,
+    "model": str,
+    "processing": str,
+    "data": str,
+    "dtype": str,
+    "n_tokens": int,
+    "created": str,
+    "extra": dict,
+    "hooks": dict,
+}
+
+# Shards whose hash has been checked in this process. The key includes the file's
+# identity and mtime so a replaced or rewritten file is checked again, and the
+# expected hash so another manifest naming the same file is checked against its own.
+_VERIFIED: set[tuple[Any, ...]] = set()
+
+
+class CacheError(ValueError):
+    """A cache on disk is missing, corrupted, or disagrees with its manifest."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_int(x: Any) -> bool:
+    # bool is an int subclass; a manifest saying "d": true is still malformed.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """Return the torch dtype for ``dtype`` (a torch dtype or its name)."""
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES:
+        return dtype
+    raise ValueError(f"cache dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_shard_header(path: Path, size: int) -> tuple[int, dict[str, Any]]:
+    """Parse a shard's safetensors header; return (header length, header dict)."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CacheError(f"shard {path}: truncated ({size} bytes, too short for a header)")
+        (hlen,) = struct.unpack("<Q", prefix)
+        if hlen > _MAX_HEADER:
+            raise CacheError(f"shard {path}: corrupted header (length field says {hlen} bytes)")
+        raw = f.read(hlen)
+    if len(raw) < hlen:
+        raise CacheError(f"shard {path}: truncated ({size} bytes, header alone needs {8 + hlen})")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"shard {path}: header is not valid JSON ({e}); corrupted") from None
+    if not isinstance(header, dict):
+        raise CacheError(f"shard {path}: header is not a JSON object; corrupted")
+    return hlen, header
+
+
+def _check_shard_layout(path: Path, n: int, d: int, dtype: torch.dtype) -> None:
+    """Check a shard exists and its header and size match an [n, d] ``dtype`` tensor.
+
+    Raises
+    ------
+    CacheError
+        Naming the file and what was expected against what was found.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CacheError(f"shard {path}: missing (manifest lists {n} tokens in it)") from None
+    hlen, header = _read_shard_header(path, size)
+    entry = header.get(TENSOR)
+    if not isinstance(entry, dict):
+        found = sorted(k for k in header if k != "__metadata__")
+        raise CacheError(f"shard {path}: expected a tensor named {TENSOR!r}, found {found}")
+    want_code, got_code = _ST_CODES[dtype], entry.get("dtype")
+    if got_code != want_code:
+        raise CacheError(
+            f"shard {path}: dtype {got_code} but manifest says {_DTYPE_NAMES[dtype]} ({want_code})"
+        )
+    if entry.get("shape") != [n, d]:
+        raise CacheError(f"shard {path}: shape {entry.get('shape')} but manifest says {[n, d]}")
+    nbytes = n * d * dtype.itemsize
+    if entry.get("data_offsets") != [0, nbytes]:
+        raise CacheError(
+            f"shard {path}: data_offsets {entry.get('data_offsets')}, expected {[0, nbytes]}"
+        )
+    want_size = 8 + hlen + nbytes
+    if size < want_size:
+        raise CacheError(f"shard {path}: truncated ({size} bytes, expected {want_size})")
+    if size > want_size:
+        raise CacheError(f"shard {path}: {size} bytes, expected {want_size} (trailing data)")
+
+
+def _verified_key(path: Path, sha: str) -> tuple[Any, ...]:
+    st = path.stat()
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, sha)
+
+
+def _check_sha(path: Path, sha: str) -> None:
+    """Hash the file and compare with the manifest; remember success for this process."""
+    key = _verified_key(path, sha)
+    got = _file_sha256(path)
+    if got != sha:
+        raise CacheError(f"shard {path}: corrupted (sha256 {got}, manifest says {sha})")
+    _VERIFIED.add(key)
+
+
+def _derived_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed from ``seed`` and ``parts``, independent across parts."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _manifest_error(path: Path, what: str) -> CacheError:
+    return CacheError(f"{path}: {what}")
+
+
+def _validate_shard_entries(mpath: Path, hook: str, spec: Any) -> int:
+    """Validate one hook's manifest entry; return its total row count."""
+    if not isinstance(spec, dict) or not _is_int(spec.get("d")) or spec["d"] <= 0:
+        raise _manifest_error(mpath, f"hook {hook!r} needs a positive integer 'd', found {spec!r}")
+    shards = spec.get("shards")
+    if not isinstance(shards, list):
+        raise _manifest_error(mpath, f"hook {hook!r} needs a 'shards' list")
+    total = 0
+    for i, s in enumerate(shards):
+        where = f"hook {hook!r} shard {i}"
+        if not isinstance(s, dict):
+            raise _manifest_error(mpath, f"{where} is not an object")
+        f, n, sha = s.get("file"), s.get("n_tokens"), s.get("sha256")
+        if not isinstance(f, str) or not f:
+            raise _manifest_error(mpath, f"{where} needs a 'file' string")
+        # A manifest must not point outside its own directory. The check is lexical
+        # so a cache assembled from symlinked shards still opens.
+        if Path(f).is_absolute() or ".." in Path(f).parts or "\\" in f:
+            raise _manifest_error(mpath, f"{where} file {f!r} lies outside the cache directory")
+        if not _is_int(n) or n <= 0:
+            raise _manifest_error(mpath, f"{where} needs a positive 'n_tokens', found {n!r}")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise _manifest_error(mpath, f"{where} needs a lowercase hex 'sha256', found {sha!r}")
+        total += n
+    return total
+
+
+def _validate_manifest(m: Any, mpath: Path) -> None:
+    """Raise CacheError unless ``m`` is a well-formed manifest for this format."""
+    if not isinstance(m, dict):
+        raise _manifest_error(mpath, "manifest is not a JSON object")
+    if m.get("format") != FORMAT:
+        raise _manifest_error(mpath, f"format {m.get('format')!r}, expected {FORMAT!r}")
+    if m.get("version") != VERSION or not _is_int(m.get("version")):
+        raise _manifest_error(
+            mpath, f"unsupported version {m.get('version')!r} (this saekit reads version {VERSION})"
+        )
+    for key, typ in _REQUIRED.items():
+        if key not in m:
+            raise _manifest_error(mpath, f"missing field {key!r}")
+        ok = _is_int(m[key]) if typ is int else isinstance(m[key], typ)
+        if not ok:
+            raise _manifest_error(
+                mpath, f"field {key!r} should be {typ.__name__}, found {m[key]!r}"
+            )
+    if m["dtype"] not in _DTYPES:
+        raise _manifest_error(mpath, f"dtype {m['dtype']!r}, expected one of {sorted(_DTYPES)}")
+    if m["n_tokens"] < 0:
+        raise _manifest_error(mpath, f"n_tokens {m['n_tokens']} is negative")
+    ctx = m.get("ctx_len", None)
+    if ctx is not None and (not _is_int(ctx) or ctx <= 0):
+        raise _manifest_error(mpath, f"ctx_len should be a positive integer or null, found {ctx!r}")
+    if not m["hooks"]:
+        raise _manifest_error(mpath, "manifest lists no hooks")
+    for hook, spec in m["hooks"].items():
+        total = _validate_shard_entries(mpath, hook, spec)
+        if total != m["n_tokens"]:
+            raise _manifest_error(
+                mpath,
+                f"hook {hook!r} shards hold {total} tokens in all, but n_tokens is {m['n_tokens']}",
+            )
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class ActivationCache:
+    """Read-only view of an activation cache directory.
+
+    Parameters
+    ----------
+    path
+        The cache directory (the one holding ``manifest.json``).
+
+    Attributes
+    ----------
+    path : Path
+    manifest : dict
+        The parsed, validated manifest.
+    hooks : list[str]
+        Hook names, in manifest order.
+    n_tokens : int
+        Rows per hook.
+    dtype : torch.dtype
+        dtype of every stored tensor.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    CacheError
+        If the manifest is missing, unreadable, malformed, or of an unknown format or
+        version. Shards are checked lazily, when read, or all at once by :meth:`verify`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"no activation cache at {self.path}: path does not exist")
+        mpath = self.path / MANIFEST
+        try:
+            text = mpath.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CacheError(
+                f"{mpath}: missing; {self.path} is not a finished activation cache"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CacheError(f"{mpath}: unreadable ({e})") from None
+        try:
+            manifest = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{mpath}: not valid JSON ({e})") from None
+        _validate_manifest(manifest, mpath)
+        self.manifest: dict[str, Any] = manifest
+        self.hooks: list[str] = list(manifest["hooks"])
+        self.n_tokens: int = manifest["n_tokens"]
+        self.dtype: torch.dtype = _DTYPES[manifest["dtype"]]
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"ActivationCache({str(self.path)!r}, model={m['model']!r}, hooks={self.hooks}, "
+            f"n_tokens={self.n_tokens}, dtype={m['dtype']})"
+        )
+
+    def _spec(self, hook: str) -> dict[str, Any]:
+        try:
+            return self.manifest["hooks"][hook]
+        except (KeyError, TypeError):
+            raise KeyError(
+                f"hook {hook!r} is not in cache {self.path}; it has {self.hooks}"
+            ) from None
+
+    def d(self, hook: str) -> int:
+        """Width of ``hook``'s activations."""
+        return self._spec(hook)["d"]
+
+    def n_shards(self, hook: str) -> int:
+        """Number of shard files stored for ``hook``."""
+        return len(self._spec(hook)["shards"])
+
+    def _shard_info(self, hook: str, i: int) -> tuple[Path, int, int, str]:
+        spec = self._spec(hook)
+        shards = spec["shards"]
+        if not _is_int(i) or not 0 <= i < len(shards):
+            raise IndexError(f"hook {hook!r} has {len(shards)} shards; no shard {i!r}")
+        s = shards[i]
+        return self.path / s["file"], s["n_tokens"], spec["d"], s["sha256"]
+
+    def shard(self, hook: str, i: int) -> torch.Tensor:
+        """Return shard ``i`` of ``hook`` as a memory-mapped ``[n, d]`` tensor.
+
+        The file's header and size are checked against the manifest on every call,
+        and its sha256 on the first read of that file in this process.
+
+        Raises
+        ------
+        KeyError
+            Unknown hook.
+        IndexError
+            No such shard.
+        CacheError
+            Missing, truncated, corrupted, or mismatched shard (the message names it).
+        """
+        path, n, d, sha = self._shard_info(hook, i)
+        _check_shard_layout(path, n, d, self.dtype)
+        if _verified_key(path, sha) not in _VERIFIED:
+            _check_sha(path, sha)
+        try:
+            with safe_open(path, framework="pt") as f:
+                x = f.get_tensor(TENSOR)
+        except (SafetensorError, OSError) as e:
+            raise CacheError(f"shard {path}: unreadable ({e})") from None
+        if x.shape != (n, d) or x.dtype != self.dtype:
+            raise CacheError(
+                f"shard {path}: loaded {tuple(x.shape)} {x.dtype}, expected {(n, d)} {self.dtype}"
+            )
+        return x
+
+    def iter_batches(
+        self,
+        hook: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        start: int = 0,
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``hook``'s rows in batches of ``batch_size`` (the last may be smaller).
+
+        Parameters
+        ----------
+        hook
+            Hook to read.
+        batch_size
+            Rows per batch; batches span shard boundaries.
+        shuffle
+            If true, visit shards in a seeded random order and rows within each
+            shard in a seeded random order. This is a cheap, local shuffle: put a
+            shuffle buffer behind it when batches must mix many shards.
+        seed
+            Seed for ``shuffle``; the same seed gives the same order.
+        start
+            Number of rows of this (possibly shuffled) stream to skip, for resuming.
+            Whole shards before ``start`` are not read.
+
+        Raises
+        ------
+        ValueError
+            If ``batch_size < 1`` or ``start`` is outside ``[0, n_tokens]``.
+        """
+        self._spec(hook)  # fail now, not on the first next()
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not _is_int(start) or not 0 <= start <= self.n_tokens:
+            raise ValueError(f"start must be in [0, {self.n_tokens}], got {start!r}")
+        return self._batches(hook, batch_size, shuffle, seed, start)
+
+    def _shard_order(self, hook: str, shuffle: bool, seed: int) -> list[int]:
+        k = self.n_shards(hook)
+        if not shuffle:
+            return list(range(k))
+        g = torch.Generator().manual_seed(_derived_seed(seed, -1))
+        return torch.randperm(k, generator=g).tolist()
+
+    def _batches(
+        self, hook: str, batch_size: int, shuffle: bool, seed: int, skip: int
+    ) -> Iterator[torch.Tensor]:
+        pending: list[torch.Tensor] = []
+        n_pending = 0
+        for i in self._shard_order(hook, shuffle, seed):
+            n = self._spec(hook)["shards"][i]["n_tokens"]
+            if skip >= n:
+                skip -= n
+                continue
+            x = self.shard(hook, i)
+            # Each shard's permutation depends only on (seed, shard), so resuming
+            # at any `start` reproduces the original order without replaying it.
+            perm = None
+            if shuffle:
+                g = torch.Generator().manual_seed(_derived_seed(seed, i))
+                perm = torch.randperm(n, generator=g)
+            pos, skip = skip, 0
+            while pos < n:
+                take = min(batch_size - n_pending, n - pos)
+                rows = x[pos : pos + take] if perm is None else x[perm[pos : pos + take]]
+                pos += take
+                pending.append(rows)
+                n_pending += take
+                if n_pending == batch_size:
+                    yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                    pending, n_pending = [], 0
+        if pending:
+            yield torch.cat(pending)
+
+    def tensor(self, hook: str) -> torch.Tensor:
+        """All of ``hook``'s rows as one in-memory ``[n_tokens, d]`` tensor."""
+        parts = [self.shard(hook, i) for i in range(self.n_shards(hook))]
+        if not parts:
+            return torch.empty(0, self.d(hook), dtype=self.dtype)
+        return torch.cat(parts)
+
+    def verify(self) -> list[str]:
+        """Check every shard: present, right size, header matching, hash matching.
+
+        Returns
+        -------
+        list[str]
+            One human-readable problem per bad shard; empty when the cache is sound.
+        """
+        problems = []
+        for hook in self.hooks:
+            for i in range(self.n_shards(hook)):
+                path, n, d, sha = self._shard_info(hook, i)
+                try:
+                    _check_shard_layout(path, n, d, self.dtype)
+                    _check_sha(path, sha)
+                except CacheError as e:
+                    problems.append(str(e))
+                except OSError as e:
+                    problems.append(f"shard {path}: unreadable ({e})")
+        return problems
+
+
+def open_cache(path: str | os.PathLike[str]) -> ActivationCache:
+    """Open the activation cache at ``path`` (see :class:`ActivationCache`)."""
+    return ActivationCache(path)

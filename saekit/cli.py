@@ -1,0 +1,113 @@
+"""The ``saekit`` command. Each subcommand is a thin layer over the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from saekit.demo import run_demo
+
+    run_demo(out=Path(args.out), n_tokens=args.n_tokens)
+    return 0
+
+
+def _cmd_harvest(args: argparse.Namespace) -> int:
+    import torch
+
+    import saekit
+    from saekit.activations import CacheWriter
+    from saekit.models import hook_width, model_name, model_processing
+
+    model = saekit.load_model(args.model, device=args.device)
+    tokens = saekit.load_tokens(args.data, model, args.n_tokens, args.ctx_len)
+    hooks = args.hooks
+    widths = {h: hook_width(model, h) for h in hooks}
+    dtype = getattr(torch, args.dtype)
+    with CacheWriter(args.out, widths, model=model_name(model), processing=model_processing(model),
+                     data=str(args.data), dtype=dtype, shard_tokens=args.shard_tokens,
+                     ctx_len=args.ctx_len, overwrite=args.overwrite) as writer:
+        for batch in saekit.iter_harvest(model, hooks, tokens, args.batch_size, device="cpu",
+                                         progress=True):
+            writer.add(batch)
+        cache = writer.close()
+    print(cache)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if (path / "manifest.json").is_file():
+        from saekit.activations import ActivationCache
+
+        cache = ActivationCache(path)
+        print(cache)
+        m = cache.manifest
+        print(f"model {m['model']} ({m['processing']}), data {m['data']}, dtype {m['dtype']}, "
+              f"{m['n_tokens']:,} tokens")
+        for h in cache.hooks:
+            print(f"  {h}: d={cache.d(h)}, {len(m['hooks'][h]['shards'])} shards")
+        if args.verify:
+            problems = cache.verify()
+            for p in problems:
+                print(f"PROBLEM: {p}")
+            print("verify: OK" if not problems else f"verify: {len(problems)} problem(s)")
+            return 1 if problems else 0
+        return 0
+    if (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("architecture") == "TransformerLensNative":
+            keys = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn")
+            print(f"native TransformerLens model {path}: " + ", ".join(f"{k}={cfg.get(k)}" for k in keys))
+            return 0
+    print(f"saekit info: {path} is neither an activation cache (manifest.json) nor a native "
+          "model (config.json with architecture TransformerLensNative)", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="saekit", description="Sparse dictionary learning for LM interpretability.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job on the demo LM, end to end")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--n-tokens", type=int, default=64 * 1024, help="tokens to harvest")
+    p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("harvest", help="harvest activations into an on-disk cache")
+    p.add_argument("--model", required=True, help="native checkpoint dir, HF dir or HF name")
+    p.add_argument("--hooks", nargs="+", required=True, help="hook names, e.g. blocks.1.mlp.hook_post")
+    p.add_argument("--data", default="demo", help="'demo', a .txt/.jsonl/.parquet file or folder, or an HF dataset")
+    p.add_argument("--n-tokens", type=int, required=True)
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype stored in the cache")
+    p.add_argument("--shard-tokens", type=int, default=65536, help="tokens per shard file")
+    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
+    p.add_argument("--out", required=True, help="cache directory to create")
+    p.set_defaults(fn=_cmd_harvest)
+
+    p = sub.add_parser("info", help="describe an activation cache or a model directory")
+    p.add_argument("path")
+    p.add_argument("--verify", action="store_true", help="check every shard's size and sha256")
+    p.set_defaults(fn=_cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"saekit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

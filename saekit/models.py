@@ -1,0 +1,260 @@
+"""Language models: loading, hook names, widths, and the MLP output matrix.
+
+Everything downstream takes "a model" to mean any object with TransformerLens' hook
+API (``run_with_hooks``, ``hook_dict``, ``cfg``): a TransformerLens 4
+``TransformerBridge`` as :func:`load_model` returns, or a TransformerLens 3
+``HookedTransformer``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROCESSINGS = ("hooked", "raw")
+NATIVE_ARCHITECTURE = "TransformerLensNative"
+NATIVE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+#: Special tokens of a native checkpoint's tokenizer when config.json names none.
+DEFAULT_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}
+
+#: Hook templates saekit trains and evaluates on ({L} is the layer).
+HOOK_TEMPLATES = (
+    "blocks.{L}.hook_resid_pre",
+    "blocks.{L}.attn.hook_z",
+    "blocks.{L}.hook_resid_mid",
+    "blocks.{L}.mlp.hook_post",
+    "blocks.{L}.hook_mlp_out",
+    "blocks.{L}.hook_resid_post",
+)
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
+
+
+def is_hooked_model(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("run_with_hooks", "hook_dict", "cfg"))
+
+
+def _get_processing(model: Any) -> str | None:
+    return getattr(model, "saekit_processing", None)
+
+
+def model_name(model: Any) -> str:
+    """The name saekit records for a model: its load spec, else TransformerLens' name."""
+    return str(getattr(model, "saekit_spec", None) or getattr(model.cfg, "model_name", "unknown"))
+
+
+def model_processing(model: Any) -> str:
+    """``"hooked"``, ``"raw"`` or ``"native"``; a TransformerLens 3 model counts as hooked."""
+    p = _get_processing(model)
+    if p is not None:
+        return p
+    return "hooked" if type(model).__name__ == "HookedTransformer" else "raw"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(path: str | Path, specials: dict[str, str] | None = None) -> Any:
+    """A ``tokenizer.json`` as a Hugging Face fast tokenizer with BOS/EOS/pad set."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    specials = {**DEFAULT_SPECIALS, **(specials or {})}
+    # add_bos_token and name_or_path: TransformerLens otherwise re-loads the tokenizer
+    # by name to turn BOS on, which a bare tokenizer.json cannot be.
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), add_bos_token=True,
+                                  name_or_path=str(path.parent), **specials)
+    for field, token in specials.items():
+        if tok.convert_tokens_to_ids(token) in (None, tok.unk_token_id):
+            raise ValueError(f"{path}: {field} {token!r} is not in the tokenizer's vocabulary")
+    return tok
+
+
+def read_native_config(directory: str | Path) -> dict:
+    """The ``config.json`` of a native checkpoint, checked."""
+    directory = Path(directory)
+    missing = [f for f in NATIVE_FILES if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"native checkpoint {directory} lacks {', '.join(missing)} "
+                                f"(expected {', '.join(NATIVE_FILES)})")
+    try:
+        cfg = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{directory / 'config.json'}: not valid JSON ({e})") from e
+    if cfg.get("architecture") != NATIVE_ARCHITECTURE:
+        raise ValueError(f"{directory / 'config.json'}: architecture is {cfg.get('architecture')!r}, "
+                         f"expected {NATIVE_ARCHITECTURE!r}")
+    for key in ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab"):
+        if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+            raise ValueError(f"{directory / 'config.json'}: field {key!r} must be a positive "
+                             f"integer, got {cfg.get(key)!r}")
+    return cfg
+
+
+def boot_native(cfg: dict, tokenizer: Any = None, device: Any = None, dtype: Any = None,
+                name: str = "native") -> Any:
+    """A TransformerLens native model (a ``TransformerBridge``) from a config dict."""
+    from transformer_lens.model_bridge.sources.native import boot
+
+    tl_cfg = {k: v for k, v in cfg.items() if k not in ("saekit", "tokenizer")}
+    return boot(tl_cfg, tokenizer=tokenizer, device=device, dtype=dtype, model_name=name)
+
+
+def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
+    from safetensors.torch import load_file
+
+    cfg = read_native_config(directory)
+    tok = load_tokenizer(directory / "tokenizer.json", cfg.get("tokenizer"))
+    model = boot_native({**cfg, "init_weights": False}, tokenizer=tok, name=directory.name)
+    try:
+        state = load_file(directory / "model.safetensors")
+    except Exception as e:
+        raise ValueError(f"{directory / 'model.safetensors'}: cannot be read ({e})") from e
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{directory / 'model.safetensors'}: tensors do not match config.json "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise ValueError(f"{directory / 'model.safetensors'}: tensor {k!r} has shape "
+                             f"{tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def resolve_device(device: Any = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str = "hooked") -> Any:
+    """Load a language model with TransformerLens' hook API.
+
+    Parameters
+    ----------
+    spec
+        A native checkpoint directory (``config.json`` with ``"architecture":
+        "TransformerLensNative"``, ``model.safetensors``, ``tokenizer.json``), a local
+        Hugging Face model directory, a Hugging Face model name, or a model object that
+        already has the hook API (returned as it is).
+    device, dtype
+        Where and in what precision to run; ``device=None`` picks CUDA when present.
+    processing
+        For Hugging Face models: ``"hooked"`` applies TransformerLens' compatibility
+        mode (fold LayerNorm, center writing weights: the numerics of TransformerLens
+        3's ``HookedTransformer`` that most SAELens releases were trained on); ``"raw"``
+        keeps the Hugging Face weights. Native checkpoints run as they were trained and
+        record ``"native"``.
+
+    Returns
+    -------
+    The model in eval mode, with ``saekit_spec`` and ``saekit_processing`` recorded on it.
+    """
+    if processing not in PROCESSINGS:
+        raise ValueError(f"processing must be one of {PROCESSINGS}, got {processing!r}")
+    if is_hooked_model(spec):
+        return spec
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"load_model expects a path, a model name or a hooked model, got {type(spec).__name__}")
+    dev = resolve_device(device)
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "config.json").is_file() and \
+            json.loads((path / "config.json").read_text()).get("architecture") == NATIVE_ARCHITECTURE:
+        model, used = _load_native(path, dev, dtype), "native"
+    elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
+        if not path.is_dir() and path.exists():
+            raise ValueError(f"{path} is a file; a model is a directory or a Hugging Face name")
+        from transformer_lens.model_bridge import TransformerBridge
+
+        try:
+            model = TransformerBridge.boot_transformers(str(path if path.is_dir() else spec),
+                                                        device=dev, dtype=dtype or torch.float32)
+        except Exception as e:
+            where = "local directory" if path.is_dir() else "Hugging Face model name"
+            raise ValueError(
+                f"could not load model {str(spec)!r} as a {where}: {e}\n"
+                "Valid specs: a native checkpoint directory (config.json with "
+                f"\"architecture\": \"{NATIVE_ARCHITECTURE}\", model.safetensors, tokenizer.json), "
+                "a Hugging Face model directory, a Hugging Face model name (network or a "
+                "filled HF cache), or a model object with TransformerLens' hook API."
+            ) from e
+        if processing == "hooked":
+            model.enable_compatibility_mode(disable_warnings=True)
+        used = processing
+    else:
+        raise FileNotFoundError(f"model path {spec!r} does not exist")
+    model.eval()
+    model.saekit_spec = str(spec)
+    model.saekit_processing = used
+    return model
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def n_layers(model: Any) -> int:
+    return int(model.cfg.n_layers)
+
+
+def hook_names(model: Any) -> list[str]:
+    """Every hook saekit supports on this model, layer by layer."""
+    attn_only = bool(getattr(model.cfg, "attn_only", False))
+    names = []
+    for layer in range(n_layers(model)):
+        for t in HOOK_TEMPLATES:
+            if attn_only and ("mlp" in t or "resid_mid" in t):
+                continue
+            names.append(t.format(L=layer))
+    return names
+
+
+def validate_hook(model: Any, hook: str) -> tuple[int, str]:
+    """``(layer, kind)`` of a hook name, or a ValueError that lists the valid choices."""
+    valid = hook_names(model)
+    if hook not in valid:
+        layers = n_layers(model)
+        kinds = ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES)
+        raise ValueError(f"unknown hook {hook!r} for {model_name(model)} ({layers} layers). "
+                         f"Valid hooks: {kinds} with L in 0..{layers - 1}")
+    m = _HOOK_RE.match(hook)
+    assert m is not None
+    return int(m.group(1)), m.group(2)
+
+
+def hook_layer(hook: str) -> int:
+    m = _HOOK_RE.match(hook)
+    if m is None:
+        raise ValueError(f"unknown hook {hook!r}; expected one of "
+                         + ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES))
+    return int(m.group(1))
+
+
+def hook_width(model: Any, hook: str) -> int:
+    """Width of a hook's activation per token (``attn.hook_z``: n_heads·d_head, flattened)."""
+    _, kind = validate_hook(model, hook)
+    cfg = model.cfg
+    if kind == "mlp.hook_post":
+        return int(cfg.d_mlp)
+    if kind == "attn.hook_z":
+        return int(cfg.n_heads) * int(cfg.d_head)
+    return int(cfg.d_model)
+
+
+def W_out(model: Any, layer: int) -> torch.Tensor:
+    """The MLP output matrix of a layer, ``[d_mlp, d_model]`` (TransformerLens orientation)."""
+    if not 0 <= layer < n_layers(model):
+        raise ValueError(f"layer {layer} out of range: {model_name(model)} has layers 0..{n_layers(model) - 1}")
+    if getattr(model.cfg, "attn_only", False):
+        raise ValueError(f"{model_name(model)} is attention-only: it has no MLP W_out")
+    return model.blocks[layer].mlp.W_out.detach()

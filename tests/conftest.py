@@ -1,0 +1,78 @@
+"""Shared fixtures and the network guard.
+
+The guard: any test that opens a socket connection outside loopback fails. saekit's
+tests run offline; a connection elsewhere means a download slipped in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_LM = Path(os.environ.get("SAEKIT_TEST_DEMO_LM", ROOT / "checkpoints" / "demo-lm"))
+
+
+class NetworkAccessError(RuntimeError):
+    pass
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths and the like
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name: resolve without touching the network for loopback names
+        return False
+
+
+_connect = socket.socket.connect
+_connect_ex = socket.socket.connect_ex
+
+
+def _guarded(original):
+    def connect(self, address, *args, **kwargs):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+            raise NetworkAccessError(f"test tried to open a network connection to {address!r}; "
+                                     "saekit tests must stay offline (loopback only)")
+        return original(self, address, *args, **kwargs)
+    return connect
+
+
+def pytest_configure(config):
+    socket.socket.connect = _guarded(_connect)
+    socket.socket.connect_ex = _guarded(_connect_ex)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    import saekit
+
+    return saekit.load_model(DEMO_LM, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(demo_model):
+    import saekit
+
+    return saekit.load_tokens("demo", demo_model, n_tokens=48 * 128, seed=3)
+
+
+HOOKS = ["blocks.1.mlp.hook_post", "blocks.1.hook_resid_post", "blocks.2.attn.hook_z"]
+
+
+@pytest.fixture(scope="session")
+def demo_acts(demo_model, demo_tokens):
+    """One harvested set of three hooks, shared by the session."""
+    import saekit
+
+    return saekit.harvest(demo_model, HOOKS, demo_tokens, batch_size=16)
