@@ -28,6 +28,8 @@ _API = {
     "open_cache": "saekit.activations",
 }
 
+_SUBMODULES = {"activations", "cli", "data", "demo", "models", "report"}
+
 __all__ = [*_API, "__version__"]
 
 
@@ -36,6 +38,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_API[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"saekit.{name}")
     raise AttributeError(f"module 'saekit' has no attribute {name!r}")
 
 

@@ -336,27 +336,23 @@ def pack(token_lists: Iterable[list[int]], ctx_len: int, bos: int, pad: int,
     out[:, 0] = bos
     buf: list[int] = []
     row = 0
-    first = True
     for ids in token_lists:
         if not ids:
             continue
-        if not first:
+        if buf or row:
             buf.append(bos)
-        first = False
         buf.extend(ids)
-        while len(buf) >= body and row < n_windows:
-            out[row, 1:] = torch.tensor(buf[:body])
-            del buf[:body]
-            row += 1
+        full = min(len(buf) // body, n_windows - row)
+        if full:
+            out[row:row + full, 1:] = torch.tensor(buf[:full * body]).view(full, body)
+            del buf[:full * body]  # one deletion per document, not per window
+            row += full
         if row == n_windows:
             return out, n_windows * ctx_len
-    if buf and row < n_windows:
+    if buf:
         out[row, 1:1 + len(buf)] = torch.tensor(buf)
-        row += 1
-        n_real = (row - 1) * ctx_len + 1 + len(buf)
-    else:
-        n_real = row * ctx_len
-    return out[:row], n_real
+        return out[:row + 1], row * ctx_len + 1 + len(buf)
+    return out[:row], row * ctx_len
 
 
 def load_tokens(source: str | Path | Iterable[str], model: Any, n_tokens: int,

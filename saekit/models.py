@@ -110,7 +110,8 @@ def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
 
     cfg = read_native_config(directory)
     tok = load_tokenizer(directory / "tokenizer.json", cfg.get("tokenizer"))
-    model = boot_native({**cfg, "init_weights": False}, tokenizer=tok, name=directory.name)
+    model = boot_native({**cfg, "init_weights": False}, tokenizer=tok, device=device, dtype=dtype,
+                        name=directory.name)
     try:
         state = load_file(directory / "model.safetensors")
     except Exception as e:
@@ -125,9 +126,7 @@ def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
         if v.shape != expected[k].shape:
             raise ValueError(f"{directory / 'model.safetensors'}: tensor {k!r} has shape "
                              f"{tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    if device is not None or dtype is not None:
-        model = model.to(device=device, dtype=dtype)
+    model.load_state_dict(state)
     return model
 
 

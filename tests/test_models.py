@@ -115,3 +115,22 @@ def test_local_hf_directory(hf_dir, demo_tokens, processing):
     torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3)
     acts = saekit.harvest(model, ["blocks.0.mlp.hook_post", "blocks.1.hook_resid_post"], toks)
     assert acts["blocks.0.mlp.hook_post"].shape == (int(saekit.token_mask(toks, model).sum()), 256)
+
+
+def test_hub_name_resolves_from_the_local_hf_cache(hf_dir, tmp_path):
+    """The real download path (`boot_transformers` by name) served offline by an HF cache."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--saekit-test--tiny-gpt2"
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_dir, snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    code = ("import saekit; m = saekit.load_model('saekit-test/tiny-gpt2', device='cpu'); "
+            "print(m.cfg.n_layers, saekit.hook_width(m, 'blocks.1.mlp.hook_post'), m.saekit_processing)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-3:] == ["2", "256", "hooked"]

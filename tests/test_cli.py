@@ -1,0 +1,64 @@
+"""The command line: harvest into a cache, inspect and verify it; import stays light."""
+
+import subprocess
+import sys
+
+import torch
+from conftest import DEMO_LM
+
+import saekit
+from saekit.cli import main
+
+
+def test_harvest_cache_info_verify(tmp_path, capsys, demo_model):
+    out = tmp_path / "cache"
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    rc = main(["harvest", "--model", str(DEMO_LM), "--hooks", *hooks, "--data", "demo",
+               "--n-tokens", "2048", "--ctx-len", "64", "--shard-tokens", "700", "--out", str(out)])
+    assert rc == 0
+    cache = saekit.open_cache(out)
+    assert cache.manifest["model"] == str(DEMO_LM) and cache.manifest["processing"] == "native"
+    # The cache holds exactly what harvest returns for the same tokens.
+    tokens = saekit.load_tokens("demo", demo_model, 2048, 64)
+    ref = saekit.harvest(demo_model, hooks, tokens)
+    for h in hooks:
+        assert torch.equal(cache.tensor(h), ref[h])
+    capsys.readouterr()
+    assert main(["info", str(out), "--verify"]) == 0
+    assert "verify: OK" in capsys.readouterr().out
+
+    shard = out / hooks[1] / "shard_00001.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    assert main(["info", str(out), "--verify"]) == 1
+    text = capsys.readouterr().out
+    assert "shard_00001.safetensors" in text and "corrupted" in text
+
+
+def test_harvest_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "cache"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = main(["harvest", "--model", str(DEMO_LM), "--hooks", "blocks.0.hook_resid_post",
+               "--n-tokens", "256", "--out", str(out)])
+    assert rc == 2 and "exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_info_on_model_and_unknown_path(tmp_path, capsys):
+    assert main(["info", str(DEMO_LM)]) == 0
+    assert "n_layers=" in capsys.readouterr().out
+    assert main(["info", str(tmp_path)]) == 2
+
+
+def test_import_is_light():
+    """`import saekit` loads neither torch nor TransformerLens (they load on first use)."""
+    code = ("import sys, saekit; heavy = [m for m in ('torch', 'transformer_lens', 'transformers', "
+            "'datasets', 'wandb') if m in sys.modules]; print(heavy); assert not heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_console_script_help():
+    r = subprocess.run([sys.executable, "-m", "saekit.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "harvest" in r.stdout and "demo" in r.stdout
