@@ -11,9 +11,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saekit.demo import run_demo
+    from saekit.demo import DEMO_LM, run_demo
 
-    run_demo(out=Path(args.out), n_tokens=args.n_tokens)
+    args.model = args.model or DEMO_LM
+    run_demo(out=Path(args.out), n_tokens=args.n_tokens, model_path=Path(args.model))
     return 0
 
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the demo LM, end to end")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--n-tokens", type=int, default=64 * 1024, help="tokens to harvest")
+    p.add_argument("--model", default=None, help="native checkpoint directory (default: the demo LM)")
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("harvest", help="harvest activations into an on-disk cache")

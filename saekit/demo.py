@@ -87,6 +87,7 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
     axes[0].legend(fontsize=7)
     axes[1].bar([r["family"] for r in concept_rows], [r["AUROC"] for r in concept_rows], color="#4c72b0")
     axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC", title=f"Best single neuron per concept ({mid})")
+    axes[1].tick_params(axis="x", rotation=30)
     png = report.figure_png(fig)
     plt.close(fig)
     (out / "activations.png").write_bytes(png)

@@ -62,3 +62,16 @@ def test_import_is_light():
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "saekit.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "harvest" in r.stdout and "demo" in r.stdout
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    import json
+
+    assert main(["demo", "--out", str(tmp_path), "--n-tokens", "8192", "--model", str(DEMO_LM)]) == 0
+    out = capsys.readouterr().out
+    assert "Activations per hook" in out and "Planted concepts" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {r["family"] for r in summary["concepts"]} == {"day", "month", "colour", "number", "animal", "city", "emotion"}
+    assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
+    html = (tmp_path / "index.html").read_text()
+    assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
