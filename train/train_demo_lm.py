@@ -76,7 +76,7 @@ def train_tokenizer(recipe: DemoLMRecipe, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def unigram_loss(train: torch.Tensor, heldout: torch.Tensor, vocab: int, mask_fn) -> float:
+def unigram_loss(train: torch.Tensor, heldout: torch.Tensor, vocab: int) -> float:
     """Cross-entropy of held-out next tokens under add-one-smoothed training unigram counts."""
     counts = torch.bincount(train[:, 1:].flatten(), minlength=vocab).double() + 1
     logp = (counts / counts.sum()).log()
@@ -160,7 +160,7 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 100 == 0 or step == recipe.steps - 1:
-            rec = {"step": step, "loss": float(loss), "lr": lr_at(step),
+            rec = {"step": step, "loss": loss.item(), "lr": lr_at(step),
                    "tokens": (step + 1) * batch.numel(), "seconds": round(time.time() - t1, 1)}
             if step % 500 == 0 or step == recipe.steps - 1:
                 rec["heldout_loss"] = heldout_loss(model, heldout)
@@ -178,7 +178,7 @@ def main() -> None:
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     final = heldout_loss(model, heldout)
-    uni = unigram_loss(train, heldout, len(tok), None)
+    uni = unigram_loss(train, heldout, len(tok))
     n_params = sum(p.numel() for p in model.parameters())
     summary = {
         "heldout_loss": round(final, 4), "unigram_heldout_loss": round(uni, 4),
@@ -195,6 +195,9 @@ def main() -> None:
 def write_card(out: Path, cfg: dict, s: dict) -> None:
     size = os.path.getsize(out / "model.safetensors") / 1e6
     r = s["recipe"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    curve = ", ".join(f"step {e['step']}: train {e['loss']:.2f} / held-out {e['heldout_loss']:.2f}"
+                      for e in log if "heldout_loss" in e)
     card = f"""# demo-lm
 
 A small causal transformer for trying saekit on a laptop CPU: {cfg['n_layers']} layers,
@@ -230,7 +233,9 @@ all, on {s['threads']} threads ({s['machine']}, torch {s['torch']}).
 | demo-lm | {s['heldout_loss']:.3f} |
 | unigram baseline (add-one smoothed training counts) | {s['unigram_heldout_loss']:.3f} |
 
-Measured on {r['heldout_windows']} held-out windows (`train_summary.json`).
+Measured on {r['heldout_windows']} held-out windows (`train_summary.json`). During training
+(`train_log.jsonl`): {curve}. The prose half repeats many times over the run, so
+training loss keeps falling after held-out loss has flattened.
 
 ## Rebuild
 `make demo-lm` (or `python train/train_demo_lm.py --out DIR`) retrains from the seed;
