@@ -1,6 +1,6 @@
 """Benchmark: harvest throughput against a plain forward of the same model and tokens.
 
-    python eval/bench_harvest.py [--model checkpoints/demo-lm] [--n-tokens 131072] [--repeats 5]
+    python eval/bench_harvest.py [--model checkpoints/demo-lm] [--n-tokens 524288] [--repeats 3]
 
 Three timings, interleaved round by round so machine noise hits all of them alike,
 reported as medians and as ratios to the plain forward:
@@ -38,13 +38,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"))
     ap.add_argument("--hook", default=None, help="default: blocks.{n_layers//2}.mlp.hook_post")
-    ap.add_argument("--n-tokens", type=int, default=128 * 1024)
+    ap.add_argument("--n-tokens", type=int, default=512 * 1024)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = saekit.load_model(args.model, device=args.device)
     dev = next(model.parameters()).device
     hook = args.hook or f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
@@ -63,26 +66,32 @@ def main() -> None:
             pass
         sync()
 
+    scratch: list[Path] = []
+
     def harvest_cache() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-        try:
-            with CacheWriter(tmp / "cache", {hook: hook_width(model, hook)}, model="bench",
-                             processing="native", data="demo") as w:
-                for batch in saekit.iter_harvest(model, [hook], tokens, args.batch_size, device="cpu"):
-                    w.add(batch)
-                w.close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        scratch.append(tmp)  # deleted outside the timed region: deleting is not writing
+        with CacheWriter(tmp / "cache", {hook: hook_width(model, hook)}, model="bench",
+                         processing="native", data="demo") as w:
+            for batch in saekit.iter_harvest(model, [hook], tokens, args.batch_size, device="cpu"):
+                w.add(batch)
+            w.close()
+
+    def cleanup() -> None:
+        while scratch:
+            shutil.rmtree(scratch.pop(), ignore_errors=True)
 
     cases = {"forward": forward, "harvest": harvest, "harvest+cache": harvest_cache}
     for fn in cases.values():  # warm-up
         fn()
+    cleanup()
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.repeats):
         for name, fn in cases.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
+            cleanup()
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [{"case": k, "tokens/s": n / med[k], "ratio to forward": med["forward"] / med[k]} for k in cases]
     result = {

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype stored in the cache")
-    p.add_argument("--shard-tokens", type=int, default=65536, help="tokens per shard file")
+    p.add_argument("--shard-tokens", type=int, default=None,
+                   help="tokens per shard file (default: 64 MiB shards for the widest hook)")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     p.add_argument("--out", required=True, help="cache directory to create")

@@ -12,6 +12,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from saekit.activations.cache import (
 )
 
 __all__ = ["CacheWriter"]
+
+MAX_IN_FLIGHT = 2
+SHARD_BYTES = 64 << 20
+
 
 
 def _check_hook_name(hook: Any) -> None:
@@ -67,29 +72,36 @@ def _shard_header(n: int, d: int, dtype: torch.dtype) -> bytes:
     return struct.pack("<Q", len(header)) + header
 
 
-def _write_shard(path: Path, x: torch.Tensor) -> str:
-    """Write ``x`` as a one-tensor safetensors file, fsync it, return its sha256.
+def _write_shard(path: Path, parts: list[torch.Tensor]) -> str:
+    """Write the rows of ``parts`` (each ``[n_i, d]``, one dtype) as one safetensors
+    tensor and return the file's sha256. The caller fsyncs it (see ``_fsync_file``).
 
     The file is assembled here rather than with ``safetensors.torch.save`` so the
-    bytes are hashed as they are written, without a second in-memory copy of the
-    shard and without reading the file back.
+    bytes are hashed as they are written, straight from the parts: no concatenated
+    copy of the shard in memory and no reading the file back.
     """
     if sys.byteorder != "little":
         raise RuntimeError("safetensors files are little-endian; big-endian hosts are unsupported")
-    x = x.contiguous()
-    head = _shard_header(x.shape[0], x.shape[1], x.dtype)
-    # A uint8 view exposes the raw bytes of any dtype (bfloat16 included) to the
-    # buffer protocol without copying.
-    data = memoryview(x.view(torch.uint8).numpy()) if x.numel() else memoryview(b"")
-    h = hashlib.sha256()
+    n = sum(p.shape[0] for p in parts)
+    head = _shard_header(n, parts[0].shape[1], parts[0].dtype)
+    h = hashlib.sha256(head)
     with open(path, "xb") as f:
-        for chunk in (head, data):
-            f.write(chunk)
-            h.update(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+        f.write(head)
+        for p in parts:
+            if p.numel():
+                # A uint8 view exposes the raw bytes of any dtype (bfloat16 included).
+                data = memoryview(p.contiguous().view(torch.uint8).numpy())
+                f.write(data)
+                h.update(data)
     return h.hexdigest()
 
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- writer
@@ -128,7 +140,10 @@ class CacheWriter:
         Storage dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``
         (or its name).
     shard_tokens
-        Rows per shard file (the last shard may hold fewer).
+        Rows per shard file (the last shard may hold fewer). Default: as many as
+        fit ``SHARD_BYTES`` (64 MiB) for the widest hook, so shard files stay a
+        manageable size for any width and a harvest overlaps most of its writing
+        (the last shard can only be written after the last forward).
     ctx_len
         Context length the tokens were harvested at, if any.
     extra
@@ -155,7 +170,7 @@ class CacheWriter:
         processing: str,
         data: str,
         dtype: torch.dtype | str = torch.float32,
-        shard_tokens: int = 65536,
+        shard_tokens: int | None = None,
         ctx_len: int | None = None,
         extra: dict[str, Any] | None = None,
         overwrite: bool = False,
@@ -166,6 +181,8 @@ class CacheWriter:
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {value!r}")
         self.dtype = _resolve_dtype(dtype)
+        if shard_tokens is None:
+            shard_tokens = max(1, SHARD_BYTES // (max(self.hooks.values()) * self.dtype.itemsize))
         if not _is_int(shard_tokens) or shard_tokens < 1:
             raise ValueError(f"shard_tokens must be a positive integer, got {shard_tokens!r}")
         if ctx_len is not None and (not _is_int(ctx_len) or ctx_len < 1):
@@ -189,6 +206,11 @@ class CacheWriter:
         self._n_buffered = 0
         self._n_written = 0
         self._shards: dict[str, list[dict[str, Any]]] = {h: [] for h in self.hooks}
+        # Shards are hashed, written and fsync'd on one background thread, so disk I/O
+        # overlaps the model forward that produces the next batch. At most
+        # MAX_IN_FLIGHT shards per hook wait in memory.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saekit-cache")
+        self._in_flight: list[Future] = []
         self._state = "open"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(
@@ -286,20 +308,36 @@ class CacheWriter:
             return
         first = len(self._shards[next(iter(self.hooks))])
         for hook, parts in self._buffers.items():
-            rows = torch.cat(parts)
             for k in range(n_shards):
-                self._write(hook, first + k, rows[k * S : (k + 1) * S])
-            # Clone the remainder so the concatenated block can be freed.
-            rest = rows[n_shards * S :]
-            self._buffers[hook] = [rest.clone()] if len(rest) else []
+                shard, n = [], 0
+                while parts and n < S:  # split buffered parts at shard boundaries, as views
+                    take = min(S - n, parts[0].shape[0])
+                    shard.append(parts[0][:take])
+                    parts[0] = parts[0][take:]
+                    if parts[0].shape[0] == 0:
+                        parts.pop(0)
+                    n += take
+                self._write(hook, first + k, shard)
         written = min(self._n_buffered, n_shards * S)
         self._n_buffered -= written
         self._n_written += written
 
-    def _write(self, hook: str, index: int, rows: torch.Tensor) -> None:
+    def _write(self, hook: str, index: int, rows: list[torch.Tensor]) -> None:
         rel = f"{hook}/shard_{index:05d}.safetensors"
-        sha = _write_shard(self._tmp / rel, rows)
-        self._shards[hook].append({"file": rel, "n_tokens": rows.shape[0], "sha256": sha})
+        entry = {"file": rel, "n_tokens": sum(r.shape[0] for r in rows), "sha256": None}
+        self._shards[hook].append(entry)
+
+        def write() -> None:
+            entry["sha256"] = _write_shard(self._tmp / rel, rows)
+
+        while len(self._in_flight) >= MAX_IN_FLIGHT * len(self.hooks):
+            self._in_flight.pop(0).result()  # bounds memory; re-raises a failed write
+        self._in_flight.append(self._pool.submit(write))
+
+    def _drain(self) -> None:
+        """Wait for every background write; re-raise the first failure."""
+        while self._in_flight:
+            self._in_flight.pop(0).result()
 
     def _manifest(self) -> dict[str, Any]:
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
@@ -332,6 +370,13 @@ class CacheWriter:
         self._require_open()
         try:
             self._flush(final=True)
+            self._drain()
+            self._pool.shutdown()
+            # One fsync per shard at the end, not after each write: the kernel writes
+            # pages back during the harvest, and nothing is published before this.
+            for shards in self._shards.values():
+                for entry in shards:
+                    _fsync_file(self._tmp / entry["file"])
             mpath = self._tmp / MANIFEST
             with open(mpath, "x", encoding="utf-8") as f:
                 json.dump(self._manifest(), f, indent=1, allow_nan=False)
@@ -372,4 +417,6 @@ class CacheWriter:
             return
         self._state = "aborted"
         self._buffers = {h: [] for h in self.hooks}
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._in_flight = []
         shutil.rmtree(self._tmp, ignore_errors=True)
