@@ -130,6 +130,16 @@ def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
     return model
 
 
+def _is_native_dir(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not (path.is_dir() and cfg.is_file()):
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("architecture") == NATIVE_ARCHITECTURE
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{cfg}: not a JSON object ({e})") from e
+
+
 def resolve_device(device: Any = None) -> torch.device:
     """``None``/``"auto"``: CUDA when present, else CPU."""
     if device is None or device == "auto":
@@ -168,8 +178,7 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
         raise TypeError(f"load_model expects a path, a model name or a hooked model, got {type(spec).__name__}")
     dev = resolve_device(device)
     path = Path(spec).expanduser()
-    if path.is_dir() and (path / "config.json").is_file() and \
-            json.loads((path / "config.json").read_text()).get("architecture") == NATIVE_ARCHITECTURE:
+    if _is_native_dir(path):
         model, used = _load_native(path, dev, dtype), "native"
     elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
         if not path.is_dir() and path.exists():

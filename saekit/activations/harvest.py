@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from saekit.data import token_mask
-from saekit.models import validate_hook
+from saekit.models import HOOK_TEMPLATES, hook_width, validate_hook
 
 
 class NonFiniteActivationError(ValueError):
@@ -32,8 +32,8 @@ def _order(model: Any, hooks: Sequence[str]) -> list[str]:
         raise ValueError("harvest needs at least one hook")
     if len(set(hooks)) != len(hooks):
         raise ValueError(f"duplicate hooks in {list(hooks)}")
-    position = {kind: i for i, kind in enumerate(
-        ["hook_resid_pre", "attn.hook_z", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out", "hook_resid_post"])}
+    # HOOK_TEMPLATES lists a block's hooks in the order they fire.
+    position = {t.split("}.", 1)[1]: i for i, t in enumerate(HOOK_TEMPLATES)}
     keyed = []
     for h in hooks:
         layer, kind = validate_hook(model, h)
@@ -153,8 +153,5 @@ def harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_size: 
             out[h][row:row + len(x)] = x
         row += len(next(iter(acts.values())))
     if not out:
-        ordered = _order(model, hooks)
-        from saekit.models import hook_width
-
-        return {h: torch.empty((0, hook_width(model, h))) for h in ordered}
+        return {h: torch.empty((0, hook_width(model, h))) for h in _order(model, hooks)}
     return {h: out[h] for h in hooks} if not isinstance(hooks, str) else out
