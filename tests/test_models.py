@@ -134,3 +134,12 @@ def test_hub_name_resolves_from_the_local_hf_cache(hf_dir, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-3:] == ["2", "256", "hooked"]
+
+
+def test_native_dtype(demo_model, demo_tokens):
+    bf16 = saekit.load_model(DEMO_LM, device="cpu", dtype=torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        a = float(demo_model(demo_tokens[:4], return_type="loss"))
+        b = float(bf16(demo_tokens[:4], return_type="loss"))
+    assert abs(a - b) < 0.05 * a
