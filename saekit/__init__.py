@@ -26,9 +26,13 @@ _API = {
     "ActivationCache": "saekit.activations",
     "CacheWriter": "saekit.activations",
     "open_cache": "saekit.activations",
+    "fit": "saekit.training",
+    "load_dictionary": "saekit.dictionaries",
+    "Dictionary": "saekit.dictionaries",
+    "DictionaryConfig": "saekit.dictionaries",
 }
 
-_SUBMODULES = {"activations", "cli", "data", "demo", "models", "report"}
+_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "models", "report", "training"}
 
 __all__ = [*_API, "__version__"]
 

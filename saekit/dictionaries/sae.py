@@ -1,0 +1,305 @@
+"""Sparse autoencoders: ``relu`` (L1), ``topk``, ``batchtopk`` and ``jumprelu``.
+
+All four share ``codes = σ((x − b_dec) W_enc + b_enc)`` and ``x̂ = codes W_dec + b_dec``
+(SAELens orientation: ``W_enc [d_in, d_dict]``, ``W_dec [d_dict, d_in]``) and differ in
+σ and in the sparsity term of the loss.
+
+The loss convention (one for all kinds, pinned by ``tests/test_sae.py``)
+-------------------------------------------------------------------------
+Training sees inputs scaled so that E‖x‖² = d_in (``input_norm="scalar"``), and
+
+    loss = mse + sparsity + aux
+
+- ``mse``: ‖x − x̂‖² summed over the d_in dimensions, averaged over the batch
+  (SAELens' convention, so its coefficients transfer);
+- ``sparsity``: ``relu``: ``l1_coefficient · mean_batch Σ_i codes_i ‖W_dec,i‖``
+  (Anthropic's April-2024 update, as SAELens), warmed up linearly over
+  ``l1_warmup_steps``; ``jumprelu``: ``l0_coefficient · mean_batch L0`` or, with
+  ``target_l0``, ``l0_coefficient · (L0 / target_l0 − 1)²`` (dictionary_learning);
+  ``topk``/``batchtopk``: none (k fixes the sparsity);
+- ``aux`` (``topk``, ``batchtopk``): AuxK as SAELens: the k_aux = ``aux_k`` (default
+  d_in/2) largest pre-activations among dead features reconstruct the detached
+  residual x − x̂; ``aux_coefficient · min(n_dead / k_aux, 1) · mean_batch ‖e − ê‖²``.
+
+FVU is logged beside the loss but is not part of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, register
+
+
+class TrainStep(NamedTuple):
+    """One training forward pass."""
+
+    loss: Tensor
+    """The total loss to backpropagate (scalar)."""
+    x_hat: Tensor
+    """Reconstruction ``[batch, d_in]``."""
+    codes: Tensor
+    """Codes used for the reconstruction ``[batch, d_dict]``."""
+    terms: dict[str, Tensor]
+    """Loss terms (``mse``, ``sparsity``, ``aux``), detached, for logging."""
+
+
+class SAE(Dictionary):
+    """Shared parameters, init, decoding and saving of the SAE kinds."""
+
+    SAELENS_ARCHITECTURE = "standard"
+    #: Decoder rows are kept at unit norm during training (else folded at the end).
+    UNIT_NORM_DECODER: ClassVar[bool] = True
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        d, n = cfg.d_in, cfg.d_dict
+        self.W_enc = nn.Parameter(torch.empty(d, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None, dec_norm: float = 1.0) -> None:
+        """Random decoder rows of norm ``dec_norm``, ``W_enc = W_decᵀ``, zero biases."""
+        with torch.no_grad():
+            w = torch.randn(self.cfg.d_dict, self.cfg.d_in, generator=generator)
+            w = w / w.norm(dim=1, keepdim=True) * dec_norm
+            self.W_dec.copy_(w)
+            self.W_enc.copy_(w.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    # -- training -------------------------------------------------------------------
+
+    def mse(self, x: Tensor, x_hat: Tensor) -> Tensor:
+        return (x - x_hat).pow(2).sum(-1).mean()
+
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        raise NotImplementedError
+
+    def aux_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead: Tensor | None) -> Tensor:
+        """AuxK (SAELens): dead features' top pre-activations model the residual."""
+        if dead is None or not bool(dead.any()):
+            return x.new_zeros(())
+        n_dead = int(dead.sum())
+        k_aux = self.cfg.options["aux_k"] or self.cfg.d_in // 2
+        k = min(k_aux, n_dead)
+        masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+        vals, idx = masked.topk(k, dim=-1)
+        vals = F.relu(vals)
+        e_hat = torch.zeros_like(pre).scatter_(-1, idx, vals) @ self.W_dec
+        residual = (x - x_hat).detach()
+        scale = min(n_dead / k_aux, 1.0)
+        return self.cfg.options["aux_coefficient"] * scale * (residual - e_hat).pow(2).sum(-1).mean()
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Scale decoder rows to unit norm, moving the scale into the encoder so the
+        reconstruction is unchanged (σ is positively homogeneous)."""
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_dec /= norms[:, None]
+        self.W_enc *= norms[None, :]
+        self.b_enc *= norms
+        if hasattr(self, "threshold"):
+            self.threshold *= norms
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of W_dec's gradient that would change row norms (sparsify)."""
+        if self.W_dec.grad is not None:
+            w = self.W_dec
+            self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make a dictionary trained on ``scale · x`` take raw ``x``: codes shrink by
+        ``scale`` and ``W_dec`` keeps unit rows."""
+        self.b_dec /= scale
+        self.b_enc /= scale
+        if hasattr(self, "threshold"):
+            self.threshold /= scale
+
+
+def _topk_codes(pre: Tensor, k: int) -> Tensor:
+    vals, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter_(-1, idx, F.relu(vals))
+
+
+@register("relu")
+class ReluSAE(SAE):
+    """ReLU SAE with an L1 penalty weighted by decoder row norms (norms free in
+    training, folded into the encoder at the end so rows end unit-norm)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"l1_coefficient": 1.0, "l1_warmup_steps": 0}
+    UNIT_NORM_DECODER = False
+
+    def encode(self, x: Tensor) -> Tensor:
+        return F.relu(self.pre_acts(x))
+
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        mse = self.mse(x, x_hat)
+        o = self.cfg.options
+        warm = min(1.0, (step + 1) / o["l1_warmup_steps"]) if o["l1_warmup_steps"] else 1.0
+        l1 = (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = warm * o["l1_coefficient"] * l1
+        return TrainStep(mse + sparsity, x_hat, codes,
+                         {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
+
+
+@register("topk")
+class TopKSAE(SAE):
+    """TopK SAE (Gao et al.): keep the k largest pre-activations per token (ReLU'd)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"aux_k": None, "aux_coefficient": 1.0}
+    NEEDS_K = True
+    SAELENS_ARCHITECTURE = "topk"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return _topk_codes(self.pre_acts(x), self.cfg.k)
+
+    def saelens_config(self) -> dict[str, Any]:
+        return {**super().saelens_config(), "k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        pre = self.pre_acts(x)
+        codes = _topk_codes(pre, self.cfg.k)
+        x_hat = self.decode(codes)
+        mse = self.mse(x, x_hat)
+        aux = self.aux_loss(x, x_hat, pre, dead)
+        return TrainStep(mse + aux, x_hat, codes,
+                         {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+
+
+@register("batchtopk")
+class BatchTopKSAE(SAE):
+    """BatchTopK (Bussmann et al.): in training keep the k·batch largest ReLU'd
+    pre-activations across the whole batch; at inference a per-dictionary threshold
+    (an EMA of the smallest kept activation, as dictionary_learning and SAELens
+    estimate it) replaces the batch, so it runs as a JumpReLU and saves as SAELens
+    ``jumprelu`` with a constant threshold."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"aux_k": None, "aux_coefficient": 1.0, "threshold_decay": 0.999}
+    NEEDS_K = True
+    SAELENS_ARCHITECTURE = "jumprelu"
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.full((cfg.d_dict,), -1.0))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        if bool((self.threshold < 0).any()):
+            raise RuntimeError("batchtopk threshold not estimated yet: train, or load a trained dictionary")
+        return F.relu(pre) * (pre > self.threshold)
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {**super().saelens_tensors(), "threshold": self.threshold}
+
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        pre = self.pre_acts(x)
+        acts = F.relu(pre)
+        flat = acts.flatten()
+        vals, idx = flat.topk(min(self.cfg.k * x.shape[0], flat.numel()))
+        codes = torch.zeros_like(flat).scatter_(0, idx, vals).view_as(acts)
+        with torch.no_grad():
+            kept = vals[vals > 0]
+            if kept.numel():
+                # A running mean until the EMA's horizon is reached, then the EMA: a plain
+                # EMA from step 0 would keep the untrained model's cutoff in short runs.
+                decay = min(self.cfg.options["threshold_decay"], step / (step + 1))
+                t = kept.min()
+                first = self.threshold < 0
+                self.threshold.copy_(torch.where(first, t, decay * self.threshold + (1 - decay) * t))
+        x_hat = self.decode(codes)
+        mse = self.mse(x, x_hat)
+        aux = self.aux_loss(x, x_hat, pre, dead)
+        return TrainStep(mse + aux, x_hat, codes,
+                         {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z·H(z − θ) with a rectangle-kernel straight-through gradient for θ (Rajamanoharan et al.)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        z, theta = ctx.saved_tensors
+        h = ctx.bandwidth
+        near = ((z - theta).abs() < h / 2).to(z.dtype)
+        g_theta = (-(theta / h) * near * g).sum(0)
+        return g * (z > theta), g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(z − θ) with the same straight-through gradient for θ (for the L0 penalty)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        z, theta = ctx.saved_tensors
+        h = ctx.bandwidth
+        near = ((z - theta).abs() < h / 2).to(z.dtype)
+        return None, (-(1.0 / h) * near * g).sum(0), None
+
+
+@register("jumprelu")
+class JumpReLUSAE(SAE):
+    """JumpReLU SAE: learned per-feature thresholds trained through straight-through
+    estimators, with an L0 penalty (or a target L0)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"l0_coefficient": 1.0, "target_l0": None,
+                                         "bandwidth": 0.05, "threshold_init": 0.01}
+    SAELENS_ARCHITECTURE = "jumprelu"
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.full((cfg.d_dict,), float(cfg.options["threshold_init"])))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = F.relu(self.pre_acts(x))
+        return pre * (pre > self.threshold)
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {**super().saelens_tensors(), "threshold": self.threshold}
+
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        o = self.cfg.options
+        pre = F.relu(self.pre_acts(x))
+        codes = _JumpReLU.apply(pre, self.threshold, o["bandwidth"])
+        x_hat = self.decode(codes)
+        mse = self.mse(x, x_hat)
+        l0 = _Step.apply(pre, self.threshold, o["bandwidth"]).sum(-1).mean()
+        if o["target_l0"]:
+            sparsity = o["l0_coefficient"] * (l0 / o["target_l0"] - 1) ** 2
+        else:
+            sparsity = o["l0_coefficient"] * l0
+        return TrainStep(mse + sparsity, x_hat, codes,
+                         {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
+
+    @torch.no_grad()
+    def clamp_threshold(self) -> None:
+        self.threshold.clamp_(min=0.0)

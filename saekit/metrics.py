@@ -1,0 +1,511 @@
+"""Metric functions on tensors: reconstruction, sparsity, feature recovery.
+
+Conventions (DESIGN.md):
+
+- FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖², with a per-dimension mean over the evaluated
+  tokens; explained variance = 1 − FVU.
+- L0 = mean number of active features per token. Firing is decided by the
+  dictionary's own ``active()``, so the sparsity metrics take its bool output and
+  never apply a rule of their own.
+- SAEBench's core "shrinkage" metrics: ``l2_ratio``, ``relative_reconstruction_bias``
+  and ``cosine_similarity``, with SAEBench's formulas.
+
+Inputs are ``[..., d]`` tensors (leading dimensions are flattened into tokens) on any
+device and of any float dtype. The one-shot functions compute in float64, so their
+memory is about twice that of a float32 input; :class:`StreamingStats` accumulates
+the same metrics batch by batch in float64 and is the tool for data that does not
+fit at once.
+
+CE/KL recovered live with ``splice`` (they need the model); they are not here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# Floor on a row's norm when normalising directions, so a zero row gives cosine 0
+# rather than nan.
+_NORM_EPS = 1e-12
+
+# Rows of the true × learned cosine matrix computed at once in `recovery`, so that
+# matching 16k × 16k dictionaries needs tens of MB rather than a GB.
+_MATCH_CHUNK = 1024
+
+
+# ---------------------------------------------------------------------------
+# Input checks
+
+
+def _rows(t: Tensor, name: str) -> Tensor:
+    """Flatten ``[..., d]`` to ``[n, d]``, checking it is a non-empty float tensor."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim < 1:
+        raise ValueError(f"{name} must have shape [..., d], got a scalar")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {t.dtype}")
+    t = t.reshape(-1, t.shape[-1])
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} has no tokens (shape {tuple(t.shape)})")
+    return t
+
+
+def _pair(x: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """Check ``x``/``x_hat`` match and return both as float64 ``[n, d]``."""
+    x, x_hat = _rows(x, "x"), _rows(x_hat, "x_hat")
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} "
+                         f"and {tuple(x_hat.shape)} (after flattening leading dimensions)")
+    return x.double(), x_hat.double()
+
+
+def _active_rows(active: Tensor) -> Tensor:
+    if not isinstance(active, Tensor) or active.dtype != torch.bool:
+        got = active.dtype if isinstance(active, Tensor) else type(active).__name__
+        raise TypeError(f"active must be a bool tensor from the dictionary's active(), got {got}")
+    if active.ndim < 1:
+        raise ValueError("active must have shape [..., d_dict], got a scalar")
+    active = active.reshape(-1, active.shape[-1])
+    if active.shape[0] == 0:
+        raise ValueError("active has no tokens")
+    return active
+
+
+# ---------------------------------------------------------------------------
+# Per-token quantities shared by the one-shot functions and StreamingStats
+
+
+def _token_cosine(x: Tensor, x_hat: Tensor) -> Tensor:
+    dot = (x * x_hat).sum(-1)
+    denom = x.norm(dim=-1) * x_hat.norm(dim=-1)
+    # A zero vector has cosine 0 with anything (as in F.cosine_similarity), not nan.
+    return torch.where(denom > 0, dot / denom, torch.zeros_like(dot))
+
+
+def _token_l2_ratio(x: Tensor, x_hat: Tensor) -> Tensor:
+    return x_hat.norm(dim=-1) / x.norm(dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Reconstruction
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> float:
+    """Fraction of variance unexplained, Σ‖x − x̂‖² / Σ‖x − mean(x)‖².
+
+    Parameters
+    ----------
+    x, x_hat
+        Activations and reconstructions, ``[..., d]``.
+
+    Returns
+    -------
+    float
+        0 for a perfect reconstruction, 1 for predicting the per-dimension mean;
+        ``inf`` (or ``nan``) when ``x`` has no variance.
+    """
+    x, x_hat = _pair(x, x_hat)
+    sse = (x - x_hat).pow(2).sum()
+    sst = (x - x.mean(0)).pow(2).sum()
+    return (sse / sst).item()
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """Explained variance, ``1 − fvu(x, x_hat)``."""
+    return 1.0 - fvu(x, x_hat)
+
+
+def l2_ratio(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens of ‖x̂‖ / ‖x‖ (SAEBench); below 1 means shrinkage.
+
+    A token with ‖x‖ = 0 makes the result ``inf``/``nan``: exclude BOS and padding
+    upstream, as the harvest does.
+    """
+    x, x_hat = _pair(x, x_hat)
+    return _token_l2_ratio(x, x_hat).mean().item()
+
+
+def relative_reconstruction_bias(x: Tensor, x_hat: Tensor) -> float:
+    """SAEBench's relative reconstruction bias, E[‖x̂‖²] / E[x̂·x].
+
+    This is 1/γ* for the best single gain γ* = argmin_γ E‖x − γx̂‖² = E[x̂·x] / E[‖x̂‖²]
+    (Gated SAE paper, eq. 10). Below 1 means the reconstructions are systematically
+    too short (shrinkage); 1 means no scalar rescaling of x̂ would help. Both
+    expectations are over tokens, as a ratio of means (not a mean of ratios).
+    """
+    x, x_hat = _pair(x, x_hat)
+    return (x_hat.pow(2).sum() / (x * x_hat).sum()).item()
+
+
+def cosine_similarity(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens of cos(x, x̂); a zero vector counts as cosine 0."""
+    x, x_hat = _pair(x, x_hat)
+    return _token_cosine(x, x_hat).mean().item()
+
+
+# ---------------------------------------------------------------------------
+# Sparsity
+
+
+def l0(active: Tensor) -> float:
+    """Mean number of active features per token.
+
+    Parameters
+    ----------
+    active
+        Bool ``[..., d_dict]`` from the dictionary's ``active()``.
+    """
+    active = _active_rows(active)
+    return active.sum().item() / active.shape[0]
+
+
+def firing_frequency(active: Tensor) -> Tensor:
+    """Fraction of tokens on which each feature fires.
+
+    Parameters
+    ----------
+    active
+        Bool ``[..., d_dict]`` from the dictionary's ``active()``.
+
+    Returns
+    -------
+    Tensor
+        float64 ``[d_dict]`` on ``active``'s device.
+    """
+    active = _active_rows(active)
+    return active.sum(0).double() / active.shape[0]
+
+
+class DeadDense(NamedTuple):
+    """Dead and dense features by firing frequency."""
+
+    dead: Tensor
+    """Bool ``[d_dict]``: firing frequency below ``dead_below``."""
+    dense: Tensor
+    """Bool ``[d_dict]``: firing frequency above ``dense_above``."""
+    frac_dead: float
+    """Fraction of features that are dead."""
+    frac_dense: float
+    """Fraction of features that are dense."""
+
+
+def dead_dense(freq: Tensor, dead_below: float = 1e-8, dense_above: float = 0.1) -> DeadDense:
+    """Flag dead (almost never firing) and dense (firing very often) features.
+
+    Parameters
+    ----------
+    freq
+        Firing frequency per feature, ``[d_dict]`` (see :func:`firing_frequency`).
+    dead_below
+        A feature with frequency strictly below this is dead. The default 1e-8 means
+        "never fired" on any evaluation set under 10⁸ tokens.
+    dense_above
+        A feature with frequency strictly above this is dense; 0.1 is SAEBench's
+        ``freq_over_10_percent``.
+    """
+    if freq.ndim != 1:
+        raise ValueError(f"freq must have shape [d_dict], got {tuple(freq.shape)}")
+    if not 0.0 <= dead_below <= dense_above <= 1.0:
+        raise ValueError(f"need 0 <= dead_below <= dense_above <= 1, got dead_below={dead_below}, "
+                         f"dense_above={dense_above}")
+    dead, dense = freq < dead_below, freq > dense_above
+    n = max(1, freq.numel())
+    return DeadDense(dead, dense, dead.sum().item() / n, dense.sum().item() / n)
+
+
+class Histogram(NamedTuple):
+    """A histogram of log10 firing frequency."""
+
+    counts: Tensor
+    """int64 ``[n_bins]``: features per bin."""
+    edges: Tensor
+    """float64 ``[n_bins + 1]``: bin edges in log10 frequency."""
+
+
+def density_histogram(freq: Tensor, bins: int | Tensor = 50, *, eps: float = 1e-10) -> Histogram:
+    """Histogram of log10(firing frequency + eps) over features.
+
+    ``eps`` matches SAELens' ``log10(freq + 1e-10)`` (the values saved in
+    ``sparsity.safetensors``), so dead features appear as a spike at log10(eps)
+    instead of vanishing at −inf.
+
+    Parameters
+    ----------
+    freq
+        Firing frequency per feature, ``[d_dict]``.
+    bins
+        Number of equal-width bins over the data's range, or a 1-D tensor of edges.
+    eps
+        Added before the log.
+
+    Returns
+    -------
+    Histogram
+        ``(counts, edges)``, on the CPU.
+    """
+    if freq.ndim != 1 or freq.numel() == 0:
+        raise ValueError(f"freq must be a non-empty [d_dict] tensor, got shape {tuple(freq.shape)}")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    # torch.histogram runs on CPU float tensors only; d_dict values are cheap to move.
+    logf = torch.log10(freq.detach().double().cpu() + eps)
+    if isinstance(bins, Tensor):
+        bins = bins.detach().double().cpu()
+    elif bins < 1:
+        raise ValueError(f"bins must be a positive int or a tensor of edges, got {bins}")
+    counts, edges = torch.histogram(logf, bins=bins)
+    return Histogram(counts.long(), edges)
+
+
+# ---------------------------------------------------------------------------
+# Feature recovery against a known dictionary
+
+
+def _unit_rows(t: Tensor, name: str) -> Tensor:
+    if t.ndim != 2 or t.shape[0] == 0:
+        raise ValueError(f"{name} must have shape [n, d] with n >= 1, got {tuple(t.shape)}")
+    # At least float32: half-precision dot products of unit vectors lose the third digit.
+    t = t.detach().to(torch.promote_types(t.dtype, torch.float32))
+    return t / t.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+
+
+def _best_match(learned: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
+    """Max |cosine| with any learned row, and its index, for each true row."""
+    learned = _unit_rows(learned, "learned")
+    true = _unit_rows(true, "true").to(device=learned.device, dtype=learned.dtype)
+    if learned.shape[1] != true.shape[1]:
+        raise ValueError(f"learned and true directions live in different spaces: d = "
+                         f"{learned.shape[1]} vs {true.shape[1]}")
+    best = [(chunk @ learned.T).abs().max(dim=1) for chunk in true.split(_MATCH_CHUNK)]
+    return torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
+
+
+def mmcs(learned: Tensor, true: Tensor) -> float:
+    """Mean max cosine similarity: mean over true features of the best |cos| with a learned one.
+
+    Signs are ignored (|cos|), since a direction and its negative describe the same
+    feature up to the sign of its code.
+
+    Parameters
+    ----------
+    learned
+        ``[n_learned, d]``, rows are directions (e.g. ``W_dec``); need not be unit-norm.
+    true
+        ``[n_true, d]``, the ground-truth directions.
+    """
+    return _best_match(learned, true)[0].mean().item()
+
+
+class Recovery(NamedTuple):
+    """How well a learned dictionary recovers known feature directions."""
+
+    mmcs: float
+    """Mean over true features of the max |cosine| with any learned direction."""
+    frac_recovered: float
+    """Fraction of true features whose max |cosine| is at least the threshold."""
+    matched: Tensor
+    """int64 ``[n_true]``: index of the best-matching learned row per true feature
+    (several true features may share one learned row)."""
+    max_cos: Tensor
+    """``[n_true]``: that max |cosine| per true feature."""
+
+
+def recovery(learned: Tensor, true: Tensor, threshold: float = 0.9) -> Recovery:
+    """Match every true feature to its closest learned direction (by |cosine|).
+
+    The matching is greedy per true feature, not one-to-one: a learned direction
+    that sits between two true ones can be the best match for both. Use
+    ``scipy.optimize.linear_sum_assignment`` on the cosine matrix for a one-to-one
+    matching.
+
+    Parameters
+    ----------
+    learned
+        ``[n_learned, d]`` learned directions (rows).
+    true
+        ``[n_true, d]`` true directions (rows).
+    threshold
+        |cosine| at or above which a true feature counts as recovered.
+    """
+    if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    max_cos, matched = _best_match(learned, true)
+    return Recovery(max_cos.mean().item(), (max_cos >= threshold).double().mean().item(),
+                    matched, max_cos)
+
+
+# ---------------------------------------------------------------------------
+# Streaming
+
+
+class StreamingStats:
+    """Accumulate the reconstruction and sparsity metrics over batches, in float64.
+
+    The metrics over many batches equal the one-shot metrics over their
+    concatenation (up to float64 rounding). FVU's denominator is kept as a
+    per-dimension mean and sum of squared deviations, merged with Chan et al.'s
+    pairwise update: the textbook Σ‖x‖² − ‖Σx‖²/n cancels catastrophically on
+    activations with a large mean (residual streams), this does not.
+    Accumulators live on the first batch's device, so updating never synchronises
+    with a GPU; reading a metric does.
+
+    Examples
+    --------
+    >>> stats = StreamingStats()
+    >>> for x in batches:                                   # doctest: +SKIP
+    ...     codes = d.encode(x)
+    ...     stats.update(x, d.decode(codes), d.active(codes))
+    >>> stats.fvu(), stats.l0()                             # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self.n_tokens = 0
+        self._mean: Tensor | None = None   # [d] per-dimension mean of x
+        self._m2: Tensor | None = None     # [d] Σ (x − mean)² per dimension
+        self._sse = 0.0                    # Σ‖x − x̂‖²
+        self._xhat_sq = 0.0                # Σ‖x̂‖²
+        self._dot = 0.0                    # Σ x·x̂
+        self._l2_ratio = 0.0               # Σ ‖x̂‖/‖x‖
+        self._cos = 0.0                    # Σ cos(x, x̂)
+        self.n_active_tokens = 0
+        self._fired: Tensor | None = None  # [d_dict] int64 firing counts
+
+    def update(self, x: Tensor, x_hat: Tensor, active: Tensor | None = None) -> StreamingStats:
+        """Add a batch; returns ``self``.
+
+        Parameters
+        ----------
+        x, x_hat
+            Activations and reconstructions, ``[..., d]``.
+        active
+            Optional bool ``[..., d_dict]`` from the dictionary's ``active()`` for the
+            same tokens; needed for :meth:`l0` and :meth:`firing_frequency`.
+        """
+        if isinstance(x, Tensor) and isinstance(x_hat, Tensor) and x.numel() == x_hat.numel() == 0:
+            return self  # a stream's last batch can be empty
+        return self.merge(self._from_batch(x, x_hat, active))
+
+    @classmethod
+    def _from_batch(cls, x: Tensor, x_hat: Tensor, active: Tensor | None) -> StreamingStats:
+        x, x_hat = _pair(x, x_hat)
+        s = cls()
+        s.n_tokens = x.shape[0]
+        s._mean = x.mean(0)
+        s._m2 = (x - s._mean).pow(2).sum(0)
+        s._sse = (x - x_hat).pow(2).sum()
+        s._xhat_sq = x_hat.pow(2).sum()
+        s._dot = (x * x_hat).sum()
+        s._l2_ratio = _token_l2_ratio(x, x_hat).sum()
+        s._cos = _token_cosine(x, x_hat).sum()
+        if active is not None:
+            active = _active_rows(active)
+            if active.shape[0] != s.n_tokens:
+                raise ValueError(f"active has {active.shape[0]} tokens but x has {s.n_tokens}")
+            s.n_active_tokens = active.shape[0]
+            s._fired = active.sum(0)
+        return s
+
+    def merge(self, other: StreamingStats) -> StreamingStats:
+        """Fold another accumulator into this one (e.g. from another process); returns ``self``."""
+        self._merge_moments(other)
+        self._sse = self._sse + other._sse
+        self._xhat_sq = self._xhat_sq + other._xhat_sq
+        self._dot = self._dot + other._dot
+        self._l2_ratio = self._l2_ratio + other._l2_ratio
+        self._cos = self._cos + other._cos
+        self._merge_firing(other)
+        return self
+
+    def _merge_moments(self, other: StreamingStats) -> None:
+        if other.n_tokens == 0:
+            return
+        if self.n_tokens == 0:
+            self.n_tokens = other.n_tokens
+            self._mean, self._m2 = other._mean.clone(), other._m2.clone()
+            return
+        if other._mean.shape != self._mean.shape:
+            raise ValueError(f"batches differ in width: d = {self._mean.shape[0]} vs "
+                             f"{other._mean.shape[0]}")
+        na, nb = self.n_tokens, other.n_tokens
+        n = na + nb
+        delta = other._mean.to(self._mean.device) - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        self._m2 = self._m2 + other._m2.to(self._m2.device) + delta.pow(2) * (na * nb / n)
+        self.n_tokens = n
+
+    def _merge_firing(self, other: StreamingStats) -> None:
+        if other._fired is None:
+            return
+        if self._fired is None:
+            self._fired = other._fired.clone()
+        elif other._fired.shape != self._fired.shape:
+            raise ValueError(f"active differs in width: d_dict = {self._fired.shape[0]} vs "
+                             f"{other._fired.shape[0]}")
+        else:
+            self._fired = self._fired + other._fired.to(self._fired.device)
+        self.n_active_tokens += other.n_active_tokens
+
+    # -- reading ---------------------------------------------------------------
+
+    def _need_tokens(self) -> None:
+        if self.n_tokens == 0:
+            raise ValueError("StreamingStats has seen no tokens: call update() first")
+
+    def fvu(self) -> float:
+        """Fraction of variance unexplained over every token seen."""
+        self._need_tokens()
+        return float(self._sse / self._m2.sum())
+
+    def explained_variance(self) -> float:
+        """``1 − fvu()``."""
+        return 1.0 - self.fvu()
+
+    def l2_ratio(self) -> float:
+        """Mean over tokens of ‖x̂‖ / ‖x‖."""
+        self._need_tokens()
+        return float(self._l2_ratio / self.n_tokens)
+
+    def relative_reconstruction_bias(self) -> float:
+        """E[‖x̂‖²] / E[x̂·x], see :func:`relative_reconstruction_bias`."""
+        self._need_tokens()
+        return float(self._xhat_sq / self._dot)
+
+    def cosine_similarity(self) -> float:
+        """Mean over tokens of cos(x, x̂)."""
+        self._need_tokens()
+        return float(self._cos / self.n_tokens)
+
+    def firing_frequency(self) -> Tensor:
+        """float64 ``[d_dict]``: fraction of tokens on which each feature fired."""
+        if self._fired is None:
+            raise ValueError("no firing data: pass active= to update()")
+        return self._fired.double() / self.n_active_tokens
+
+    def l0(self) -> float:
+        """Mean number of active features per token."""
+        if self._fired is None:
+            raise ValueError("no firing data: pass active= to update()")
+        return self._fired.sum().item() / self.n_active_tokens
+
+    def dead_dense(self, dead_below: float = 1e-8, dense_above: float = 0.1) -> DeadDense:
+        """:func:`dead_dense` on the accumulated firing frequency."""
+        return dead_dense(self.firing_frequency(), dead_below, dense_above)
+
+    def summary(self) -> dict[str, float]:
+        """Every scalar metric available, as a flat dict (a row of a metrics table)."""
+        out = {
+            "n_tokens": float(self.n_tokens),
+            "fvu": self.fvu(),
+            "explained_variance": self.explained_variance(),
+            "l2_ratio": self.l2_ratio(),
+            "relative_reconstruction_bias": self.relative_reconstruction_bias(),
+            "cosine_similarity": self.cosine_similarity(),
+        }
+        if self._fired is not None:
+            dd = self.dead_dense()
+            out.update(l0=self.l0(), frac_dead=dd.frac_dead, frac_dense=dd.frac_dense)
+        return out
