@@ -17,6 +17,8 @@ _API = {
     "hook_width": "saekit.models",
     "validate_hook": "saekit.models",
     "W_out": "saekit.models",
+    "splice": "saekit.models",
+    "ce_kl_recovered": "saekit.metrics",
     "load_tokens": "saekit.data",
     "token_mask": "saekit.data",
     "concept_labels": "saekit.data",
@@ -32,7 +34,8 @@ _API = {
     "DictionaryConfig": "saekit.dictionaries",
 }
 
-_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "models", "report", "training"}
+_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "metrics", "models", "report",
+               "toy", "training"}
 
 __all__ = [*_API, "__version__"]
 

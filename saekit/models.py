@@ -266,3 +266,65 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
     if getattr(model.cfg, "attn_only", False):
         raise ValueError(f"{model_name(model)} is attention-only: it has no MLP W_out")
     return model.blocks[layer].mlp.W_out.detach()
+
+
+# --------------------------------------------------------------------------- splice
+
+
+def _check_dictionary_fits(model: Any, dictionary: Any) -> str:
+    """The dictionary's hook, checked against the model (width, processing)."""
+    import warnings
+
+    hook = dictionary.cfg.hook
+    if not hook:
+        raise ValueError(f"{dictionary!r} has no recorded hook, so it cannot be spliced; "
+                         "set dictionary.cfg.hook (or pass hook= when fitting)")
+    width = hook_width(model, hook)
+    if width != dictionary.cfg.d_in:
+        raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the "
+                         f"dictionary expects d_in={dictionary.cfg.d_in}")
+    want, have = dictionary.cfg.processing, model_processing(model)
+    if want and want != have:
+        warnings.warn(f"dictionary was fitted on {want!r}-processed activations, the model is "
+                      f"{have!r}: reconstructions may be off", stacklevel=3)
+    return hook
+
+
+def splice(model: Any, dictionary: Any, error_term: bool = False, edit: Any = None,
+           skip_bos: bool = True):
+    """Context manager: run ``model`` with the dictionary's hook replaced by its reconstruction.
+
+    Parameters
+    ----------
+    error_term
+        Add back the reconstruction error ``x − x̂``, so that only ``edit`` changes the
+        forward pass (with no edit the output equals the clean one).
+    edit
+        ``codes -> codes`` callable applied between encode and decode (clamp, ablate,
+        add); it gets ``[batch, seq, d_dict]`` codes.
+    skip_bos
+        Leave position 0 (BOS, on which no dictionary is trained) untouched.
+
+    Examples
+    --------
+    >>> with saekit.splice(model, sae):                       # doctest: +SKIP
+    ...     loss = model(tokens, return_type="loss")
+    """
+    hook = _check_dictionary_fits(model, dictionary)
+
+    def replace(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        flat = x.reshape(*x.shape[:2], -1)
+        a = flat.to(dictionary.W_dec.dtype)
+        codes = dictionary.encode(a)
+        if error_term and edit is None:
+            new = a  # x̂ + (x − x̂) is x: skip the rounding of computing it
+        else:
+            new = dictionary.decode(edit(codes) if edit is not None else codes)
+            if error_term:
+                new = new + (a - dictionary.decode(codes))
+        new = new.to(x.dtype)
+        if skip_bos:
+            new[:, 0] = flat[:, 0]
+        return new.reshape(x.shape)
+
+    return model.hooks(fwd_hooks=[(hook, replace)])

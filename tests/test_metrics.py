@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from saekit import metrics
 from saekit.metrics import (
     StreamingStats,
     cosine_similarity,
@@ -17,6 +16,7 @@ from saekit.metrics import (
     l0,
     l2_ratio,
     mmcs,
+    reconstruction,
     recovery,
     relative_reconstruction_bias,
 )
@@ -135,7 +135,7 @@ def test_recovery_of_permuted_sign_flipped_noisy_copy():
 def test_recovery_threshold_and_chunking(monkeypatch):
     true = torch.eye(4)
     learned = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
-    monkeypatch.setattr(metrics, "_MATCH_CHUNK", 3)  # exercise the chunked path
+    monkeypatch.setattr(reconstruction, "_MATCH_CHUNK", 3)  # exercise the chunked path
     rec = recovery(learned, true, threshold=0.7)
     torch.testing.assert_close(rec.max_cos, torch.tensor([1.0, 2 ** -0.5, 2 ** -0.5, 0.0]))
     assert rec.frac_recovered == 0.75
