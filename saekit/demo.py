@@ -1,8 +1,9 @@
 """``saekit demo``: the main job on the demo LM, end to end, with a readable report.
 
-Today: load the demo LM, pack demo text, harvest several hooks in one early-stopping
-pass, and show what the activations hold (sizes, norms, and which MLP neuron best
-detects each planted concept family). Later issues add dictionaries to the same run.
+Load the demo LM, pack demo text, harvest several hooks in one early-stopping pass
+and show what the activations hold; then train a TopK SAE on the middle MLP layer and
+report FVU, L0, dead features and CE/KL recovered on held-out text, and compare how
+well single SAE features and single neurons pick out the planted concepts.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from saekit.models import load_model
 DEMO_LM = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"
 
 
-def neuron_concept_table(acts: torch.Tensor, labels: torch.Tensor) -> list[dict]:
-    """Per concept family, the neuron whose activation best separates the family's tokens
-    from all others (AUROC), with its mean activation on and off the family."""
+def concept_table(acts: torch.Tensor, labels: torch.Tensor, unit: str = "neuron") -> list[dict]:
+    """Per concept family, the unit (neuron or feature) whose activation best separates
+    the family's tokens from all others (AUROC), with its mean activation on and off it."""
     from sklearn.metrics import roc_auc_score
 
     rows = []
@@ -35,7 +36,7 @@ def neuron_concept_table(acts: torch.Tensor, labels: torch.Tensor) -> list[dict]
         diff = (x[on].mean(0) - x[~on].mean(0)) / (x.std(0) + 1e-6)
         best = int(diff.argmax())
         auroc = float(roc_auc_score(on.numpy(), x[:, best].numpy()))
-        rows.append({"family": family, "tokens": int(on.sum()), "best neuron": best,
+        rows.append({"family": family, "tokens": int(on.sum()), f"best {unit}": best,
                      "mean on family": float(x[on, best].mean()),
                      "mean elsewhere": float(x[~on, best].mean()), "AUROC": auroc})
     return rows
@@ -69,42 +70,90 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
                           "frac > 0": float((x > 0).float().mean())})
     labels = concept_labels(tokens, model)[mask]
     mid = f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
-    concept_rows = neuron_concept_table(acts[mid], labels)
+    concept_rows = concept_table(acts[mid], labels)
 
-    print("\nActivations per hook\n" + report.text_table(hook_rows))
-    print(f"\nPlanted concepts in {mid}: the single neuron that best detects each family\n"
-          + report.text_table(concept_rows))
+
+    sae, sae_rows, sae_concepts, sae_freq = train_demo_sae(model, mid, acts[mid], tokens, labels, n_tokens)
+    for r, c in zip(concept_rows, sae_concepts, strict=True):
+        r["best SAE feature AUROC"] = c["AUROC"]
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     for h, x in acts.items():
         axes[0].hist(x.norm(dim=1).numpy(), bins=60, histtype="step", label=h)
     axes[0].set(xlabel="activation norm per token", ylabel="tokens", title="Activation norms")
     axes[0].legend(fontsize=7)
-    axes[1].bar([r["family"] for r in concept_rows], [r["AUROC"] for r in concept_rows], color="#4c72b0")
-    axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC", title=f"Best single neuron per concept ({mid})")
-    axes[1].tick_params(axis="x", rotation=30)
+    fams = [r["family"] for r in concept_rows]
+    pos = torch.arange(len(fams)).float()
+    axes[1].bar(pos - 0.2, [r["AUROC"] for r in concept_rows], 0.4, label="best neuron", color="#4c72b0")
+    axes[1].bar(pos + 0.2, [r["best SAE feature AUROC"] for r in concept_rows], 0.4,
+                label="best SAE feature", color="#dd8452")
+    axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC", title=f"Detecting each concept ({mid})")
+    axes[1].set_xticks(pos.tolist(), fams, rotation=30)
+    axes[1].legend(fontsize=8, loc="lower right")
+    axes[2].hist(sae_freq.numpy(), bins=50, color="#55a868")
+    axes[2].set(xlabel="log10 firing frequency (held-out)", ylabel="SAE features", title="SAE feature density")
     png = report.figure_png(fig)
     plt.close(fig)
     (out / "activations.png").write_bytes(png)
+    print("\nActivations per hook\n" + report.text_table(hook_rows))
+    print(f"\nTopK SAE on {mid}, evaluated on held-out text\n" + report.text_table(sae_rows))
+    print(f"\nPlanted concepts in {mid}: the single neuron / SAE feature that best detects each family\n"
+          + report.text_table(concept_rows))
+    sae.save(out / "sae")
 
     summary = {"model": str(model_path), "n_tokens": n, "harvest_seconds": round(dt, 2),
-               "hooks": hook_rows, "concepts": concept_rows, "model_card": card}
+               "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows, "model_card": card}
     report.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     report.write_csv(out / "hooks.csv", hook_rows)
     report.write_csv(out / "concepts.csv", concept_rows)
+    report.write_csv(out / "sae.csv", sae_rows)
     report.atomic_write_text(out / "index.html", report.html_page("saekit demo", [
         ("Demo LM", f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
                     f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
                     f"{card.get('unigram_heldout_loss', '?')}.</p>"),
         ("Activations per hook", report.html_table(hook_rows)),
+        (f"TopK SAE on {mid}", report.html_table(sae_rows)),
         (f"Planted concepts in {mid}", report.html_table(concept_rows)),
         ("Plots", report.html_img(png, "activation norms and concept AUROC")),
     ]))
-    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, activations.png "
+    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, sae.csv, activations.png, sae/ "
           f"({time.time() - t0:.0f}s in all)")
     return summary
+
+
+def train_demo_sae(model, hook: str, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor,
+                   labels: torch.Tensor, n_tokens: int):
+    """Fit a TopK SAE on training-split activations of ``hook``; evaluate on held-out ones."""
+    from saekit.activations import harvest
+    from saekit.metrics import StreamingStats, ce_kl_recovered
+    from saekit.training import fit
+
+    train_tokens = load_tokens("demo", model, 2 * n_tokens, seed=1)
+    train = harvest(model, [hook], train_tokens, batch_size=32)[hook]
+    t = time.time()
+    sae = fit(train, "topk", d_dict=4 * train.shape[1], k=16, batch_size=1024, epochs=3,
+              hook=hook, model=model, progress=True)
+    fit_s = time.time() - t
+    with torch.no_grad():
+        stats = StreamingStats()
+        codes_all = []
+        for x in heldout_acts.split(4096):
+            codes = sae.encode(x)
+            stats.update(x, sae.decode(codes), sae.active(codes))
+            codes_all.append(codes)
+        codes = torch.cat(codes_all)
+    rec = ce_kl_recovered(model, sae, heldout_tokens[:64], batch_size=16)
+    freq = stats.firing_frequency()
+    rows = [{"d_dict": sae.cfg.d_dict, "k": sae.cfg.k, "train tokens": len(train),
+             "fit seconds": round(fit_s, 1), "FVU": stats.fvu(), "L0": stats.l0(),
+             "dead %": 100 * float((freq == 0).double().mean()),
+             "CE recovered (zero abl.)": rec.ce_recovered_zero,
+             "CE recovered (mean abl.)": rec.ce_recovered_mean,
+             "KL recovered (zero abl.)": rec.kl_recovered_zero,
+             "CE clean / spliced": f"{rec.ce_clean:.3f} / {rec.ce_spliced:.3f}"}]
+    return sae, rows, concept_table(codes, labels, unit="feature"), freq.clamp_min(1e-7).log10().float()

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import DEMO_LM
 
@@ -73,5 +74,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {r["family"] for r in summary["concepts"]} == {"day", "month", "colour", "number", "animal", "city", "emotion"}
     assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
+    sae = summary["sae"][0]
+    assert sae["FVU"] < 0.8 and sae["L0"] == pytest.approx(16) and sae["CE recovered (zero abl.)"] > 0.3
+    assert (tmp_path / "sae" / "sae_weights.safetensors").is_file()
     html = (tmp_path / "index.html").read_text()
     assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
