@@ -21,7 +21,8 @@ test: .venv/.ready
 	$(OFFLINE) $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: .venv/.ready
-	$(OFFLINE) $(PY) eval/bench_harvest.py
+	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json
+	$(OFFLINE) $(PY) eval/bench_train.py --out eval/results/bench_train.json
 
 lint: .venv/.ready
 	$(PY) -m ruff check saekit tests train eval

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, register
+from saekit.dictionaries.kernels import SparseEncode, sparse_decode
 
 
 class TrainStep(NamedTuple):
@@ -42,10 +43,14 @@ class TrainStep(NamedTuple):
     """The total loss to backpropagate (scalar)."""
     x_hat: Tensor
     """Reconstruction ``[batch, d_in]``."""
-    codes: Tensor
-    """Codes used for the reconstruction ``[batch, d_dict]``."""
+    counts: Tensor
+    """Tokens of the batch each feature fired on ``[d_dict]`` (dead tracking, L0)."""
     terms: dict[str, Tensor]
     """Loss terms (``mse``, ``sparsity``, ``aux``), detached, for logging."""
+
+
+def _counts(codes: Tensor) -> Tensor:
+    return (codes > 0).sum(0)
 
 
 class SAE(Dictionary):
@@ -58,7 +63,11 @@ class SAE(Dictionary):
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
         d, n = cfg.d_in, cfg.d_dict
-        self.W_enc = nn.Parameter(torch.empty(d, n))
+        # The encoder is stored feature-major, enc_weight [d_dict, d_in] (nn.Linear's
+        # orientation), and W_enc [d_in, d_dict] is its transposed view: the sparse
+        # backward produces the gradient in this layout, the optimizer works on
+        # contiguous memory, and BLAS reads the transposed operand at no cost.
+        self.enc_weight = nn.Parameter(torch.empty(n, d))
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_dec = nn.Parameter(torch.zeros(d))
@@ -74,9 +83,16 @@ class SAE(Dictionary):
             self.b_enc.zero_()
             self.b_dec.zero_()
 
+    @property
+    def W_enc(self) -> Tensor:
+        """``[d_in, d_dict]`` (SAELens orientation), a view of ``enc_weight``."""
+        return self.enc_weight.T
+
     def pre_acts(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        # addmm: the bias is added inside the matmul, not in a second pass over [batch, d_dict].
+        flat = (x - self.b_dec).reshape(-1, self.cfg.d_in)
+        return torch.addmm(self.b_enc, flat, self.W_enc).reshape(*x.shape[:-1], self.cfg.d_dict)
 
     def saelens_tensors(self) -> dict[str, Tensor]:
         return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
@@ -110,7 +126,7 @@ class SAE(Dictionary):
         reconstruction is unchanged (σ is positively homogeneous)."""
         norms = self.W_dec.norm(dim=1).clamp_min(1e-12)
         self.W_dec /= norms[:, None]
-        self.W_enc *= norms[None, :]
+        self.enc_weight *= norms[:, None]
         self.b_enc *= norms
         if hasattr(self, "threshold"):
             self.threshold *= norms
@@ -156,7 +172,7 @@ class ReluSAE(SAE):
         warm = min(1.0, (step + 1) / o["l1_warmup_steps"]) if o["l1_warmup_steps"] else 1.0
         l1 = (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
         sparsity = warm * o["l1_coefficient"] * l1
-        return TrainStep(mse + sparsity, x_hat, codes,
+        return TrainStep(mse + sparsity, x_hat, _counts(codes),
                          {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
 
 
@@ -175,12 +191,40 @@ class TopKSAE(SAE):
         return {**super().saelens_config(), "k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        """Sparse path (``kernels.py``): the dense pre-activations are computed without
+        autograd; gradients flow only through the k selected (and k_aux dead) latents.
+        Same loss and gradients as ``train_step_dense``."""
+        k = self.cfg.k
+        with torch.no_grad():
+            pre = self.pre_acts(x)
+            vals, idx = pre.topk(k, dim=-1)
+            n_dead = int(dead.sum()) if dead is not None else 0
+            if n_dead:
+                k_aux = self.cfg.options["aux_k"] or self.cfg.d_in // 2
+                aux_vals, aux_idx = pre.masked_fill(~dead, -torch.inf).topk(min(k_aux, n_dead), dim=-1)
+                vals, idx_all = torch.cat([vals, aux_vals], 1), torch.cat([idx, aux_idx], 1)
+            else:
+                idx_all = idx
+        v = F.relu(SparseEncode.apply(x, self.b_dec, self.W_enc, self.b_enc, idx_all, vals))
+        x_hat = sparse_decode(idx, v[:, :k], self.W_dec, self.b_dec)
+        mse = self.mse(x, x_hat)
+        aux = x.new_zeros(())
+        if n_dead:
+            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=v[:, k:], mode="sum")
+            residual = (x - x_hat).detach()
+            aux = self.cfg.options["aux_coefficient"] * min(n_dead / k_aux, 1.0) * (residual - e_hat).pow(2).sum(-1).mean()
+        counts = torch.bincount(idx[vals[:, :k] > 0], minlength=self.cfg.d_dict)
+        return TrainStep(mse + aux, x_hat, counts,
+                         {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+
+    def train_step_dense(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+        """The reference: dense codes, dense decode, autograd through everything."""
         pre = self.pre_acts(x)
         codes = _topk_codes(pre, self.cfg.k)
         x_hat = self.decode(codes)
         mse = self.mse(x, x_hat)
         aux = self.aux_loss(x, x_hat, pre, dead)
-        return TrainStep(mse + aux, x_hat, codes,
+        return TrainStep(mse + aux, x_hat, _counts(codes),
                          {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
 
 
@@ -227,7 +271,7 @@ class BatchTopKSAE(SAE):
         x_hat = self.decode(codes)
         mse = self.mse(x, x_hat)
         aux = self.aux_loss(x, x_hat, pre, dead)
-        return TrainStep(mse + aux, x_hat, codes,
+        return TrainStep(mse + aux, x_hat, _counts(codes),
                          {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
 
 
@@ -297,7 +341,7 @@ class JumpReLUSAE(SAE):
             sparsity = o["l0_coefficient"] * (l0 / o["target_l0"] - 1) ** 2
         else:
             sparsity = o["l0_coefficient"] * l0
-        return TrainStep(mse + sparsity, x_hat, codes,
+        return TrainStep(mse + sparsity, x_hat, _counts(codes),
                          {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
 
     @torch.no_grad()
