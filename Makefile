@@ -29,7 +29,7 @@ lint: .venv/.ready
 
 # Rebuild the demo LM from its seed (about 30-60 minutes on 2 CPU cores).
 demo-lm: .venv/.ready
-	$(OFFLINE) $(PY) train/train_demo_lm.py --out checkpoints/demo-lm
+	$(OFFLINE) $(PY) train/train_demo_lm.py --recipe train/demo_lm.toml --out checkpoints/demo-lm
 
 clean-venv:
 	rm -rf .venv

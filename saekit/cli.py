@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,49 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
             writer.add(batch)
         cache = writer.close()
     print(cache)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
+    import saekit
+    from saekit.config import load_config
+    from saekit.training import Trainer
+    from saekit.training.trainer import CHECKPOINT
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not args.resume:
+        raise FileExistsError(f"{out} holds a checkpoint from an earlier run; pass --resume to "
+                              "continue it, or choose another --out")
+    model = saekit.load_model(cfg.model, device=cfg.device)
+    from saekit.models import hook_width
+
+    need = cfg.n_tokens * hook_width(model, cfg.hook) * 4
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    if need > budget:
+        raise ValueError(f"{args.config}: this version of `saekit train` holds the activations in "
+                         f"memory ({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {cfg.hook}), "
+                         f"more than half of this machine's RAM; streaming from the model or an "
+                         "activation cache is not implemented yet")
+    # BOS is masked: ask for a little more text than activations.
+    text_tokens = math.ceil(cfg.n_tokens * cfg.ctx_len / (cfg.ctx_len - 1)) + cfg.ctx_len
+    tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
+    acts = saekit.harvest(model, [cfg.hook], tokens, progress=True)[cfg.hook][:cfg.n_tokens]
+    trainer = Trainer(acts, cfg.kind, cfg.d_dict, cfg.k, cfg.batch_size, cfg.seed, cfg.hook, model,
+                      lr=cfg.lr, n_tokens=cfg.n_tokens, warmup_steps=cfg.warmup_steps,
+                      decay_start=cfg.decay_start, input_norm=cfg.input_norm, b_dec_init=cfg.b_dec_init,
+                      dead_tokens=cfg.dead_tokens, device=cfg.device, **cfg.options)
+    if args.resume and ckpt.exists():
+        trainer.load_checkpoint(ckpt)
+        print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    sae = trainer.run(out, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=True)
+    print(f"wrote {out / 'dictionary'}: {sae}")
     return 0
 
 
@@ -95,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     p.add_argument("--out", required=True, help="cache directory to create")
     p.set_defaults(fn=_cmd_harvest)
+
+    p = sub.add_parser("train", help="train an SAE from a TOML recipe")
+    p.add_argument("config", help="recipe (TOML), e.g. train/demo.toml")
+    p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field (value parsed as TOML); repeatable")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("info", help="describe an activation cache or a model directory")
     p.add_argument("path")

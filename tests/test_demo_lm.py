@@ -35,3 +35,12 @@ def test_tokenizer_rebuilds_exactly_from_the_seed(tmp_path):
     committed = json.loads((DEMO_LM / "tokenizer.json").read_text())
     assert rebuilt["model"]["vocab"] == committed["model"]["vocab"]
     assert rebuilt["model"]["merges"] == committed["model"]["merges"]
+
+
+def test_demo_lm_recipe_is_the_committed_models_recipe():
+    import tomllib
+
+    mod = _recipe_module()
+    recipe = mod.DemoLMRecipe(**tomllib.loads((ROOT / "train" / "demo_lm.toml").read_text()))
+    committed = json.loads((DEMO_LM / "train_summary.json").read_text())["recipe"]
+    assert vars(recipe) == committed

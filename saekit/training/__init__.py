@@ -1,5 +1,5 @@
 """Training: the gradient trainer for SAEs."""
 
-from saekit.training.fit import fit, geometric_median
+from saekit.training.trainer import Trainer, fit, geometric_median
 
-__all__ = ["fit", "geometric_median"]
+__all__ = ["Trainer", "fit", "geometric_median"]

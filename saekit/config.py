@@ -1,0 +1,87 @@
+"""Run configs: one dataclass per job, loaded from TOML, overridable with ``--set``.
+
+Unknown keys are refused with the list of allowed ones, so a typo in a recipe fails
+before any work is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """One SAE training run (``saekit train CONFIG.toml``); every field can be ``--set``."""
+
+    model: str = "checkpoints/demo-lm"
+    """Model spec for ``saekit.load_model``."""
+    hook: str = "blocks.2.mlp.hook_post"
+    """Hook to train on."""
+    data: str = "demo"
+    """Text source for ``saekit.load_tokens``."""
+    n_tokens: int = 1_000_000
+    """Training tokens (activations)."""
+    ctx_len: int = 128
+    kind: str = "topk"
+    d_dict: int = 4096
+    k: int | None = 32
+    batch_size: int = 4096
+    lr: float | None = None
+    """Default: 2e-4 / sqrt(d_dict / 2^14)."""
+    seed: int = 0
+    warmup_steps: int | None = None
+    decay_start: float = 0.8
+    input_norm: str = "scalar"
+    b_dec_init: str = "geometric_median"
+    dead_tokens: int | None = None
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every this many tokens (0: only the final weights)."""
+    log_every: int = 50
+    """Steps between lines of metrics.jsonl."""
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**values)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
+    """Read a TOML recipe and apply ``key=value`` overrides (values parsed as TOML)."""
+    values: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"recipe {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from e
+        where = str(path)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key = key.strip()
+        if key.startswith("options."):
+            values.setdefault("options", {})[key.removeprefix("options.")] = _parse_value(text.strip())
+        else:
+            values[key] = _parse_value(text.strip())
+    return build_config(cls, values, where)

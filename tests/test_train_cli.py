@@ -1,0 +1,103 @@
+"""`saekit train`: recipes, metrics.jsonl, checkpoints, and resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import DEMO_LM, ROOT
+
+import saekit
+from saekit.config import TrainConfig, load_config
+from saekit.dictionaries import REGISTRY, DictionaryConfig
+from saekit.models import _HOOK_RE
+
+RECIPES = sorted(p for p in (ROOT / "train").glob("*.toml") if p.name != "demo_lm.toml")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads_and_validates(recipe):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, TrainConfig)
+    assert _HOOK_RE.match(cfg.hook), cfg.hook
+    assert cfg.kind in REGISTRY
+    DictionaryConfig(kind=cfg.kind, d_in=1, d_dict=cfg.d_dict, k=cfg.k, options=cfg.options)
+    assert cfg.n_tokens >= cfg.batch_size
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "topk"\nd_dikt = 10\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['d_dikt'\]; allowed: .*'d_dict'"):
+        load_config(bad)
+    cfg = load_config(ROOT / "train" / "demo.toml", ["k=8", "options.aux_coefficient=0.5", "hook=blocks.1.mlp.hook_post"])
+    assert cfg.k == 8 and cfg.options == {"aux_coefficient": 0.5} and cfg.hook == "blocks.1.mlp.hook_post"
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["k"])
+
+
+def _train(out, *extra):
+    args = [sys.executable, "-m", "saekit.cli", "train", str(ROOT / "train" / "demo.toml"), "--out", str(out),
+            "--set", f'model="{DEMO_LM}"', "--set", "n_tokens=24576", "--set", "batch_size=512",
+            "--set", "d_dict=256", "--set", "checkpoint_every=4096", "--set", "log_every=4", *extra]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return args, env
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    args, env = _train(tmp_path / "full")
+    subprocess.run(args, env=env, check=True, timeout=240, capture_output=True)
+    full = saekit.load_dictionary(tmp_path / "full" / "dictionary")
+
+    args, env = _train(tmp_path / "killed")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint" / "state.json"
+    deadline = time.time() + 200
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 16:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (tmp_path / "killed" / "dictionary").exists()
+    killed_at = json.loads(ckpt.read_text())["step"]
+    assert 0 < killed_at < 48
+
+    r = subprocess.run(args, env=env, timeout=60, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr  # refuses to clobber the checkpoint
+    subprocess.run(args + ["--resume"], env=env, check=True, timeout=240, capture_output=True)
+    resumed = saekit.load_dictionary(tmp_path / "killed" / "dictionary")
+    for name, t in full.saelens_tensors().items():
+        assert torch.equal(t, resumed.saelens_tensors()[name]), name
+    lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines]
+    assert steps == sorted(set(steps)) and steps[-1] == 48
+    first = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert lines[-1]["loss"] == first["loss"]
+    assert {"loss", "mse", "aux", "fvu", "l0", "dead_pct", "lr", "tokens_per_s"} <= set(lines[-1])
+    cfg = json.loads((tmp_path / "full" / "dictionary" / "cfg.json").read_text())["saekit"]
+    assert cfg["metadata"]["torch_version"] == torch.__version__ and "git_sha" in cfg["metadata"]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    from saekit.training import Trainer
+
+    x = torch.randn(4096, 16)
+    t = Trainer(x, "topk", 32, 4, batch_size=256, n_tokens=4096)
+    for _ in range(4):
+        t.train_step()
+    t.save_checkpoint(tmp_path / "checkpoint")
+    before = (tmp_path / "checkpoint" / "state.safetensors").read_bytes()
+    with torch.no_grad():
+        t.sae.W_dec[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="at step 4"):
+        t.run(tmp_path, checkpoint_every=256)
+    assert (tmp_path / "checkpoint" / "state.safetensors").read_bytes() == before
+    fresh = Trainer(x, "topk", 32, 4, batch_size=256, n_tokens=4096)
+    fresh.load_checkpoint(tmp_path / "checkpoint")
+    assert fresh.step == 4
