@@ -52,6 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from saekit.training.trainer import CHECKPOINT
 
     cfg = load_config(args.config, args.set)
+    rank = _init_distributed(cfg)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not args.resume:
@@ -70,7 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # BOS is masked: ask for a little more text than activations.
     text_tokens = math.ceil(cfg.n_tokens * cfg.ctx_len / (cfg.ctx_len - 1)) + cfg.ctx_len
     tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
-    acts = saekit.harvest(model, [cfg.hook], tokens, progress=True)[cfg.hook][:cfg.n_tokens]
+    acts = saekit.harvest(model, [cfg.hook], tokens, progress=rank == 0)[cfg.hook][:cfg.n_tokens]
     trainer = Trainer(acts, cfg.kind, cfg.d_dict, cfg.k, cfg.batch_size, cfg.seed, cfg.hook, model,
                       lr=cfg.lr, n_tokens=cfg.n_tokens, warmup_steps=cfg.warmup_steps,
                       decay_start=cfg.decay_start, input_norm=cfg.input_norm, b_dec_init=cfg.b_dec_init,
@@ -78,11 +79,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and ckpt.exists():
         trainer.load_checkpoint(ckpt)
         print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    sae = trainer.run(out, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, progress=True)
-    print(f"wrote {out / 'dictionary'}: {sae}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    sae = trainer.run(out, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                      progress=rank == 0)
+    if rank == 0:
+        print(f"wrote {out / 'dictionary'}: {sae}")
     return 0
+
+
+def _init_distributed(cfg) -> int:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+        cfg.device = f"cuda:{local}"
+    elif cfg.device == "auto":
+        cfg.device = "cpu"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank()
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

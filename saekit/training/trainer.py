@@ -85,6 +85,14 @@ class Trainer:
             processing=model_processing(model) if hooked else None,
             input_norm=input_norm, options=options)
         self.seed, self.batch_size = seed, batch_size
+        # Under torchrun, rank r trains on the r-th slice of each seeded global batch and
+        # gradients are averaged, which equals one process on the whole batch.
+        import torch.distributed as dist
+
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        if batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} must divide evenly over {self.world} processes")
         total = n_tokens if n_tokens is not None else int(n * (epochs or 1))
         self.steps = max(1, total // batch_size)
         self.warmup = warmup_steps if warmup_steps is not None else min(1000, max(1, self.steps // 20))
@@ -135,6 +143,9 @@ class Trainer:
             rows.append(take)
             pos, need = pos + len(take), need - len(take)
         idx = rows[0] if len(rows) == 1 else torch.cat(rows)
+        if self.world > 1:
+            per = self.batch_size // self.world
+            idx = idx[self.rank * per:(self.rank + 1) * per]
         return self.data[idx].to(self.dev, torch.float32, non_blocking=True) * self.scale
 
     # -- training ------------------------------------------------------------------
@@ -150,6 +161,16 @@ class Trainer:
                                      "the last checkpoint (if any) is intact")
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        counts = out.counts
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in sae.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+            counts = counts.clone()
+            dist.all_reduce(counts)  # every rank must agree on which features are dead
         if sae.UNIT_NORM_DECODER:
             sae.remove_parallel_grad()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
@@ -159,25 +180,25 @@ class Trainer:
                 sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             if hasattr(sae, "clamp_threshold"):
                 sae.clamp_threshold()
-            counts = out.counts
-            self.since_fired = torch.where(counts > 0, 0, self.since_fired + len(x))
+            self.since_fired = torch.where(counts > 0, 0, self.since_fired + self.batch_size)
             if step >= self.steps // 2:  # firing frequency over the second half of training
                 self.fired += counts
-                self.seen += len(x)
+                self.seen += self.batch_size
         self.step += 1
         return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()},
                 "fvu": (out.terms["mse"] / (x - x.mean(0)).pow(2).sum(1).mean()).item(),
-                "l0": counts.sum().item() / len(x), "lr": self.lr_at(step),
+                "l0": counts.sum().item() / self.batch_size, "lr": self.lr_at(step),
                 "dead_pct": 100 * (self.since_fired > self.dead_after).double().mean().item()}
 
     def run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
             progress: bool = False) -> SAE:
         """Train to the last step (from wherever a resumed trainer stands) and finish."""
         log = None
+        main = self.rank == 0
         if out is not None:
             out = Path(out)
             out.mkdir(parents=True, exist_ok=True)
-            log = _MetricsLog(out / "metrics.jsonl", self.step)
+            log = _MetricsLog(out / "metrics.jsonl", self.step) if main else None
         every = max(1, checkpoint_every // self.batch_size) if checkpoint_every else 0
         it = range(self.step, self.steps)
         if progress:
@@ -197,9 +218,9 @@ class Trainer:
                 t_last, tok_last = now, tokens
             if progress and self.step % 20 == 0:
                 it.set_postfix(loss=f"{m['loss']:.3g}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
-            if out is not None and every and self.step % every == 0 and self.step < self.steps:
+            if out is not None and main and every and self.step % every == 0 and self.step < self.steps:
                 self.save_checkpoint(out / CHECKPOINT)
-        return self.finish(out / "dictionary" if out is not None else None)
+        return self.finish(out / "dictionary" if out is not None and main else None)
 
     def finish(self, path: Path | None = None) -> SAE:
         """Unit-norm decoder rows, the input scale folded in, firing frequencies attached."""
