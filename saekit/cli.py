@@ -44,9 +44,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
-    import math
 
-    import saekit
     from saekit.config import load_config
     from saekit.training import Trainer
     from saekit.training.trainer import CHECKPOINT
@@ -58,24 +56,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if ckpt.exists() and not args.resume:
         raise FileExistsError(f"{out} holds a checkpoint from an earlier run; pass --resume to "
                               "continue it, or choose another --out")
-    model = saekit.load_model(cfg.model, device=cfg.device)
-    from saekit.models import hook_width
+    if cfg.cache:
+        from saekit.activations.cache import CacheRows
 
-    need = cfg.n_tokens * hook_width(model, cfg.hook) * 4
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    if need > budget:
-        raise ValueError(f"{args.config}: this version of `saekit train` holds the activations in "
-                         f"memory ({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {cfg.hook}), "
-                         f"more than half of this machine's RAM; streaming from the model or an "
-                         "activation cache is not implemented yet")
-    # BOS is masked: ask for a little more text than activations.
-    text_tokens = math.ceil(cfg.n_tokens * cfg.ctx_len / (cfg.ctx_len - 1)) + cfg.ctx_len
-    tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
-    acts = saekit.harvest(model, [cfg.hook], tokens, progress=rank == 0)[cfg.hook][:cfg.n_tokens]
+        acts = CacheRows(cfg.cache, cfg.hook)
+        manifest = acts.cache.manifest
+        model, processing = manifest["model"], manifest["processing"]
+        n_tokens = min(cfg.n_tokens, len(acts))
+    else:
+        (acts, model), processing = _harvest_for_training(cfg, args.config, rank), None
+        n_tokens = cfg.n_tokens
     trainer = Trainer(acts, cfg.kind, cfg.d_dict, cfg.k, cfg.batch_size, cfg.seed, cfg.hook, model,
-                      lr=cfg.lr, n_tokens=cfg.n_tokens, warmup_steps=cfg.warmup_steps,
+                      lr=cfg.lr, n_tokens=n_tokens, warmup_steps=cfg.warmup_steps,
                       decay_start=cfg.decay_start, input_norm=cfg.input_norm, b_dec_init=cfg.b_dec_init,
-                      dead_tokens=cfg.dead_tokens, device=cfg.device, **cfg.options)
+                      dead_tokens=cfg.dead_tokens, device=cfg.device, processing=processing, **cfg.options)
     if args.resume and ckpt.exists():
         trainer.load_checkpoint(ckpt)
         print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
@@ -87,6 +81,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if rank == 0:
         print(f"wrote {out / 'dictionary'}: {sae}")
     return 0
+
+
+def _harvest_for_training(cfg, recipe: str, rank: int):
+    """Harvest the recipe's hook into memory: ``(activations, model)``."""
+    import math
+
+    import saekit
+    from saekit.models import hook_width
+
+    model = saekit.load_model(cfg.model, device=cfg.device)
+    need = cfg.n_tokens * hook_width(model, cfg.hook) * 4
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    if need > budget:
+        raise ValueError(f"{recipe}: training from the model holds the activations in memory "
+                         f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {cfg.hook}), more "
+                         "than half of this machine's RAM: build a cache with `saekit harvest` and set "
+                         "`cache` in the recipe (streaming from the model is not implemented yet)")
+    # BOS is masked: ask for a little more text than activations.
+    text_tokens = math.ceil(cfg.n_tokens * cfg.ctx_len / (cfg.ctx_len - 1)) + cfg.ctx_len
+    tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
+    acts = saekit.harvest(model, [cfg.hook], tokens, progress=rank == 0)[cfg.hook][:cfg.n_tokens]
+    return acts, model
 
 
 def _init_distributed(cfg) -> int:

@@ -23,6 +23,8 @@ class TrainConfig:
     """Hook to train on."""
     data: str = "demo"
     """Text source for ``saekit.load_tokens``."""
+    cache: str | None = None
+    """Train from this activation cache (``saekit harvest``) instead of harvesting."""
     n_tokens: int = 1_000_000
     """Training tokens (activations)."""
     ctx_len: int = 128

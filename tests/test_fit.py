@@ -57,3 +57,17 @@ def test_fit_records_the_model(demo_model, demo_acts):
     assert sae.cfg.processing == "native" and sae.cfg.model.endswith("demo-lm")
     with torch.no_grad():
         assert fvu(x, sae(x)) < 0.9
+
+
+def test_fit_from_an_activation_cache_equals_fit_from_the_tensor(toy, tmp_path):
+    from saekit.activations import CacheWriter
+
+    x = toy.x[:6000]
+    with CacheWriter(tmp_path / "cache", {"blocks.0.hook_resid_post": 64}, model="toy", processing="raw",
+                     data="synthetic", shard_tokens=1000) as w:
+        for part in x.split(700):
+            w.add({"blocks.0.hook_resid_post": part})
+        w.close()
+    a = saekit.fit(x, "topk", d_dict=64, k=4, batch_size=512, epochs=2, seed=1)
+    b = saekit.fit(str(tmp_path / "cache"), "topk", d_dict=64, k=4, batch_size=512, epochs=2, seed=1)
+    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.W_enc, b.W_enc)

@@ -123,3 +123,17 @@ def test_torchrun_two_gloo_processes_match_one(tmp_path):
     for name, t in one.saelens_tensors().items():
         rel = ((two.saelens_tensors()[name] - t).norm() / t.norm()).item()
         assert rel < 1e-5, (name, rel)
+
+
+def test_train_from_an_activation_cache(tmp_path):
+    from saekit.cli import main
+
+    hook = "blocks.1.hook_resid_post"
+    assert main(["harvest", "--model", str(DEMO_LM), "--hooks", hook, "--n-tokens", "8192",
+                 "--out", str(tmp_path / "cache")]) == 0
+    assert main(["train", str(ROOT / "train" / "demo_resid.toml"), "--out", str(tmp_path / "run"),
+                 "--set", f'cache="{tmp_path / "cache"}"', "--set", "batch_size=512",
+                 "--set", "d_dict=256", "--set", "checkpoint_every=0"]) == 0
+    sae = saekit.load_dictionary(tmp_path / "run" / "dictionary")
+    assert sae.cfg.hook == hook and sae.cfg.processing == "native" and sae.cfg.model == str(DEMO_LM)
+    assert sae.cfg.metadata["tokens"] == 8192 // 128 * 127 // 512 * 512

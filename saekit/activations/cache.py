@@ -467,3 +467,41 @@ class ActivationCache:
 def open_cache(path: str | os.PathLike[str]) -> ActivationCache:
     """Open the activation cache at ``path`` (see :class:`ActivationCache`)."""
     return ActivationCache(path)
+
+
+class CacheRows:
+    """One hook of a cache as a read-only ``[n_tokens, d]`` row store: ``rows[idx]``
+    gathers rows by global index from the memory-mapped shards, so a trainer can draw
+    shuffled batches from a cache larger than RAM as it would from a tensor."""
+
+    def __init__(self, cache: ActivationCache | str | os.PathLike[str], hook: str | None = None):
+        self.cache = cache if isinstance(cache, ActivationCache) else ActivationCache(cache)
+        if hook is None:
+            if len(self.cache.hooks) != 1:
+                raise ValueError(f"cache {self.cache.path} holds hooks {self.cache.hooks}; name one")
+            hook = self.cache.hooks[0]
+        self.hook = hook
+        sizes = [s["n_tokens"] for s in self.cache._spec(hook)["shards"]]
+        self.starts = torch.tensor([0, *sizes]).cumsum(0)
+        self.shape = (self.cache.n_tokens, self.cache.d(hook))
+        self.ndim = 2
+        self._shards: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _shard(self, i: int) -> torch.Tensor:
+        if i not in self._shards:
+            self._shards[i] = self.cache.shard(self.hook, i)  # mmap; hash checked on first read
+        return self._shards[i]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows of {self.hook}")
+        shard = torch.searchsorted(self.starts, idx, right=True) - 1
+        out = torch.empty((len(idx), self.shape[1]), dtype=self.cache.dtype)
+        for i in shard.unique().tolist():
+            sel = (shard == i).nonzero().squeeze(1)
+            out[sel] = self._shard(i)[idx[sel] - self.starts[i]]
+        return out

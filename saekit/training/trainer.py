@@ -47,11 +47,24 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-8) -> Tensor:
     return m
 
 
-class Trainer:
-    """Train one SAE on an in-memory ``[n, d_in]`` tensor, with checkpoints and logs.
+def _as_rows(data: Any) -> Any:
+    """A tensor stays; an activation cache (path or object, one hook) becomes row storage."""
+    from saekit.activations.cache import ActivationCache, CacheRows
 
-    Parameters match :func:`fit`; ``out`` is the run directory (``metrics.jsonl``,
-    ``checkpoint/``, and the final dictionary in ``dictionary/``).
+    if isinstance(data, (Tensor, CacheRows)):
+        return data
+    if isinstance(data, (str, os.PathLike, ActivationCache)):
+        return CacheRows(data)
+    raise TypeError(f"data must be a tensor [n, d_in] or an activation cache; got {type(data).__name__}")
+
+
+class Trainer:
+    """Train one SAE on activations, with checkpoints and logs.
+
+    ``data`` is a ``[n, d_in]`` tensor, an activation-cache directory or an
+    ``ActivationCache`` of one hook (read memory-mapped, shuffled batches gathered
+    across shards). Other parameters match :func:`fit`; ``out`` is the run directory
+    (``metrics.jsonl``, ``checkpoint/``, and the final dictionary in ``dictionary/``).
     """
 
     def __init__(self, data: Tensor, kind: str, d_dict: int, k: int | None = None,
@@ -60,16 +73,15 @@ class Trainer:
                  epochs: float | None = None, warmup_steps: int | None = None,
                  decay_start: float = 0.8, input_norm: str = "scalar",
                  b_dec_init: str = "geometric_median", dead_tokens: int | None = None,
-                 device: Any = None, **options: Any):
+                 device: Any = None, processing: str | None = None, **options: Any):
         from saekit.models import model_name, model_processing, resolve_device
 
         if kind not in REGISTRY:
             raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
-        if not isinstance(data, Tensor):
-            raise TypeError(f"the trainer takes a tensor [n, d_in]; got {type(data).__name__}")
+        data = _as_rows(data)
         if data.ndim != 2:
             raise ValueError(f"data must be [n_tokens, d_in], got shape {tuple(data.shape)}")
-        if not torch.isfinite(data).all():
+        if isinstance(data, Tensor) and not torch.isfinite(data).all():
             raise ValueError("data contains NaN or inf activations")
         if input_norm not in ("scalar", "none"):
             raise ValueError(f"input_norm for training must be 'scalar' or 'none', got {input_norm!r}")
@@ -82,7 +94,7 @@ class Trainer:
         cfg = DictionaryConfig(
             kind=kind, d_in=d_in, d_dict=d_dict, k=k, hook=hook,
             model=model_name(model) if hooked else model,
-            processing=model_processing(model) if hooked else None,
+            processing=model_processing(model) if hooked else processing,
             input_norm=input_norm, options=options)
         self.seed, self.batch_size = seed, batch_size
         # Under torchrun, rank r trains on the r-th slice of each seeded global batch and
@@ -153,6 +165,8 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         sae, step = self.sae, self.step
         x = self.batch(step)
+        if not isinstance(self.data, Tensor) and not torch.isfinite(x).all():
+            raise ValueError(f"NaN/inf activations in the batch of step {step} (cache {self.data.cache.path})")
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
         out = sae.train_step(x, step, dead=self.since_fired > self.dead_after)
@@ -340,7 +354,8 @@ def provenance() -> dict[str, Any]:
 def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int = 4096,
         seed: int = 0, hook: str | None = None, model: Any = None, out: Any = None, *,
         progress: bool = False, **kwargs: Any) -> SAE:
-    """Train a dictionary of ``kind`` with ``d_dict`` features on ``data [n, d_in]``.
+    """Train a dictionary of ``kind`` with ``d_dict`` features on ``data``: a tensor
+    ``[n, d_in]`` or an activation-cache directory (one hook).
 
     One pass over the data unless ``n_tokens``/``epochs`` say otherwise; writes nothing
     unless ``out`` is given (then the dictionary is saved there). Further keywords:
