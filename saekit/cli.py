@@ -51,58 +51,70 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     rank = _init_distributed(cfg)
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
-    ckpt = out / CHECKPOINT
-    if ckpt.exists() and not args.resume:
-        raise FileExistsError(f"{out} holds a checkpoint from an earlier run; pass --resume to "
-                              "continue it, or choose another --out")
+    root = Path(args.out or Path("runs") / Path(args.config).stem)
+    runs = cfg.runs()
+    for name, _ in runs:
+        if (root / name / CHECKPOINT).exists() and not args.resume:
+            raise FileExistsError(f"{root / name} holds a checkpoint from an earlier run; pass "
+                                  "--resume to continue it, or choose another --out")
+    hooks = list(dict.fromkeys(c.hook for _, c in runs))
     if cfg.cache:
         from saekit.activations.cache import CacheRows
 
-        acts = CacheRows(cfg.cache, cfg.hook)
-        manifest = acts.cache.manifest
+        data = {h: CacheRows(cfg.cache, h) for h in hooks}
+        manifest = data[hooks[0]].cache.manifest
         model, processing = manifest["model"], manifest["processing"]
-        n_tokens = min(cfg.n_tokens, len(acts))
-    else:
-        (acts, model), processing = _harvest_for_training(cfg, args.config, rank), None
-        n_tokens = cfg.n_tokens
-    trainer = Trainer(acts, cfg.kind, cfg.d_dict, cfg.k, cfg.batch_size, cfg.seed, cfg.hook, model,
-                      lr=cfg.lr, n_tokens=n_tokens, warmup_steps=cfg.warmup_steps,
-                      decay_start=cfg.decay_start, input_norm=cfg.input_norm, b_dec_init=cfg.b_dec_init,
-                      dead_tokens=cfg.dead_tokens, device=cfg.device, processing=processing, **cfg.options)
-    if args.resume and ckpt.exists():
-        trainer.load_checkpoint(ckpt)
-        print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
+    else:  # one forward pass for every hook of every run
+        data, model = _harvest_for_training(cfg, hooks, args.config, rank)
+        processing = None
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    sae = trainer.run(out, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-                      progress=rank == 0)
-    if rank == 0:
-        print(f"wrote {out / 'dictionary'}: {sae}")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    for name, c in runs:
+        out = root / name
+        if args.resume and (out / "dictionary").exists() and not (out / CHECKPOINT).exists():
+            print(f"{out / 'dictionary'} is already finished")
+            continue
+        trainer = Trainer(data[c.hook], c.kind, c.d_dict, c.k, c.batch_size, c.seed, c.hook, model,
+                          lr=c.lr, n_tokens=min(c.n_tokens, len(data[c.hook])), warmup_steps=c.warmup_steps,
+                          decay_start=c.decay_start, input_norm=c.input_norm, b_dec_init=c.b_dec_init,
+                          dead_tokens=c.dead_tokens, device=c.device, processing=processing, **c.options)
+        if args.resume and (out / CHECKPOINT).exists():
+            trainer.load_checkpoint(out / CHECKPOINT)
+            print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
+        sae = trainer.run(out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                          progress=rank == 0)
+        if rank == 0:
+            print(f"wrote {out / 'dictionary'}: {sae}")
     return 0
 
 
-def _harvest_for_training(cfg, recipe: str, rank: int):
-    """Harvest the recipe's hook into memory: ``(activations, model)``."""
+def _harvest_for_training(cfg, hooks: list[str], recipe: str, rank: int):
+    """Harvest the recipe's hooks into memory in one pass: ``({hook: activations}, model)``."""
     import math
 
     import saekit
     from saekit.models import hook_width
 
     model = saekit.load_model(cfg.model, device=cfg.device)
-    need = cfg.n_tokens * hook_width(model, cfg.hook) * 4
+    need = cfg.n_tokens * sum(hook_width(model, h) for h in hooks) * 4
     budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     if need > budget:
         raise ValueError(f"{recipe}: training from the model holds the activations in memory "
-                         f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {cfg.hook}), more "
+                         f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {hooks}), more "
                          "than half of this machine's RAM: build a cache with `saekit harvest` and set "
                          "`cache` in the recipe (streaming from the model is not implemented yet)")
-    # BOS is masked: ask for a little more text than activations.
-    text_tokens = math.ceil(cfg.n_tokens * cfg.ctx_len / (cfg.ctx_len - 1)) + cfg.ctx_len
+    # BOS and document separators are masked: ask for 10% more text than activations.
+    text_tokens = math.ceil(cfg.n_tokens * 1.1) + cfg.ctx_len
     tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
-    acts = saekit.harvest(model, [cfg.hook], tokens, progress=rank == 0)[cfg.hook][:cfg.n_tokens]
-    return acts, model
+    acts = saekit.harvest(model, hooks, tokens, progress=rank == 0)
+    got = len(next(iter(acts.values())))
+    if got < cfg.n_tokens:
+        import warnings
+
+        warnings.warn(f"{recipe}: the data gave {got:,} activations, fewer than n_tokens={cfg.n_tokens:,}",
+                      stacklevel=2)
+    return {h: a[:cfg.n_tokens] for h, a in acts.items()}, model
 
 
 def _init_distributed(cfg) -> int:

@@ -19,8 +19,8 @@ class TrainConfig:
 
     model: str = "checkpoints/demo-lm"
     """Model spec for ``saekit.load_model``."""
-    hook: str = "blocks.2.mlp.hook_post"
-    """Hook to train on."""
+    hook: str | list[str] = "blocks.2.mlp.hook_post"
+    """Hook to train on, or a list: one dictionary per hook, all from one harvest."""
     data: str = "demo"
     """Text source for ``saekit.load_tokens``."""
     cache: str | None = None
@@ -47,6 +47,24 @@ class TrainConfig:
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    """Variants trained on the same activations, each a table of fields to override
+    (e.g. ``[{k = 16}, {k = 32}]``); one dictionary per hook and variant."""
+
+    def runs(self) -> list[tuple[str, TrainConfig]]:
+        """``(name, config)`` for every hook × variant; the name is "" for a single run."""
+        hooks = self.hook if isinstance(self.hook, list) else [self.hook]
+        variants = self.sweep or [{}]
+        out = []
+        for h in hooks:
+            for v in variants:
+                bad = sorted(set(v) - {f.name for f in dataclasses.fields(self)} | ({"hook", "sweep"} & set(v)))
+                if bad:
+                    raise ValueError(f"sweep entry {v}: cannot set {bad}")
+                name = h + "".join(f"__{key}={val}" for key, val in v.items())
+                out.append((name if len(hooks) * len(variants) > 1 else "",
+                            dataclasses.replace(self, hook=h, sweep=[], **v)))
+        return out
 
 
 def _parse_value(text: str) -> Any:

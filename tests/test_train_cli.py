@@ -76,7 +76,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(t, resumed.saelens_tensors()[name]), name
     lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     steps = [x["step"] for x in lines]
-    assert steps == sorted(set(steps)) and steps[-1] == 48
+    assert steps == sorted(set(steps)) and steps[-1] == 48, str(steps)
     first = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
     assert lines[-1]["loss"] == first["loss"]
     assert {"loss", "mse", "aux", "fvu", "l0", "dead_pct", "lr", "tokens_per_s"} <= set(lines[-1])
@@ -137,3 +137,20 @@ def test_train_from_an_activation_cache(tmp_path):
     sae = saekit.load_dictionary(tmp_path / "run" / "dictionary")
     assert sae.cfg.hook == hook and sae.cfg.processing == "native" and sae.cfg.model == str(DEMO_LM)
     assert sae.cfg.metadata["tokens"] == 8192 // 128 * 127 // 512 * 512
+
+
+def test_several_hooks_and_a_sweep_from_one_harvest(tmp_path):
+    from saekit.cli import main
+
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    rc = main(["train", str(ROOT / "train" / "demo.toml"), "--out", str(tmp_path),
+               "--set", f'model="{DEMO_LM}"', "--set", f"hook={json.dumps(hooks)}",
+               "--set", "sweep=[{k = 4}, {k = 8, d_dict = 128}]", "--set", "n_tokens=4096",
+               "--set", "batch_size=512", "--set", "d_dict=64", "--set", "checkpoint_every=0"])
+    assert rc == 0
+    made = sorted(p.parent.name for p in tmp_path.glob("*/dictionary"))
+    assert made == sorted(f"{h}__{v}" for h in hooks for v in ("k=4", "k=8__d_dict=128"))
+    d = saekit.load_dictionary(tmp_path / f"{hooks[1]}__k=8__d_dict=128" / "dictionary")
+    assert (d.cfg.hook, d.cfg.k, d.cfg.d_dict, d.cfg.d_in) == (hooks[1], 8, 128, 512)
+    with pytest.raises(ValueError, match="cannot set"):
+        load_config(None, ["sweep=[{hook = 'x'}]"]).runs()

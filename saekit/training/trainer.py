@@ -234,7 +234,10 @@ class Trainer:
                 it.set_postfix(loss=f"{m['loss']:.3g}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
             if out is not None and main and every and self.step % every == 0 and self.step < self.steps:
                 self.save_checkpoint(out / CHECKPOINT)
-        return self.finish(out / "dictionary" if out is not None and main else None)
+        sae = self.finish(out / "dictionary" if out is not None and main else None)
+        if out is not None and main:
+            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
+        return sae
 
     def finish(self, path: Path | None = None) -> SAE:
         """Unit-norm decoder rows, the input scale folded in, firing frequencies attached."""
