@@ -70,6 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
         (root / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    eval_fn = _eval_fn(cfg, model) if rank == 0 else None
     for name, c in runs:
         out = root / name
         if args.resume and (out / "dictionary").exists() and not (out / CHECKPOINT).exists():
@@ -83,9 +84,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             trainer.load_checkpoint(out / CHECKPOINT)
             print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
         sae = trainer.run(out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                          progress=rank == 0)
+                          progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every)
         if rank == 0:
             print(f"wrote {out / 'dictionary'}: {sae}")
+            if (out / "eval.json").exists():
+                r = json.loads((out / "eval.json").read_text())
+                print(f"  FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {100 * r['frac_dead']:.1f}%  "
+                      f"CE recovered {r['ce_recovered_zero']:.3f} (zero) {r['ce_recovered_mean']:.3f} (mean)  "
+                      f"KL recovered {r['kl_recovered_zero']:.3f} (zero)")
     return 0
 
 
@@ -115,6 +121,23 @@ def _harvest_for_training(cfg, hooks: list[str], recipe: str, rank: int):
         warnings.warn(f"{recipe}: the data gave {got:,} activations, fewer than n_tokens={cfg.n_tokens:,}",
                       stacklevel=2)
     return {h: a[:cfg.n_tokens] for h, a in acts.items()}, model
+
+
+def _eval_fn(cfg, model):
+    """The evaluation callback, when the model can be loaded (it can when training
+    from the model, or from a cache whose manifest names a loadable model)."""
+    import saekit
+    from saekit.training.evaluate import evaluate
+
+    if isinstance(model, str):
+        try:
+            model = saekit.load_model(model, device=cfg.device)
+        except (OSError, ValueError) as e:
+            print(f"no evaluation: cannot load model {model!r} ({e})")
+            return None
+    data = "demo:heldout" if cfg.data == "demo" else cfg.data
+    tokens = saekit.load_tokens(data, model, cfg.eval_tokens, cfg.ctx_len, seed=cfg.seed + 1)
+    return lambda dictionary: evaluate(model, dictionary, tokens)
 
 
 def _init_distributed(cfg) -> int:

@@ -44,6 +44,11 @@ class TrainConfig:
     """Write a resumable checkpoint every this many tokens (0: only the final weights)."""
     log_every: int = 50
     """Steps between lines of metrics.jsonl."""
+    eval_every: int = 0
+    """Tokens between evaluations (CE/KL recovered, SAEBench core metrics); one always
+    runs at the end when the model is at hand (0: only at the end)."""
+    eval_tokens: int = 16_384
+    """Text tokens the evaluation splices over ("demo" evaluates on the held-out split)."""
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""

@@ -43,7 +43,8 @@ def test_config_errors(tmp_path):
 def _train(out, *extra):
     args = [sys.executable, "-m", "saekit.cli", "train", str(ROOT / "train" / "demo.toml"), "--out", str(out),
             "--set", f'model="{DEMO_LM}"', "--set", "n_tokens=24576", "--set", "batch_size=512",
-            "--set", "d_dict=256", "--set", "checkpoint_every=4096", "--set", "log_every=4", *extra]
+            "--set", "d_dict=256", "--set", "checkpoint_every=4096", "--set", "log_every=4",
+            "--set", "eval_every=8192", "--set", "eval_tokens=2048", *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return args, env
 
@@ -75,11 +76,19 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     for name, t in full.saelens_tensors().items():
         assert torch.equal(t, resumed.saelens_tensors()[name]), name
     lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if "eval" not in x]
     steps = [x["step"] for x in lines]
     assert steps == sorted(set(steps)) and steps[-1] == 48, str(steps)
-    first = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
+    first = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    first = [x for x in first if "eval" not in x][-1]
     assert lines[-1]["loss"] == first["loss"]
     assert {"loss", "mse", "aux", "fvu", "l0", "dead_pct", "lr", "tokens_per_s"} <= set(lines[-1])
+    evals = [x["eval"] for x in (json.loads(y) for y in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if "eval" in x]
+    assert len(evals) == 3  # at steps 16 and 32 (every 8192 tokens), and at the end
+    final = json.loads((tmp_path / "full" / "eval.json").read_text())
+    assert final == evals[-1]
+    assert 0 < final["ce_recovered_zero"] <= 1.05 and 0 < final["fvu"] < 1 and final["l0"] == pytest.approx(16)
+    assert {"kl_recovered_mean", "l2_ratio", "relative_reconstruction_bias", "cosine_similarity", "frac_dead"} <= set(final)
     cfg = json.loads((tmp_path / "full" / "dictionary" / "cfg.json").read_text())["saekit"]
     assert cfg["metadata"]["torch_version"] == torch.__version__ and "git_sha" in cfg["metadata"]
 

@@ -204,9 +204,25 @@ class Trainer:
                 "l0": counts.sum().item() / self.batch_size, "lr": self.lr_at(step),
                 "dead_pct": 100 * (self.since_fired > self.dead_after).double().mean().item()}
 
+    def snapshot(self) -> SAE:
+        """A copy of the dictionary as ``finish`` would leave it (unit rows, scale folded),
+        for evaluation mid-training; training goes on unchanged."""
+        import copy
+
+        sae = copy.deepcopy(self.sae)
+        sae.normalize_decoder()
+        if sae.cfg.input_norm == "scalar":
+            sae.fold_input_scale(self.scale)
+        return sae.eval()
+
     def run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
-            progress: bool = False) -> SAE:
-        """Train to the last step (from wherever a resumed trainer stands) and finish."""
+            progress: bool = False, eval_fn: Any = None, eval_every: int = 0) -> SAE:
+        """Train to the last step (from wherever a resumed trainer stands) and finish.
+
+        ``eval_fn(dictionary) -> dict`` runs every ``eval_every`` tokens and at the end;
+        its results go to ``metrics.jsonl`` (``{"step", "eval": {...}}``) and the last
+        to ``eval.json``.
+        """
         log = None
         main = self.rank == 0
         if out is not None:
@@ -214,6 +230,7 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
             log = _MetricsLog(out / "metrics.jsonl", self.step) if main else None
         every = max(1, checkpoint_every // self.batch_size) if checkpoint_every else 0
+        eval_steps = max(1, eval_every // self.batch_size) if eval_every else 0
         it = range(self.step, self.steps)
         if progress:
             from tqdm.auto import tqdm
@@ -234,7 +251,16 @@ class Trainer:
                 it.set_postfix(loss=f"{m['loss']:.3g}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
             if out is not None and main and every and self.step % every == 0 and self.step < self.steps:
                 self.save_checkpoint(out / CHECKPOINT)
+            if eval_fn is not None and main and eval_steps and self.step % eval_steps == 0 and self.step < self.steps:
+                result = eval_fn(self.snapshot())
+                if log is not None:
+                    log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
         sae = self.finish(out / "dictionary" if out is not None and main else None)
+        if eval_fn is not None and main:
+            result = eval_fn(sae)
+            if log is not None:
+                log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
+                (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if out is not None and main:
             shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
         return sae
