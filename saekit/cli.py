@@ -129,6 +129,8 @@ def _eval_fn(cfg, model):
     import saekit
     from saekit.training.evaluate import evaluate
 
+    if cfg.eval_tokens <= 0:
+        return None
     if isinstance(model, str):
         try:
             model = saekit.load_model(model, device=cfg.device)

@@ -48,7 +48,8 @@ class TrainConfig:
     """Tokens between evaluations (CE/KL recovered, SAEBench core metrics); one always
     runs at the end when the model is at hand (0: only at the end)."""
     eval_tokens: int = 16_384
-    """Text tokens the evaluation splices over ("demo" evaluates on the held-out split)."""
+    """Text tokens the evaluation splices over ("demo" evaluates on the held-out split);
+    0 turns evaluation off."""
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""

@@ -115,7 +115,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
 def test_torchrun_two_gloo_processes_match_one(tmp_path):
     """rank r trains on the r-th half of each global batch; gradients are averaged."""
     sets = [f'model="{DEMO_LM}"', "n_tokens=8192", "batch_size=512", "d_dict=256", "log_every=4",
-            "device=\"cpu\""]
+            "device=\"cpu\"", "eval_tokens=0"]
     base = [str(ROOT / "train" / "demo.toml")] + [a for s in sets for a in ("--set", s)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "one")],
@@ -155,7 +155,8 @@ def test_several_hooks_and_a_sweep_from_one_harvest(tmp_path):
     rc = main(["train", str(ROOT / "train" / "demo.toml"), "--out", str(tmp_path),
                "--set", f'model="{DEMO_LM}"', "--set", f"hook={json.dumps(hooks)}",
                "--set", "sweep=[{k = 4}, {k = 8, d_dict = 128}]", "--set", "n_tokens=4096",
-               "--set", "batch_size=512", "--set", "d_dict=64", "--set", "checkpoint_every=0"])
+               "--set", "batch_size=512", "--set", "d_dict=64", "--set", "checkpoint_every=0",
+               "--set", "eval_tokens=0"])
     assert rc == 0
     made = sorted(p.parent.name for p in tmp_path.glob("*/dictionary"))
     assert made == sorted(f"{h}__{v}" for h in hooks for v in ("k=4", "k=8__d_dict=128"))
