@@ -84,7 +84,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             trainer.load_checkpoint(out / CHECKPOINT)
             print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
         sae = trainer.run(out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                          progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every)
+                          progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every,
+                          wandb_project=c.wandb_project)
         if rank == 0:
             print(f"wrote {out / 'dictionary'}: {sae}")
             if (out / "eval.json").exists():

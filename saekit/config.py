@@ -51,6 +51,8 @@ class TrainConfig:
     """Text tokens the evaluation splices over ("demo" evaluates on the held-out split);
     0 turns evaluation off."""
     device: str = "auto"
+    wandb_project: str | None = None
+    """Also log to this wandb project (metrics.jsonl is always written)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""
     sweep: list[dict[str, Any]] = field(default_factory=list)

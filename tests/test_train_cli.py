@@ -164,3 +164,17 @@ def test_several_hooks_and_a_sweep_from_one_harvest(tmp_path):
     assert (d.cfg.hook, d.cfg.k, d.cfg.d_dict, d.cfg.d_in) == (hooks[1], 8, 128, 512)
     with pytest.raises(ValueError, match="cannot set"):
         load_config(None, ["sweep=[{hook = 'x'}]"]).runs()
+
+
+def test_wandb_offline_run_gets_the_same_metrics(tmp_path, monkeypatch):
+    """wandb is a sink beside metrics.jsonl; offline it writes a local run (no network)."""
+    from saekit.training import Trainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    t = Trainer(torch.randn(2048, 16), "topk", 32, 4, batch_size=256)
+    t.run(tmp_path / "run", log_every=2, wandb_project="saekit-test")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4

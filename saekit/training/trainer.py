@@ -216,19 +216,21 @@ class Trainer:
         return sae.eval()
 
     def run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
-            progress: bool = False, eval_fn: Any = None, eval_every: int = 0) -> SAE:
+            progress: bool = False, eval_fn: Any = None, eval_every: int = 0,
+            wandb_project: str | None = None) -> SAE:
         """Train to the last step (from wherever a resumed trainer stands) and finish.
 
         ``eval_fn(dictionary) -> dict`` runs every ``eval_every`` tokens and at the end;
         its results go to ``metrics.jsonl`` (``{"step", "eval": {...}}``) and the last
-        to ``eval.json``.
+        to ``eval.json``. With ``wandb_project`` the same records also go to wandb.
         """
         log = None
         main = self.rank == 0
         if out is not None:
             out = Path(out)
             out.mkdir(parents=True, exist_ok=True)
-            log = _MetricsLog(out / "metrics.jsonl", self.step) if main else None
+            log = _MetricsLog(out / "metrics.jsonl", self.step, wandb_project,
+                              self.sae.cfg.to_dict()) if main else None
         every = max(1, checkpoint_every // self.batch_size) if checkpoint_every else 0
         eval_steps = max(1, eval_every // self.batch_size) if eval_every else 0
         it = range(self.step, self.steps)
@@ -263,6 +265,8 @@ class Trainer:
                 (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         if out is not None and main:
             shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
+        if log is not None:
+            log.close()
         return sae
 
     def finish(self, path: Path | None = None) -> SAE:
@@ -346,17 +350,34 @@ class Trainer:
 
 
 class _MetricsLog:
-    """Append-only JSONL; on resume, lines past the checkpoint's step are dropped."""
+    """Append-only JSONL, and wandb when a project is configured (imported only then).
 
-    def __init__(self, path: Path, step: int):
+    On resume, lines past the checkpoint's step are dropped.
+    """
+
+    def __init__(self, path: Path, step: int, wandb_project: str | None = None, config: dict | None = None):
         self.path = path
         if path.exists():
             keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
             path.write_text("".join(line + "\n" for line in keep))
+        self.wandb = None
+        if wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, dir=str(path.parent), config=config or {},
+                                    name=path.parent.name, resume="allow")
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            flat = {**{k: v for k, v in record.items() if k != "eval"},
+                    **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
+            self.wandb.log(flat, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def provenance() -> dict[str, Any]:
