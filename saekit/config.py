@@ -51,6 +51,8 @@ class TrainConfig:
     """Text tokens the evaluation splices over ("demo" evaluates on the held-out split);
     0 turns evaluation off."""
     device: str = "auto"
+    autocast: bool = False
+    """bf16 autocast for the SAE forward and backward (parameters stay fp32)."""
     wandb_project: str | None = None
     """Also log to this wandb project (metrics.jsonl is always written)."""
     options: dict[str, Any] = field(default_factory=dict)

@@ -71,3 +71,13 @@ def test_fit_from_an_activation_cache_equals_fit_from_the_tensor(toy, tmp_path):
     a = saekit.fit(x, "topk", d_dict=64, k=4, batch_size=512, epochs=2, seed=1)
     b = saekit.fit(str(tmp_path / "cache"), "topk", d_dict=64, k=4, batch_size=512, epochs=2, seed=1)
     assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.W_enc, b.W_enc)
+
+
+@pytest.mark.parametrize("kind,options", [("topk", {"k": 5}), ("relu", {"l1_coefficient": 1.0})])
+def test_bf16_autocast_trains_to_about_the_same_place(toy, kind, options):
+    kw = dict(d_dict=256, batch_size=512, epochs=3, lr=4e-3, **options)
+    fp32 = saekit.fit(toy.x, kind, **kw)
+    bf16 = saekit.fit(toy.x, kind, autocast=True, **kw)
+    assert bf16.W_dec.dtype == torch.float32
+    a, b = recovery(fp32.W_dec, toy.features).mmcs, recovery(bf16.W_dec, toy.features).mmcs
+    assert b > a - 0.05, (a, b)

@@ -37,10 +37,10 @@ class SparseEncode(torch.autograd.Function):
         d_in, n = W_enc.shape
         B, k = idx.shape
         flat_idx = idx.flatten()
-        flat_g = g.flatten()
+        flat_g = g.flatten().to(W_enc.dtype)  # bf16 under autocast; parameters' grads are fp32
         # Σ over tokens of the gradient reaching each latent: b_enc's gradient, and via
         # W_enc it gives b_dec's (pre-activations depend on −b_dec).
-        per_latent = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
+        per_latent = torch.zeros(n, dtype=flat_g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         grad_b_enc = per_latent
         grad_b_dec = -(W_enc @ per_latent)
         # W_enc's gradient: Gᵀ (x − b_dec), with G [batch, n] holding g at idx: a CSR
@@ -54,10 +54,10 @@ class SparseEncode(torch.autograd.Function):
             # The indices are valid by construction; skip the (costly) invariant checks.
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             Gt = torch.sparse_csr_tensor(crow, cols, flat_g[order], (n, B), check_invariants=False)
-        grad_W_enc = (Gt @ (x - b_dec)).T
+        grad_W_enc = (Gt @ (x - b_dec).to(W_enc.dtype)).T
         return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None
 
 
 def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
     """``Σ_j vals[b, j] · W_dec[idx[b, j]] + b_dec`` without a dense [batch, d_dict] code matrix."""
-    return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum") + b_dec
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals.to(W_dec.dtype), mode="sum") + b_dec

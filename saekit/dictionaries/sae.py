@@ -210,7 +210,7 @@ class TopKSAE(SAE):
         mse = self.mse(x, x_hat)
         aux = x.new_zeros(())
         if n_dead:
-            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=v[:, k:], mode="sum")
+            e_hat = F.embedding_bag(aux_idx, self.W_dec, per_sample_weights=v[:, k:].to(self.W_dec.dtype), mode="sum")
             residual = (x - x_hat).detach()
             aux = self.cfg.options["aux_coefficient"] * min(n_dead / k_aux, 1.0) * (residual - e_hat).pow(2).sum(-1).mean()
         counts = torch.bincount(idx[vals[:, :k] > 0], minlength=self.cfg.d_dict)

@@ -73,7 +73,8 @@ class Trainer:
                  epochs: float | None = None, warmup_steps: int | None = None,
                  decay_start: float = 0.8, input_norm: str = "scalar",
                  b_dec_init: str = "geometric_median", dead_tokens: int | None = None,
-                 device: Any = None, processing: str | None = None, **options: Any):
+                 device: Any = None, processing: str | None = None, autocast: bool = False,
+                 **options: Any):
         from saekit.models import model_name, model_processing, resolve_device
 
         if kind not in REGISTRY:
@@ -97,6 +98,7 @@ class Trainer:
             processing=model_processing(model) if hooked else processing,
             input_norm=input_norm, options=options)
         self.seed, self.batch_size = seed, batch_size
+        self.autocast = autocast
         # Under torchrun, rank r trains on the r-th slice of each seeded global batch and
         # gradients are averaged, which equals one process on the whole batch.
         import torch.distributed as dist
@@ -169,7 +171,9 @@ class Trainer:
             raise ValueError(f"NaN/inf activations in the batch of step {step} (cache {self.data.cache.path})")
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
-        out = sae.train_step(x, step, dead=self.since_fired > self.dead_after)
+        # bf16 autocast: matmuls in bf16, parameters, optimizer state and the loss in fp32.
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = sae.train_step(x, step, dead=self.since_fired > self.dead_after)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"{sae.cfg.kind} loss became {out.loss.item()} at step {step}; "
                                      "the last checkpoint (if any) is intact")
@@ -411,6 +415,7 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     unless ``out`` is given (then the dictionary is saved there). Further keywords:
     ``lr`` (default from d_dict), ``warmup_steps`` (default 5% of steps, at most 1000),
     ``decay_start`` (fraction of steps after which the lr decays linearly to 0),
+    ``autocast`` (bf16 autocast for the forward and backward),
     ``input_norm`` (``scalar`` or ``none``), ``b_dec_init`` (``geometric_median``,
     ``mean`` or ``zeros``), ``dead_tokens`` (tokens without firing after which a
     feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
