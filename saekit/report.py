@@ -7,21 +7,11 @@ import base64
 import csv
 import html
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to a temporary name in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from saekit.fileio import atomic_write_text
 
 
 def _fmt(v: Any) -> str:

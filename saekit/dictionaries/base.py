@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -182,10 +179,9 @@ class Dictionary(nn.Module):
         """Write the dictionary directory atomically (temporary sibling, then rename)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-        try:
+        from saekit.fileio import atomic_directory
+
+        with atomic_directory(path) as tmp:
             cfg = {**self.saelens_config(),
                    "saekit": {"schema_version": SCHEMA_VERSION, **self.cfg.to_dict()}}
             (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -195,20 +191,7 @@ class Dictionary(nn.Module):
                 save_file(cpu(self.extra_tensors()), str(tmp / EXTRA))
             if self.log_firing_freq is not None:
                 save_file({"sparsity": self.log_firing_freq.detach().float().cpu().contiguous()}, str(tmp / SPARSITY))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.rename(path, old)
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, device: Any = None) -> Dictionary:

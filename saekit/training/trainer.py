@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -309,23 +308,11 @@ class Trainer:
         from safetensors.torch import save_file
 
         tensors, meta = self.state()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-        try:
+        from saekit.fileio import atomic_directory
+
+        with atomic_directory(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
             (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
-            if old is not None:
-                os.rename(path, old)
-            os.rename(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def load_checkpoint(self, path: Path) -> None:
         from safetensors.torch import load_file
