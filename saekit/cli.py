@@ -45,6 +45,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    import saekit
     from saekit.config import load_config
     from saekit.training import Trainer
     from saekit.training.trainer import CHECKPOINT
@@ -64,6 +65,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = {h: CacheRows(cfg.cache, h) for h in hooks}
         manifest = data[hooks[0]].cache.manifest
         model, processing = manifest["model"], manifest["processing"]
+    elif cfg.stream:
+        from saekit.activations import LiveStream
+
+        model = saekit.load_model(cfg.model, device=cfg.device)
+        tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
+        data = {h: LiveStream(model, h, tokens, cfg.batch_size, buffer_bytes=cfg.buffer_mb << 20,
+                              seed=cfg.seed) for h in hooks}
+        processing = None
     else:  # one forward pass for every hook of every run
         data, model = _harvest_for_training(cfg, hooks, args.config, rank)
         processing = None
@@ -97,9 +106,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_tokens(cfg) -> int:
+    """Text to load for ``n_tokens`` activations: BOS and separators are masked, so 10% more."""
+    import math
+
+    return math.ceil(cfg.n_tokens * 1.1) + cfg.ctx_len
+
+
 def _harvest_for_training(cfg, hooks: list[str], recipe: str, rank: int):
     """Harvest the recipe's hooks into memory in one pass: ``({hook: activations}, model)``."""
-    import math
 
     import saekit
     from saekit.models import hook_width
@@ -110,11 +125,9 @@ def _harvest_for_training(cfg, hooks: list[str], recipe: str, rank: int):
     if need > budget:
         raise ValueError(f"{recipe}: training from the model holds the activations in memory "
                          f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {hooks}), more "
-                         "than half of this machine's RAM: build a cache with `saekit harvest` and set "
-                         "`cache` in the recipe (streaming from the model is not implemented yet)")
-    # BOS and document separators are masked: ask for 10% more text than activations.
-    text_tokens = math.ceil(cfg.n_tokens * 1.1) + cfg.ctx_len
-    tokens = saekit.load_tokens(cfg.data, model, text_tokens, cfg.ctx_len, seed=cfg.seed)
+                         "than half of this machine's RAM: set `stream = true` in the recipe to harvest "
+                         "while training, or build a cache with `saekit harvest` and set `cache`")
+    tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
     acts = saekit.harvest(model, hooks, tokens, progress=rank == 0)
     got = len(next(iter(acts.values())))
     if got < cfg.n_tokens:

@@ -25,6 +25,11 @@ class TrainConfig:
     """Text source for ``saekit.load_tokens``."""
     cache: str | None = None
     """Train from this activation cache (``saekit harvest``) instead of harvesting."""
+    stream: bool = False
+    """Harvest live while training (model → shuffle buffer, the LM running ahead in a
+    thread) instead of holding all activations in memory."""
+    buffer_mb: int = 1024
+    """Memory budget of the shuffle buffer when streaming."""
     n_tokens: int = 1_000_000
     """Training tokens (activations)."""
     ctx_len: int = 128

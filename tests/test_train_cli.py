@@ -178,3 +178,14 @@ def test_wandb_offline_run_gets_the_same_metrics(tmp_path, monkeypatch):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
+
+
+def test_train_streaming_from_the_model(tmp_path):
+    from saekit.cli import main
+
+    assert main(["train", str(ROOT / "train" / "demo.toml"), "--out", str(tmp_path), "--set", f'model="{DEMO_LM}"',
+                 "--set", "stream=true", "--set", "buffer_mb=4", "--set", "n_tokens=6144",
+                 "--set", "batch_size=512", "--set", "d_dict=128", "--set", "eval_tokens=1024"]) == 0
+    d = saekit.load_dictionary(tmp_path / "dictionary")
+    assert d.cfg.metadata["steps"] == 12 and d.cfg.processing == "native"
+    assert json.loads((tmp_path / "eval.json").read_text())["fvu"] < 1

@@ -1,7 +1,7 @@
-"""Activations: harvest from a model, shuffle in memory, cache on disk."""
+"""Activations: harvest from a model, shuffle in memory, cache on disk, stream live."""
 
 from saekit.activations.buffer import ShuffleBuffer
-from saekit.activations.cache import ActivationCache, CacheError, open_cache
+from saekit.activations.cache import ActivationCache, CacheError, CacheRows, open_cache
 from saekit.activations.cache_writer import CacheWriter
 from saekit.activations.harvest import (
            NonFiniteActivationError,
@@ -9,6 +9,8 @@ from saekit.activations.harvest import (
            harvest,
            iter_harvest,
 )
+from saekit.activations.stream import LiveStream
 
-__all__ = ["ActivationCache", "CacheError", "CacheWriter", "NonFiniteActivationError", "ShuffleBuffer",
-           "forward_hooks", "harvest", "iter_harvest", "open_cache"]
+__all__ = ["ActivationCache", "CacheError", "CacheRows", "CacheWriter", "LiveStream",
+           "NonFiniteActivationError", "ShuffleBuffer", "forward_hooks", "harvest", "iter_harvest",
+           "open_cache"]

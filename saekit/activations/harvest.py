@@ -7,6 +7,7 @@ or for the unembedding, which on small models is a large share of the FLOPs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,16 @@ from saekit.models import HOOK_TEMPLATES, hook_width, validate_hook
 
 class NonFiniteActivationError(ValueError):
     """An activation was NaN or infinite; the message names the hook and the batch."""
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """One re-entrant lock per model: hooks are per model, so a forward with hooks (a
+    harvest in a prefetch thread, a splice in an evaluation) must not overlap another."""
+    lock = getattr(model, "_saekit_lock", None)
+    if lock is None:
+        lock = threading.RLock()
+        model._saekit_lock = lock
+    return lock
 
 
 class _StopForward(Exception):
@@ -66,7 +77,8 @@ def forward_hooks(model: Any, hooks: Sequence[str], tokens: torch.Tensor) -> dic
         return fn
 
     try:
-        model.run_with_hooks(tokens, fwd_hooks=[(h, capture(h)) for h in ordered])
+        with model_lock(model):
+            model.run_with_hooks(tokens, fwd_hooks=[(h, capture(h)) for h in ordered])
     except _StopForward:
         pass
     missing = [h for h in ordered if h not in acts]

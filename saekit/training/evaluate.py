@@ -8,22 +8,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.activations.harvest import iter_harvest, model_lock
+from saekit.metrics import StreamingStats, ce_kl_recovered
+
 
 @torch.no_grad()
 def evaluate(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16) -> dict[str, float]:
     """One flat dict: ``ce_recovered_zero``, ``kl_recovered_mean``, ..., ``fvu``, ``l0``,
     ``l2_ratio``, ``relative_reconstruction_bias``, ``cosine_similarity``, ``frac_dead``,
     ``frac_dense`` (firing above 10% of tokens)."""
-    from saekit.activations import iter_harvest
-    from saekit.metrics import StreamingStats, ce_kl_recovered
-
-    rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size)
-    stats = StreamingStats()
-    d = dictionary.W_dec
-    for acts in iter_harvest(model, [dictionary.cfg.hook], tokens, batch_size):
-        x = acts[dictionary.cfg.hook].to(d.device, d.dtype)
-        codes = dictionary.encode(x)
-        stats.update(x, dictionary.decode(codes), dictionary.active(codes))
+    with model_lock(model):  # a live-harvest thread may share the model
+        rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size)
+        stats = StreamingStats()
+        d = dictionary.W_dec
+        for acts in iter_harvest(model, [dictionary.cfg.hook], tokens, batch_size):
+            x = acts[dictionary.cfg.hook].to(d.device, d.dtype)
+            codes = dictionary.encode(x)
+            stats.update(x, dictionary.decode(codes), dictionary.active(codes))
     out = rec._asdict()
     out["ce_positions"] = out.pop("n_tokens")
     return {**out, **stats.summary()}

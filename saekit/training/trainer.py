@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.activations.cache import CacheRows
 from saekit.dictionaries import REGISTRY, DictionaryConfig
 from saekit.dictionaries.sae import SAE
 
@@ -48,9 +49,10 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-8) -> Tensor:
 
 def _as_rows(data: Any) -> Any:
     """A tensor stays; an activation cache (path or object, one hook) becomes row storage."""
-    from saekit.activations.cache import ActivationCache, CacheRows
+    from saekit.activations.cache import ActivationCache
+    from saekit.activations.stream import LiveStream
 
-    if isinstance(data, (Tensor, CacheRows)):
+    if isinstance(data, (Tensor, CacheRows, LiveStream)):
         return data
     if isinstance(data, (str, os.PathLike, ActivationCache)):
         return CacheRows(data)
@@ -88,6 +90,10 @@ class Trainer:
         if b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ValueError(f"b_dec_init must be geometric_median, mean or zeros, got {b_dec_init!r}")
         self.data = data
+        from saekit.activations.stream import LiveStream
+
+        self.streaming = isinstance(data, LiveStream)
+        self._stream: Any = None
         n, d_in = data.shape
         self.dev = resolve_device(device)
         hooked = model is not None and not isinstance(model, str)
@@ -116,7 +122,13 @@ class Trainer:
         gen = torch.Generator().manual_seed(seed)
         self.sae: SAE = REGISTRY[kind](cfg)
         self.sae.reset_parameters(gen, dec_norm=1.0 if self.sae.UNIT_NORM_DECODER else 0.1)
-        sample = data[torch.randperm(n, generator=gen)[:min(n, 8192)]].to(self.dev, torch.float32)
+        if self.streaming:
+            if total > n:
+                raise ValueError(f"a live stream of {n:,} activations cannot give n_tokens={total:,}; "
+                                 "load more text")
+            sample = data.sample(min(n, 8192)).to(self.dev, torch.float32)
+        else:
+            sample = data[torch.randperm(n, generator=gen)[:min(n, 8192)]].to(self.dev, torch.float32)
         self.scale = math.sqrt(d_in / sample.pow(2).sum(1).mean().item()) if input_norm == "scalar" else 1.0
         sample = sample * self.scale
         self.sae.to(self.dev)
@@ -143,7 +155,16 @@ class Trainer:
         return self.lr * f
 
     def batch(self, step: int) -> Tensor:
-        """Rows of step ``step``: epoch e's order is a permutation seeded by (seed, e)."""
+        """Rows of step ``step``: epoch e's order is a permutation seeded by (seed, e); a
+        live stream is read in order (replayed up to ``step`` after a resume)."""
+        if self.streaming:
+            if self._stream is None:
+                self._stream = self.data.batches(skip=step)
+            x = next(self._stream)
+            if self.world > 1:
+                per = self.batch_size // self.world
+                x = x[self.rank * per:(self.rank + 1) * per]
+            return x.to(self.dev, torch.float32, non_blocking=True) * self.scale
         n = len(self.data)
         rows = []
         pos, need = step * self.batch_size, self.batch_size
@@ -166,7 +187,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         sae, step = self.sae, self.step
         x = self.batch(step)
-        if not isinstance(self.data, Tensor) and not torch.isfinite(x).all():
+        if isinstance(self.data, CacheRows) and not torch.isfinite(x).all():
             raise ValueError(f"NaN/inf activations in the batch of step {step} (cache {self.data.cache.path})")
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
