@@ -31,6 +31,7 @@ from torch import Tensor
 from saekit.activations.cache import CacheRows
 from saekit.dictionaries import REGISTRY, DictionaryConfig
 from saekit.dictionaries.sae import SAE
+from saekit.fileio import atomic_write_text
 
 CHECKPOINT = "checkpoint"
 
@@ -184,7 +185,8 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, metrics: bool = True) -> dict[str, float] | None:
+        """One optimizer step; the metrics (which synchronise with a GPU) only if asked."""
         sae, step = self.sae, self.step
         x = self.batch(step)
         if isinstance(self.data, CacheRows) and not torch.isfinite(x).all():
@@ -223,6 +225,8 @@ class Trainer:
                 self.fired += counts
                 self.seen += self.batch_size
         self.step += 1
+        if not metrics:
+            return None
         return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()},
                 "fvu": (out.terms["mse"] / (x - x.mean(0)).pow(2).sum(1).mean()).item(),
                 "l0": counts.sum().item() / self.batch_size, "lr": self.lr_at(step),
@@ -265,7 +269,9 @@ class Trainer:
         t_last, tok_last = time.time(), self.step * self.batch_size
         for _ in it:
             t = time.time()
-            m = self.train_step()
+            nxt = self.step + 1
+            want = (log is not None and (nxt % log_every == 0 or nxt == self.steps)) or (progress and nxt % 20 == 0)
+            m = self.train_step(metrics=want)
             self.train_seconds += time.time() - t
             if log is not None and (self.step % log_every == 0 or self.step == self.steps):
                 now = time.time()
@@ -286,7 +292,7 @@ class Trainer:
             result = eval_fn(sae)
             if log is not None:
                 log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
-                (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+                atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
         if out is not None and main:
             shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
         if log is not None:
