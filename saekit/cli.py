@@ -194,15 +194,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print("verify: OK" if not problems else f"verify: {len(problems)} problem(s)")
             return 1 if problems else 0
         return 0
+    if (path / "cfg.json").is_file():
+        return _info_dictionary(path)
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("architecture") == "TransformerLensNative":
             keys = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn")
             print(f"native TransformerLens model {path}: " + ", ".join(f"{k}={cfg.get(k)}" for k in keys))
             return 0
-    print(f"saekit info: {path} is neither an activation cache (manifest.json) nor a native "
-          "model (config.json with architecture TransformerLensNative)", file=sys.stderr)
+    print(f"saekit info: {path} is not an activation cache (manifest.json), a dictionary "
+          "(cfg.json) or a native model (config.json with architecture TransformerLensNative)",
+          file=sys.stderr)
     return 2
+
+
+def _info_dictionary(path: Path) -> int:
+    import saekit
+
+    d = saekit.load_dictionary(path)
+    c = d.cfg
+    print(f"{c.kind} dictionary {path}: d_in={c.d_in}, d_dict={c.d_dict}, k={c.k}, hook={c.hook}, "
+          f"model={c.model}, processing={c.processing}, input_norm={c.input_norm}")
+    norms = d.W_dec.detach().norm(dim=1)
+    print(f"  decoder row norms: min {norms.min():.4f}, max {norms.max():.4f}")
+    if d.log_firing_freq is not None:
+        f = d.log_firing_freq
+        print(f"  firing frequency (log10): median {f.median():.2f}, "
+              f"dead (< 1e-8) {100 * float((f < -8).float().mean()):.1f}%, "
+              f"dense (> 0.1) {100 * float((f > -1).float().mean()):.1f}%")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field (value parsed as TOML); repeatable")
     p.set_defaults(fn=_cmd_train)
 
-    p = sub.add_parser("info", help="describe an activation cache or a model directory")
+    p = sub.add_parser("info", help="describe an activation cache, a dictionary or a model directory")
     p.add_argument("path")
     p.add_argument("--verify", action="store_true", help="check every shard's size and sha256")
     p.set_defaults(fn=_cmd_info)

@@ -79,3 +79,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "sae" / "sae_weights.safetensors").is_file()
     html = (tmp_path / "index.html").read_text()
     assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
+
+
+def test_info_on_a_dictionary(tmp_path, capsys):
+    sae = saekit.fit(torch.randn(2048, 16), "topk", d_dict=32, k=4, batch_size=256, hook="blocks.0.hook_resid_post")
+    sae.save(tmp_path / "d")
+    assert main(["info", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "topk dictionary" in out and "d_in=16, d_dict=32, k=4, hook=blocks.0.hook_resid_post" in out
+    assert "decoder row norms: min 1.0000, max 1.0000" in out and "firing frequency" in out
