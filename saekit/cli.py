@@ -89,7 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           lr=c.lr, n_tokens=min(c.n_tokens, len(data[c.hook])), warmup_steps=c.warmup_steps,
                           decay_start=c.decay_start, input_norm=c.input_norm, b_dec_init=c.b_dec_init,
                           dead_tokens=c.dead_tokens, device=c.device, processing=processing,
-                          autocast=c.autocast, **c.options)
+                          autocast=c.autocast, compile=c.compile, **c.options)
         if args.resume and (out / CHECKPOINT).exists():
             trainer.load_checkpoint(out / CHECKPOINT)
             print(f"resuming {out} at step {trainer.step} of {trainer.steps}")

@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     autocast: bool = False
     """bf16 autocast for the SAE forward and backward (parameters stay fp32)."""
+    compile: bool = False
+    """``torch.compile`` the SAE's forward and loss."""
     wandb_project: str | None = None
     """Also log to this wandb project (metrics.jsonl is always written)."""
     options: dict[str, Any] = field(default_factory=dict)

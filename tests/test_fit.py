@@ -81,3 +81,11 @@ def test_bf16_autocast_trains_to_about_the_same_place(toy, kind, options):
     assert bf16.W_dec.dtype == torch.float32
     a, b = recovery(fp32.W_dec, toy.features).mmcs, recovery(bf16.W_dec, toy.features).mmcs
     assert b > a - 0.05, (a, b)
+
+
+def test_torch_compile_trains_like_eager(toy):
+    kw = dict(d_dict=64, k=4, batch_size=256, n_tokens=256 * 8, seed=0)
+    eager = saekit.fit(toy.x[:4096], "topk", **kw)
+    compiled = saekit.fit(toy.x[:4096], "topk", compile=True, **kw)
+    rel = ((compiled.W_dec - eager.W_dec).norm() / eager.W_dec.norm()).item()
+    assert rel < 1e-3, rel

@@ -76,7 +76,7 @@ class Trainer:
                  decay_start: float = 0.8, input_norm: str = "scalar",
                  b_dec_init: str = "geometric_median", dead_tokens: int | None = None,
                  device: Any = None, processing: str | None = None, autocast: bool = False,
-                 **options: Any):
+                 compile: bool = False, **options: Any):
         from saekit.models import model_name, model_processing, resolve_device
 
         if kind not in REGISTRY:
@@ -104,7 +104,7 @@ class Trainer:
             processing=model_processing(model) if hooked else processing,
             input_norm=input_norm, options=options)
         self.seed, self.batch_size = seed, batch_size
-        self.autocast = autocast
+        self.autocast, self.compile = autocast, compile
         # Under torchrun, rank r trains on the r-th slice of each seeded global batch and
         # gradients are averaged, which equals one process on the whole batch.
         import torch.distributed as dist
@@ -146,6 +146,10 @@ class Trainer:
         self.seen = 0
         self.train_seconds = 0.0
         self._order: tuple[int, Tensor | None] = (-1, None)
+        # torch.compile of the SAE's forward and loss (the optimizer step stays eager).
+        # Measured on a 2-core CPU at d_in 512, d_dict 8192: no faster than eager (the step
+        # is matmul-bound) and about 20 s to compile; meant for GPUs.
+        self._step_fn = torch.compile(self.sae.train_step) if compile else self.sae.train_step
 
     # -- schedule and data -----------------------------------------------------------
 
@@ -195,7 +199,7 @@ class Trainer:
             g["lr"] = self.lr_at(step)
         # bf16 autocast: matmuls in bf16, parameters, optimizer state and the loss in fp32.
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = sae.train_step(x, step, dead=self.since_fired > self.dead_after)
+            out = self._step_fn(x, step, dead=self.since_fired > self.dead_after)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"{sae.cfg.kind} loss became {out.loss.item()} at step {step}; "
                                      "the last checkpoint (if any) is intact")
@@ -429,7 +433,8 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     unless ``out`` is given (then the dictionary is saved there). Further keywords:
     ``lr`` (default from d_dict), ``warmup_steps`` (default 5% of steps, at most 1000),
     ``decay_start`` (fraction of steps after which the lr decays linearly to 0),
-    ``autocast`` (bf16 autocast for the forward and backward),
+    ``autocast`` (bf16 autocast for the forward and backward), ``compile``
+    (``torch.compile`` the SAE's forward and loss),
     ``input_norm`` (``scalar`` or ``none``), ``b_dec_init`` (``geometric_median``,
     ``mean`` or ``zeros``), ``dead_tokens`` (tokens without firing after which a
     feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
