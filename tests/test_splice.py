@@ -84,3 +84,11 @@ def test_splice_errors(demo_model, sae):
     other = REGISTRY["topk"](DictionaryConfig(kind="topk", d_in=512, d_dict=8, k=2, hook=HOOK, processing="hooked"))
     with pytest.warns(UserWarning, match="'hooked'-processed"):
         saekit.splice(demo_model, other)
+
+
+def test_given_mean_equals_computed_mean(demo_model, demo_tokens, sae):
+    toks = demo_tokens[:8]
+    acts = saekit.harvest(demo_model, [HOOK], toks)[HOOK]
+    a = saekit.ce_kl_recovered(demo_model, sae, toks, batch_size=8)
+    b = saekit.ce_kl_recovered(demo_model, sae, toks, batch_size=8, mean=acts.double().mean(0).float())
+    assert b.ce_mean == pytest.approx(a.ce_mean, rel=1e-5) and b.kl_mean == pytest.approx(a.kl_mean, rel=1e-4)

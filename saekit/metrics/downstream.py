@@ -46,8 +46,12 @@ class Recovered(NamedTuple):
 
 @torch.no_grad()
 def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16,
-                    mask: Tensor | None = None) -> Recovered:
-    """CE and KL recovered for splicing ``dictionary`` into ``model`` on ``tokens``."""
+                    mask: Tensor | None = None, mean: Tensor | None = None) -> Recovered:
+    """CE and KL recovered for splicing ``dictionary`` into ``model`` on ``tokens``.
+
+    ``mean``: the hook's mean activation over the evaluated tokens, when the caller has
+    already harvested them (it saves a pass); computed here otherwise.
+    """
     from saekit.activations.harvest import model_device
     from saekit.data import token_mask
     from saekit.models import _check_dictionary_fits, splice
@@ -55,15 +59,15 @@ def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int
     hook = _check_dictionary_fits(model, dictionary)
     mask = token_mask(tokens, model) if mask is None else mask
     dev = model_device(model)
-    # Mean ablation value: the hook's mean over the evaluated tokens.
-    from saekit.activations import iter_harvest
+    if mean is None:  # mean ablation value: the hook's mean over the evaluated tokens
+        from saekit.activations import iter_harvest
 
-    total, count = None, 0
-    for acts in iter_harvest(model, [hook], tokens, batch_size, mask=mask):
-        s = acts[hook].double().sum(0)
-        total = s if total is None else total + s
-        count += len(acts[hook])
-    mean = (total / max(count, 1)).float()
+        total, count = None, 0
+        for acts in iter_harvest(model, [hook], tokens, batch_size, mask=mask):
+            s = acts[hook].double().sum(0)
+            total = s if total is None else total + s
+            count += len(acts[hook])
+        mean = (total / max(count, 1)).float()
 
     def ablate(value: Tensor | None):
         def fn(x: Tensor, hook: Any = None) -> Tensor:

@@ -18,13 +18,17 @@ def evaluate(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16) 
     ``l2_ratio``, ``relative_reconstruction_bias``, ``cosine_similarity``, ``frac_dead``,
     ``frac_dense`` (firing above 10% of tokens)."""
     with model_lock(model):  # a live-harvest thread may share the model
-        rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size)
+        # One harvest pass gives the reconstruction metrics and the mean-ablation value.
         stats = StreamingStats()
         d = dictionary.W_dec
+        total = torch.zeros(dictionary.cfg.d_in, dtype=torch.float64, device=d.device)
         for acts in iter_harvest(model, [dictionary.cfg.hook], tokens, batch_size):
             x = acts[dictionary.cfg.hook].to(d.device, d.dtype)
+            total += x.double().sum(0)
             codes = dictionary.encode(x)
             stats.update(x, dictionary.decode(codes), dictionary.active(codes))
+        mean = (total / max(stats.n_tokens, 1)).float()
+        rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size, mean=mean)
     out = rec._asdict()
     out["ce_positions"] = out.pop("n_tokens")
     return {**out, **stats.summary()}
