@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import saekit
     from saekit.config import load_config
     from saekit.training import Trainer
-    from saekit.training.trainer import CHECKPOINT
+    from saekit.training.trainer import CHECKPOINT, train_together
 
     cfg = load_config(args.config, args.set)
     rank = _init_distributed(cfg)
@@ -70,8 +70,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         model = saekit.load_model(cfg.model, device=cfg.device)
         tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
-        data = {h: LiveStream(model, h, tokens, cfg.batch_size, buffer_bytes=cfg.buffer_mb << 20,
-                              seed=cfg.seed) for h in hooks}
+        sizes = {c.batch_size for _, c in runs}
+        if len(sizes) > 1:
+            raise ValueError(f"{args.config}: streaming trains every run from one harvest in lockstep, so "
+                             f"the runs must share batch_size (got {sorted(sizes)}); or harvest a cache")
+        data = LiveStream.together(model, hooks, tokens, cfg.batch_size, buffer_bytes=cfg.buffer_mb << 20,
+                                   seed=cfg.seed)
         processing = None
     else:  # one forward pass for every hook of every run
         data, model = _harvest_for_training(cfg, hooks, args.config, rank)
@@ -80,6 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         root.mkdir(parents=True, exist_ok=True)
         (root / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     eval_fn = _eval_fn(cfg, model) if rank == 0 else None
+    jobs = []
     for name, c in runs:
         out = root / name
         if args.resume and (out / "dictionary").exists() and not (out / CHECKPOINT).exists():
@@ -93,11 +98,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume and (out / CHECKPOINT).exists():
             trainer.load_checkpoint(out / CHECKPOINT)
             print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
-        sae = trainer.run(out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                          progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every,
-                          wandb_project=c.wandb_project)
+        jobs.append((trainer, dict(out=out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
+                                   progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every,
+                                   wandb_project=c.wandb_project)))
+    if cfg.stream:  # one harvest feeds every run: train them in lockstep
+        train_together(jobs, progress=rank == 0)
+    else:
+        for trainer, kw in jobs:
+            trainer.run(**kw)
+    for trainer, kw in jobs:
         if rank == 0:
-            print(f"wrote {out / 'dictionary'}: {sae}")
+            out = kw["out"]
+            print(f"wrote {out / 'dictionary'}: {trainer.sae}")
             if (out / "eval.json").exists():
                 r = json.loads((out / "eval.json").read_text())
                 print(f"  FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {100 * r['frac_dead']:.1f}%  "

@@ -27,7 +27,8 @@ class TrainConfig:
     """Train from this activation cache (``saekit harvest``) instead of harvesting."""
     stream: bool = False
     """Harvest live while training (model → shuffle buffer, the LM running ahead in a
-    thread) instead of holding all activations in memory."""
+    thread) instead of holding all activations in memory. Several hooks and sweep
+    variants train in lockstep from one harvest (they must share ``batch_size``)."""
     buffer_mb: int = 1024
     """Memory budget of the shuffle buffer when streaming."""
     n_tokens: int = 1_000_000

@@ -48,3 +48,27 @@ def test_train_from_a_live_stream_and_resume_exactly(demo_model, demo_tokens, tm
     acts = saekit.harvest(demo_model, [HOOK], demo_tokens)[HOOK]
     with torch.no_grad():
         assert fvu(acts, full(acts)) < 0.9
+
+
+def test_several_dictionaries_train_in_lockstep_from_one_harvest(demo_model, demo_tokens, tmp_path, monkeypatch):
+    from saekit.activations import stream as stream_mod
+    from saekit.training import train_together
+
+    hooks = [HOOK, "blocks.2.mlp.hook_post"]
+    passes = []
+    real = stream_mod._Harvest.batches
+    monkeypatch.setattr(stream_mod._Harvest, "batches", lambda self, skip=0: (passes.append(skip), real(self, skip))[1])
+
+    def trainers():
+        s = LiveStream.together(demo_model, hooks, demo_tokens, 256, buffer_bytes=4 << 20, seed=0, lm_batch=8)
+        return [Trainer(s[h], kind, 128, 8, batch_size=256, n_tokens=256 * n, hook=h, model=demo_model)
+                for h, kind, n in [(HOOK, "topk", 12), (hooks[1], "batchtopk", 9), (hooks[1], "topk", 12)]]
+
+    together = train_together([(t, {"out": tmp_path / str(i)}) for i, t in enumerate(trainers())])
+    assert passes == [0], "three dictionaries, two hooks: one pass over the model"
+    for i, t in enumerate(trainers()):  # alone, each reads the same batches and ends the same
+        alone = t.run()
+        for name, x in alone.saelens_tensors().items():
+            assert torch.equal(x, together[i].saelens_tensors()[name]), (i, name)
+        assert (tmp_path / str(i) / "dictionary" / "cfg.json").exists()
+    assert together[1].cfg.metadata["steps"] == 9

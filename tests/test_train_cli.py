@@ -185,7 +185,9 @@ def test_train_streaming_from_the_model(tmp_path):
 
     assert main(["train", str(ROOT / "train" / "demo.toml"), "--out", str(tmp_path), "--set", f'model="{DEMO_LM}"',
                  "--set", "stream=true", "--set", "buffer_mb=4", "--set", "n_tokens=6144",
-                 "--set", "batch_size=512", "--set", "d_dict=128", "--set", "eval_tokens=1024"]) == 0
-    d = saekit.load_dictionary(tmp_path / "dictionary")
-    assert d.cfg.metadata["steps"] == 12 and d.cfg.processing == "native"
-    assert json.loads((tmp_path / "eval.json").read_text())["fvu"] < 1
+                 "--set", "batch_size=512", "--set", "d_dict=128", "--set", "eval_tokens=1024",
+                 "--set", 'hook=["blocks.2.mlp.hook_post", "blocks.1.hook_resid_post"]']) == 0
+    for hook in ("blocks.2.mlp.hook_post", "blocks.1.hook_resid_post"):  # trained together, one harvest
+        d = saekit.load_dictionary(tmp_path / hook / "dictionary")
+        assert d.cfg.metadata["steps"] == 12 and d.cfg.processing == "native" and d.cfg.hook == hook
+        assert json.loads((tmp_path / hook / "eval.json").read_text())["fvu"] < 1

@@ -1,5 +1,5 @@
 """Training: the gradient trainer for SAEs."""
 
-from saekit.training.trainer import Trainer, fit, geometric_median
+from saekit.training.trainer import Trainer, fit, geometric_median, train_together
 
-__all__ = ["Trainer", "fit", "geometric_median"]
+__all__ = ["Trainer", "fit", "geometric_median", "train_together"]

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,17 @@ class Trainer:
         its results go to ``metrics.jsonl`` (``{"step", "eval": {...}}``) and the last
         to ``eval.json``. With ``wandb_project`` the same records also go to wandb.
         """
+        for _ in self.steps_of_run(out, checkpoint_every=checkpoint_every, log_every=log_every,
+                                   progress=progress, eval_fn=eval_fn, eval_every=eval_every,
+                                   wandb_project=wandb_project):
+            pass
+        return self.sae
+
+    def steps_of_run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
+                     progress: bool = False, eval_fn: Any = None, eval_every: int = 0,
+                     wandb_project: str | None = None) -> Iterator[int]:
+        """:meth:`run` as a generator that yields after each step (for lockstep training,
+        :func:`train_together`); the dictionary is finished when it is exhausted."""
         log = None
         main = self.rank == 0
         if out is not None:
@@ -291,6 +303,7 @@ class Trainer:
                 result = eval_fn(self.snapshot())
                 if log is not None:
                     log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
+            yield self.step
         sae = self.finish(out / "dictionary" if out is not None and main else None)
         if eval_fn is not None and main:
             result = eval_fn(sae)
@@ -301,7 +314,6 @@ class Trainer:
             shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
         if log is not None:
             log.close()
-        return sae
 
     def finish(self, path: Path | None = None) -> SAE:
         """Unit-norm decoder rows, the input scale folded in, firing frequencies attached."""
@@ -421,6 +433,34 @@ def provenance() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         out["git_sha"] = None
     return out
+
+
+def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = False) -> list[SAE]:
+    """Train several dictionaries in lockstep: every trainer takes step s before any takes
+    step s + 1, so trainers fed by :meth:`LiveStream.together` share each LM forward.
+
+    ``jobs`` pairs each trainer with its :meth:`Trainer.run` keywords (``out``,
+    ``checkpoint_every``, ...). Trainers resumed at different steps catch up in turn:
+    at each round only those at the lowest step move. Returns the finished dictionaries.
+    """
+    runs = [(t, t.steps_of_run(**{**kw, "progress": False})) for t, kw in jobs]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max(t.steps for t, _ in runs), initial=min(t.step for t, _ in runs),
+                   desc=f"train {len(runs)} dictionaries", unit="step")
+    active = list(runs)
+    while active:
+        low = min(t.step for t, _ in active)
+        for t, gen in [r for r in active if r[0].step == low]:
+            if next(gen, None) is None:  # exhausted: the dictionary is finished
+                active.remove((t, gen))
+        if bar is not None and active and min(t.step for t, _ in active) > low:
+            bar.update(min(t.step for t, _ in active) - low)
+    if bar is not None:
+        bar.close()
+    return [t.sae for t, _ in runs]
 
 
 def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int = 4096,
