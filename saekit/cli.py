@@ -59,6 +59,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{root / name} holds a checkpoint from an earlier run; pass "
                                   "--resume to continue it, or choose another --out")
     hooks = list(dict.fromkeys(c.hook for _, c in runs))
+    fitted = [name for name, c in runs if c.kind in FITTED_KINDS]
+    if fitted and cfg.stream:
+        raise ValueError(f"{args.config}: kind {runs[0][1].kind!r} is fitted by exact passes over the data, "
+                         "which a live stream cannot replay cheaply: harvest a cache (`saekit harvest`) "
+                         "and set `cache`, or train in memory (stream = false)")
     if cfg.cache:
         from saekit.activations.cache import CacheRows
 
@@ -90,6 +95,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.resume and (out / "dictionary").exists() and not (out / CHECKPOINT).exists():
             print(f"{out / 'dictionary'} is already finished")
             continue
+        if c.kind in FITTED_KINDS:
+            jobs.append((_Fit(data[c.hook], c, model, processing), dict(out=out, eval_fn=eval_fn)))
+            continue
         trainer = Trainer(data[c.hook], c.kind, c.d_dict, c.k, c.batch_size, c.seed, c.hook, model,
                           lr=c.lr, n_tokens=min(c.n_tokens, len(data[c.hook])), warmup_steps=c.warmup_steps,
                           decay_start=c.decay_start, input_norm=c.input_norm, b_dec_init=c.b_dec_init,
@@ -110,12 +118,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if rank == 0:
             out = kw["out"]
             print(f"wrote {out / 'dictionary'}: {trainer.sae}")
+            if isinstance(trainer, _Fit):
+                print(f"  relative error {trainer.sae.cfg.metadata['rel_error']:.4f} after "
+                      f"{trainer.sae.cfg.metadata['iterations']} passes")
             if (out / "eval.json").exists():
                 r = json.loads((out / "eval.json").read_text())
                 print(f"  FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {100 * r['frac_dead']:.1f}%  "
                       f"CE recovered {r['ce_recovered_zero']:.3f} (zero) {r['ce_recovered_mean']:.3f} (mean)  "
                       f"KL recovered {r['kl_recovered_zero']:.3f} (zero)")
     return 0
+
+
+FITTED_KINDS = ("snmf", "nmf")
+
+
+class _Fit:
+    """An SNMF/NMF recipe run with a trainer's ``run``: fit, save, evaluate."""
+
+    def __init__(self, data, c, model, processing):
+        self.data, self.c, self.model, self.processing = data, c, model, processing
+        self.sae = None
+
+    def run(self, out: Path, eval_fn=None):
+        import torch.distributed as dist
+
+        from saekit.fileio import atomic_write_text
+        from saekit.training.snmf import fit_snmf
+
+        c = self.c
+        history: list[dict] = []
+        self.sae = fit_snmf(self.data, c.d_dict, kind=c.kind, k=c.k, seed=c.seed, hook=c.hook,
+                            model=self.model, processing=self.processing, device=c.device,
+                            progress=True, history=history, **c.options)
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+            return self.sae
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        self.sae.save(out / "dictionary")
+        if eval_fn is not None:
+            atomic_write_text(out / "eval.json", json.dumps(eval_fn(self.sae), indent=2) + "\n")
+        return self.sae
 
 
 def _text_tokens(cfg) -> int:

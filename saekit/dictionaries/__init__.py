@@ -1,6 +1,6 @@
-"""Dictionaries: one interface (``Dictionary``) for SAEs and, later, SNMF."""
+"""Dictionaries: one interface (``Dictionary``) for SAEs and SNMF."""
 
-from saekit.dictionaries import sae  # noqa: F401  (registers the SAE kinds)
+from saekit.dictionaries import sae, snmf  # noqa: F401  (register the kinds)
 from saekit.dictionaries.base import REGISTRY, Dictionary, DictionaryConfig, register
 from saekit.dictionaries.sae import SAE, TrainStep
 

@@ -480,6 +480,13 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
     the kind's own hyperparameters (``aux_coefficient``, ``l1_coefficient``, ...).
     """
+    if kind in ("snmf", "nmf"):  # fitted by exact alternating passes, not by gradient
+        from saekit.training.snmf import fit_snmf
+
+        d = fit_snmf(data, d_dict, kind=kind, k=k, seed=seed, hook=hook, model=model, progress=progress, **kwargs)
+        if out is not None:
+            d.save(out)
+        return d
     trainer = Trainer(data, kind, d_dict, k, batch_size, seed, hook, model, **kwargs)
     sae = trainer.run(progress=progress)
     if out is not None:

@@ -1,0 +1,521 @@
+"""Compare dictionaries (SAEs, SNMF, ...) on one model and one token set.
+
+Per dictionary: reconstruction (FVU against L0, CE/KL recovered, neurons per feature).
+Per pair: a one-to-one Hungarian matching of decoder directions in one space (mean
+matched |cos|, MMCS both ways, the level random directions reach) and the Pearson
+correlation of the matched features' codes over the tokens. Optionally, the stability
+of each configuration across refits with several seeds; and, where the demo corpus's
+planted concepts can be labelled, each dictionary's best feature per concept family.
+Only the Dictionary interface is used (``encode``, ``active``, ``W_dec``, ``cfg``), so
+every kind is compared the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Hook kinds whose activations live in the residual-stream basis (d_model).
+RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out")
+#: Bins of matched |cos| for the similarity histograms.
+HIST_EDGES = np.linspace(0.0, 1.0, 21)
+#: Code correlation above which a matched pair counts as firing together.
+CORR_THRESHOLD = 0.5
+
+
+# --------------------------------------------------------------------------- directions and matching
+
+
+def _unit(w: Tensor) -> Tensor:
+    w = w.detach().float()
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def residual_directions(dictionary: Any, model: Any) -> Tensor:
+    """Unit feature directions in the residual stream, ``[d_dict, d_model]``.
+
+    A dictionary on ``blocks.L.mlp.hook_post`` maps through the MLP's output matrix
+    (``W_dec @ W_out``: what a feature writes into the residual stream); residual-basis
+    hooks (``hook_resid_pre|mid|post``, ``hook_mlp_out``) are there already; any other
+    hook raises ValueError.
+    """
+    from saekit.models import W_out, validate_hook
+
+    layer, kind = validate_hook(model, dictionary.cfg.hook)
+    w = dictionary.W_dec.detach().float()
+    if kind == "mlp.hook_post":
+        w = w @ W_out(model, layer).to(w.device, w.dtype)
+    elif kind not in RESIDUAL_KINDS:
+        raise ValueError(f"{dictionary.cfg.hook}: no map into the residual stream")
+    return _unit(w)
+
+
+def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]:
+    """``(space, "")`` where two hooks' directions can be compared, or ``(None, reason)``.
+
+    One hook compares in its own space (MLP neurons stay neurons: mapping both through
+    ``W_out`` would drop what lies in its null space). Otherwise both hooks must map into
+    the residual stream at the same layer (TransformerLens' block index).
+    """
+    from saekit.models import validate_hook
+
+    if hook_a == hook_b:
+        return hook_a, ""
+    (la, ka), (lb, kb) = validate_hook(model, hook_a), validate_hook(model, hook_b)
+    for hook, kind in ((hook_a, ka), (hook_b, kb)):
+        if kind != "mlp.hook_post" and kind not in RESIDUAL_KINDS:
+            return None, f"{hook} has no map into the residual stream"
+    if la != lb:
+        return None, f"different layers ({la} vs {lb}): features at different depths are not matched"
+    return f"residual stream, layer {la}", ""
+
+
+class Match(NamedTuple):
+    """A one-to-one matching: ``rows[i]`` of the first set goes with ``cols[i]`` of the
+    second (int64 ``[min(n_a, n_b)]``), at |cosine| ``cos[i]`` (float64)."""
+
+    rows: Tensor
+    cols: Tensor
+    cos: Tensor
+
+
+def match(a: Tensor, b: Tensor) -> Match:
+    """Hungarian matching of the rows of ``a`` and ``b`` that maximises the total |cosine|.
+
+    Signs are ignored: a direction and its negative are one feature up to the sign of
+    its code. The cost is cubic in the number of rows (seconds at 4k, long at 16k).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"directions must be [n, d] with one d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ua = _unit(a)
+    sim = (ua @ _unit(b).to(ua.device).T).abs().cpu().double().numpy()
+    r, c = linear_sum_assignment(sim, maximize=True)
+    return Match(torch.from_numpy(r), torch.from_numpy(c), torch.from_numpy(sim[r, c]).clamp(0, 1))
+
+
+_CHANCE: dict[tuple[int, int, int], float] = {}
+
+
+def chance_matched_cos(n_a: int, n_b: int, d: int) -> float:
+    """Mean matched |cos| of seeded random directions of these shapes: what matching
+    reaches with no shared structure at all (high when d is small)."""
+    if (n_a, n_b, d) not in _CHANCE:
+        g = torch.Generator().manual_seed(0)
+        m = match(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
+        _CHANCE[n_a, n_b, d] = m.cos.mean().item()
+    return _CHANCE[n_a, n_b, d]
+
+
+# --------------------------------------------------------------------------- streaming accumulators
+
+
+class ConceptCounts:
+    """Token counts per feature and concept class (both, feature fires, concept present),
+    and from them precision, recall and F1 of firing against each concept."""
+
+    def __init__(self, d_dict: int, n_classes: int, device: Any = None):
+        self.tp = torch.zeros(d_dict, n_classes, dtype=torch.long, device=device)
+        self.fires = torch.zeros(d_dict, dtype=torch.long, device=device)
+        self.pos = torch.zeros(n_classes, dtype=torch.long, device=device)
+
+    def update(self, active: Tensor, labels: Tensor) -> None:
+        """``active``: bool ``[n, d_dict]`` from the dictionary's ``active()``; ``labels``:
+        ``[n]`` class indices, -1 for none."""
+        labels = labels.to(active.device)
+        onehot = torch.nn.functional.one_hot(labels.clamp_min(0), self.pos.numel()) * (labels >= 0)[:, None]
+        # A float32 matmul of 0/1 values is exact while a batch has under 2**24 rows.
+        self.tp += (active.float().T @ onehot.float()).round().long()
+        self.fires += active.sum(0)
+        self.pos += onehot.sum(0)
+
+    def scores(self) -> dict[str, Tensor]:
+        """``precision``, ``recall``, ``f1``: float64 ``[d_dict, n_classes]``, 0 where undefined."""
+        tp, fires, pos = self.tp.double(), self.fires.double()[:, None], self.pos.double()[None, :]
+        return {"precision": tp / fires.clamp_min(1), "recall": tp / pos.clamp_min(1),
+                "f1": 2 * tp / (fires + pos).clamp_min(1)}
+
+
+class _Correlation:
+    """Pearson correlation of paired code columns over streamed tokens, in float64. Codes
+    are shifted by the first batch's mean so that Σx²/n − mean² does not cancel."""
+
+    def __init__(self, cols_a: Tensor, cols_b: Tensor):
+        self.cols_a, self.cols_b, self.n, self.shift, self.sums = cols_a, cols_b, 0, None, 0.0
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        a, b = a[:, self.cols_a.to(a.device)].double(), b[:, self.cols_b.to(b.device)].to(a.device).double()
+        if self.shift is None:
+            self.shift = (a.mean(0), b.mean(0))
+        a, b = a - self.shift[0], b - self.shift[1]
+        self.sums = self.sums + torch.stack([a.sum(0), b.sum(0), (a * a).sum(0), (b * b).sum(0), (a * b).sum(0)])
+        self.n += len(a)
+
+    def result(self) -> Tensor:
+        """float64 ``[m]`` on the CPU; NaN where a code never varies (a dead feature)."""
+        sa, sb, saa, sbb, sab = (self.sums / self.n).cpu()
+        va, vb = saa - sa * sa, sbb - sb * sb
+        r = (sab - sa * sb) / (va * vb).clamp_min(1e-300).sqrt()
+        return torch.where((va > 1e-24) & (vb > 1e-24), r.clamp(-1, 1), torch.nan)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _table(rows: list[dict], cols: list[str] | None = None) -> str:
+    from saekit.report import markdown_table
+
+    cell = lambda v: "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+    return markdown_table([{c: cell(r.get(c)) for c in (cols or list(r))} for r in rows])
+
+
+def _json_clean(v: Any) -> Any:
+    """NaN/inf to null: compare.json is strict JSON that any reader accepts."""
+    if isinstance(v, dict):
+        return {str(k): _json_clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_clean(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+_RECON_COLS = ["name", "kind", "hook", "d_dict", "k", "fvu", "l0", "neurons_per_feature", "ce_recovered_zero",
+               "ce_recovered_mean", "kl_recovered_zero", "kl_recovered_mean", "frac_dead"]
+_MATCH_COLS = ["n_matched", "mean_matched_cos", "mmcs_a_to_b", "mmcs_b_to_a", "chance_matched_cos",
+               "act_corr_mean", "frac_act_corr_above_0.5", "n_corr_undefined"]
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` measured; ``save(dir)`` writes it as a report."""
+
+    reconstruction: list[dict[str, Any]]
+    """Per dictionary: name, kind, hook, d_dict, k, neurons_per_feature (mean nonzero
+    ``W_dec`` entries per row; d_in when dense) and all of ``evaluate``'s numbers."""
+    matching: list[dict[str, Any]]
+    """Per pair: ``space`` (or ``comparable`` False and a ``reason``), mean matched |cos|,
+    MMCS a→b (mean over a's features of the best |cos| in b) and b→a, the chance level, and
+    the matched codes' correlation (mean where defined, fraction above 0.5)."""
+    stability: list[dict[str, Any]]
+    """Per distinct configuration: matched |cos| between refits with seeds 0..S-1 (mean,
+    min, max over pairs of seeds); empty when seeds is 1."""
+    concepts: list[dict[str, Any]]
+    """Per dictionary and concept family: the feature whose firing has the best F1 against
+    the family's tokens, with precision and recall; empty where concepts are not labelled."""
+    histograms: dict[str, Any]
+    """``{"edges": [...], "counts": {"a vs b": [...]}}``: matched |cos| per comparable pair."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Model, data, token count, hooks, names, seeds."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-ready Python values (NaN/inf become None)."""
+        return _json_clean(dataclasses.asdict(self))
+
+    def markdown(self, images: bool = True) -> str:
+        """The report as Markdown; ``images`` links the PNGs :meth:`save` writes beside it."""
+        m = self.meta
+        out = [f"# Dictionary comparison\n\nModel `{m.get('model')}`, {m.get('n_tokens', 0):,} tokens of "
+               f"`{m.get('data')}`, hooks {', '.join(f'`{h}`' for h in m.get('hooks', []))}.\n",
+               "## Reconstruction\n\nFVU against L0; CE/KL recovered under zero and mean ablation.\n",
+               _table(self.reconstruction, _RECON_COLS), "![FVU against L0](fvu_l0.png)\n" if images else "",
+               "## Feature matching\n\nHungarian matching of decoder directions by |cos| (MLP directions "
+               "through W_out against residual ones); `chance_matched_cos`: the same on random directions; "
+               "`act_corr`: Pearson correlation of matched codes over the tokens.\n", _table(self.matching),
+               "![Matched |cos|](similarity.png)\n" if images and self.histograms.get("counts") else ""]
+        if self.stability:
+            out += [f"## Stability across {m.get('seeds')} seeds\n\nMatched |cos| between refits "
+                    "with different seeds on the same activations.\n", _table(self.stability)]
+        if self.concepts:
+            out += ["## Planted concepts\n\nPer concept family, the feature whose firing "
+                    "(`active()`) has the best F1 against the family's tokens.\n", _table(self.concepts)]
+        return "\n".join(s for s in out if s)
+
+    def __str__(self) -> str:
+        return self.markdown(images=False)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write report.md, compare.json, a CSV per table and the PNGs, each atomically."""
+        from saekit.fileio import atomic_write_text
+        from saekit.report import write_csv
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, png in self._figures().items():
+            tmp = out / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(png)
+            os.replace(tmp, out / name)
+        for name in ("reconstruction", "matching", "stability", "concepts"):
+            if getattr(self, name):
+                write_csv(out / f"{name}.csv", getattr(self, name))
+        atomic_write_text(out / "compare.json", json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(out / "report.md", self.markdown())
+        return out
+
+    def _figures(self) -> dict[str, bytes]:
+        from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+
+        from saekit.report import figure_png
+
+        fig = Figure(figsize=(6, 4.2))
+        ax = fig.subplots()
+        ok = [r for r in self.reconstruction if all(isinstance(r.get(c), (int, float)) and math.isfinite(r[c])
+                                                    for c in ("l0", "fvu"))]
+        for hook in dict.fromkeys(r["hook"] for r in ok):  # FVUs of different hooks are not comparable
+            pts = sorted((r["l0"], r["fvu"], r["name"]) for r in ok if r["hook"] == hook)
+            front = [p for i, p in enumerate(pts) if all(p[1] < q[1] for q in pts[:i])]  # none sparser is better
+            dots = ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, label=hook)
+            if len(front) > 1:
+                ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=dots.get_facecolor()[0], lw=1)
+            for x, y, name in pts:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if ok and max(r["l0"] for r in ok) > 10 * max(min(r["l0"] for r in ok), 1e-3):
+            ax.set_xscale("log")
+        ax.legend(fontsize=7, title="hook (line: Pareto front)", title_fontsize=7)
+        ax.set(xlabel="L0 (active features per token)", ylabel="FVU", title="Reconstruction against sparsity")
+        figs = {"fvu_l0.png": figure_png(fig)}
+        if self.histograms.get("counts"):
+            fig = Figure(figsize=(6, 4.2))
+            ax = fig.subplots()
+            for label, counts in self.histograms["counts"].items():
+                ax.stairs(np.asarray(counts) / max(sum(counts), 1), self.histograms["edges"], label=label)
+            ax.set(xlabel="matched |cos|", ylabel="fraction of matched pairs", title="Feature matching")
+            ax.legend(fontsize=7)
+            figs["similarity.png"] = figure_png(fig)
+        return figs
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _resolve(dictionaries: Any, names: Any, model: Any) -> tuple[list[Any], list[str]]:
+    """Load paths (onto the model's device), name every dictionary, check it fits the model."""
+    from saekit.activations.harvest import model_device
+    from saekit.dictionaries import load_dictionary
+    from saekit.models import hook_width, model_name
+
+    if isinstance(dictionaries, (str, Path)) or hasattr(dictionaries, "W_dec"):
+        dictionaries = [dictionaries]
+    dev = model_device(model)
+    dicts = [load_dictionary(s, device=dev) if isinstance(s, (str, Path)) else s for s in dictionaries]
+    if not dicts:
+        raise ValueError("compare needs at least one dictionary")
+    if names is None:  # a trainer run's result is <run>/dictionary: name it by the run
+        auto = [f"{d.cfg.kind}-{d.cfg.d_dict}" if not isinstance(s, (str, Path)) else
+                f"{Path(s).parent.name}/dictionary" if Path(s).name == "dictionary" else Path(s).name
+                for s, d in zip(dictionaries, dicts, strict=True)]
+        names = [n if auto.count(n) == 1 else f"{n}#{auto[:i + 1].count(n)}" for i, n in enumerate(auto)]
+    names = [str(n) for n in names]
+    if len(names) != len(dicts) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(dicts)} distinct strings, got {names}")
+    for d, name in zip(dicts, names, strict=True):
+        if not d.cfg.hook:
+            raise ValueError(f"dictionary {name!r} ({d!r}) has no recorded hook: compare needs the "
+                             "hook its activations came from (set cfg.hook, or pass hook= to fit)")
+        try:
+            width = hook_width(model, d.cfg.hook)
+        except ValueError as e:
+            raise ValueError(f"dictionary {name!r}: {e}") from e
+        if width != d.cfg.d_in:
+            raise ValueError(f"dictionary {name!r} has d_in={d.cfg.d_in}, but hook {d.cfg.hook!r} of "
+                             f"{model_name(model)} has width {width}")
+        if d.W_dec.device.type != dev.type:
+            raise ValueError(f"dictionary {name!r} is on {d.W_dec.device}, the model on {dev}: "
+                             f"splicing needs one device (dictionary.to({str(dev)!r}))")
+    return dicts, names
+
+
+def _match_pair(a: Any, b: Any, model: Any) -> tuple[str, Match | None, Tensor | None, Tensor | None]:
+    """``(space, match, directions a, directions b)``, or ``(reason, None, None, None)``."""
+    space, reason = common_space(a.cfg.hook, b.cfg.hook, model)
+    if space is None:
+        return reason, None, None, None
+    wa, wb = ((_unit(a.W_dec), _unit(b.W_dec)) if a.cfg.hook == b.cfg.hook
+              else (residual_directions(a, model), residual_directions(b, model)))
+    return space, match(wa, wb), wa, wb
+
+
+def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data: Any = "demo",
+            n_tokens: int = 65536, ctx_len: int = 128, seeds: int = 1, names: list[str] | None = None,
+            batch_size: int = 16, progress: bool = False, refit_tokens: int | None = None,
+            refit_batch_size: int = 256, refit_options: dict[str, Any] | None = None) -> Comparison:
+    """Compare dictionaries on one model and one set of tokens.
+
+    Parameters
+    ----------
+    dictionaries
+        Dictionary objects or paths (``saekit.load_dictionary``, loaded onto the model's
+        device). Each needs ``cfg.hook`` on ``model``, of width ``d_in``.
+    model
+        A model with TransformerLens' hook API, or a spec for ``saekit.load_model``.
+    tokens
+        ``[n_windows, ctx_len]``; default ``load_tokens(data, model, n_tokens, ctx_len)``,
+        where ``data="demo"`` means the demo LM's held-out text.
+    seeds
+        Above 1: refit each distinct configuration with seeds 0..seeds-1 on the harvested
+        activations (``saekit.fit``, any kind) and match the refits with each other.
+    names
+        Labels in the report; default from the paths, else ``{kind}-{d_dict}``.
+    batch_size
+        Windows per forward pass (harvest and CE/KL).
+    refit_tokens, refit_batch_size, refit_options
+        One pass over the first ``refit_tokens`` harvested activations (default all) in
+        batches of ``refit_batch_size``; ``refit_options`` go to ``saekit.fit``.
+
+    Returns
+    -------
+    Comparison
+        The tables and histograms; ``save(dir)`` writes the report.
+
+    Notes
+    -----
+    The LM runs once to harvest every hook, and each dictionary encodes each token once,
+    in one streamed pass feeding the correlations and concept counts. The other LM
+    passes are ``evaluate``'s (its harvest and the spliced/ablated CE/KL forwards).
+    """
+    import saekit
+    from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
+    from saekit.metrics import mmcs
+    from saekit.models import load_model, model_name
+    from saekit.training.evaluate import evaluate
+
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    model = load_model(model)
+    dicts, names = _resolve(dictionaries, names, model)
+    source = "given tokens" if tokens is not None else "demo:heldout" if data == "demo" else str(data)
+    if tokens is None:
+        tokens = load_tokens("demo:heldout" if data == "demo" else data, model, n_tokens, ctx_len)
+    hooks = list(dict.fromkeys(d.cfg.hook for d in dicts))
+    acts = saekit.harvest(model, hooks, tokens, batch_size, progress=progress)
+    n = len(acts[hooks[0]])
+    if n == 0:
+        raise ValueError("the tokens hold no real tokens to evaluate on (all BOS/padding)")
+
+    recon, evals = [], {}
+    for d, name in zip(dicts, names, strict=True):
+        if id(d) not in evals:  # the same object twice is evaluated once
+            evals[id(d)] = evaluate(model, d, tokens, batch_size=batch_size)
+        row = {"name": name, "kind": d.cfg.kind, "hook": d.cfg.hook, "d_dict": d.cfg.d_dict, "k": d.cfg.k,
+               "neurons_per_feature": float((d.W_dec != 0).sum(1).double().mean()),
+               **{k: v if isinstance(v, int) else float(v) for k, v in evals[id(d)].items()}}
+        recon.append({**{c: row[c] for c in _RECON_COLS}, **row})
+
+    # Matching needs only the decoders: done first, so the one codes pass below can
+    # feed the correlations of the matched pairs.
+    pairs = [(i, j, *_match_pair(dicts[i], dicts[j], model))
+             for i in range(len(dicts)) for j in range(i + 1, len(dicts))]
+    corrs = {(i, j): _Correlation(m.rows, m.cols) for i, j, _, m, *_ in pairs if m is not None}
+    try:  # concept labels need every concept word to be one token (the demo LM's tokenizer)
+        labels = concept_labels(tokens.cpu(), model)[token_mask(tokens.cpu(), model)]  # harvest's token order
+        counts = [ConceptCounts(d.cfg.d_dict, len(FAMILIES), d.W_dec.device) for d in dicts]
+    except (ValueError, TypeError):
+        labels, counts = None, []
+    chunk = max(256, min(8192, 2**24 // max(d.cfg.d_dict for d in dicts)))  # ≤ 64 MB of codes per dictionary
+    starts = range(0, n, chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="codes", unit="chunk")
+    with torch.no_grad():
+        for lo in starts:
+            codes = [d.encode(acts[d.cfg.hook][lo:lo + chunk].to(d.W_dec.device, d.W_dec.dtype)) for d in dicts]
+            for cc, d, c in zip(counts, dicts, codes, strict=False):
+                cc.update(d.active(c), labels[lo:lo + chunk])
+            for (i, j), corr in corrs.items():
+                corr.update(codes[i], codes[j])
+
+    matching, hist = [], {"edges": HIST_EDGES.tolist(), "counts": {}}
+    for i, j, where, m, wa, wb in pairs:
+        row = {"a": names[i], "b": names[j], "space": where if m else None, "comparable": m is not None,
+               "reason": "" if m else where, **dict.fromkeys(_MATCH_COLS)}
+        if m is not None:
+            r = corrs[i, j].result()
+            ok = r[~torch.isnan(r)]
+            row.update({"n_matched": len(m.cos), "mean_matched_cos": m.cos.mean().item(),
+                        "mmcs_a_to_b": mmcs(wb, wa), "mmcs_b_to_a": mmcs(wa, wb),
+                        "chance_matched_cos": chance_matched_cos(len(wa), len(wb), wa.shape[1]),
+                        "act_corr_mean": ok.mean().item() if len(ok) else None,
+                        "frac_act_corr_above_0.5": (ok > CORR_THRESHOLD).double().mean().item() if len(ok) else None,
+                        "n_corr_undefined": len(r) - len(ok)})
+            hist["counts"][f"{names[i]} vs {names[j]}"] = np.histogram(m.cos.numpy(), HIST_EDGES)[0].tolist()
+        matching.append(row)
+
+    concepts = []
+    for name, cc in zip(names, counts, strict=False):
+        s = {k: v.cpu() for k, v in cc.scores().items()}
+        for f in (f for f in range(len(FAMILIES)) if cc.pos[f] > 0):
+            b = int(s["f1"][:, f].argmax())
+            concepts.append({"dictionary": name, "family": FAMILIES[f], "tokens": int(cc.pos[f]), "feature": b,
+                             "f1": s["f1"][b, f].item(), "precision": s["precision"][b, f].item(),
+                             "recall": s["recall"][b, f].item(), "feature_fires": int(cc.fires[b])})
+
+    stability = (_stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size, refit_options)
+                 if seeds > 1 else [])
+    meta = {"model": model_name(model), "data": source, "n_tokens": n, "n_windows": len(tokens),
+            "hooks": hooks, "names": names, "seeds": seeds}
+    return Comparison(recon, matching, stability, concepts, hist, meta)
+
+
+def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size, refit_options) -> list[dict]:
+    """Refit each distinct configuration with seeds 0..seeds-1; match the refits pairwise."""
+    import saekit
+
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(d.cfg for d in dicts):
+        key = (c.kind, c.hook, c.d_dict, c.k, json.dumps(c.options, sort_keys=True, default=str))
+        groups.setdefault(key, []).append(i)
+    rows = []
+    for idx in groups.values():
+        c = dicts[idx[0]].cfg
+        x = acts[c.hook][:refit_tokens]
+        fits = [saekit.fit(x, kind=c.kind, d_dict=c.d_dict, k=c.k, seed=s, hook=c.hook, model=model,
+                           batch_size=refit_batch_size, **{**c.options, **(refit_options or {})})
+                for s in range(seeds)]
+        cos = [match(fits[s].W_dec, fits[t].W_dec).cos.mean().item() for s in range(seeds) for t in range(s + 1, seeds)]
+        rows.append({"kind": c.kind, "hook": c.hook, "d_dict": c.d_dict, "k": c.k,
+                     "dictionaries": ", ".join(names[i] for i in idx), "seeds": seeds, "refit_tokens": len(x),
+                     "mean_matched_cos": float(np.mean(cos)), "min_matched_cos": float(np.min(cos)),
+                     "max_matched_cos": float(np.max(cos)), "chance_matched_cos": chance_matched_cos(c.d_dict, c.d_dict, c.d_in)})
+    return rows
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``saekit compare`` on the object ``ArgumentParser.add_subparsers()`` returns."""
+    p = subparsers.add_parser("compare", help="compare dictionaries: reconstruction, feature matching, "
+                                              "stability across seeds, planted concepts")
+    p.add_argument("dicts", nargs="+", help="dictionary directories")
+    p.add_argument("--model", required=True, help="native checkpoint dir, HF dir or HF name")
+    p.add_argument("--data", default="demo", help="text source; 'demo' evaluates on the demo LM's held-out text")
+    p.add_argument("--n-tokens", type=int, default=65536, help="tokens to evaluate on (default 65536)")
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--seeds", type=int, default=1, help="refits per configuration for stability (default 1: none)")
+    p.add_argument("--out", default="runs/compare", help="report directory (default runs/compare)")
+    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    p.set_defaults(fn=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``saekit compare``: print the tables, write the report."""
+    from saekit.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    result = compare(args.dicts, model, data=args.data, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
+                     seeds=args.seeds, progress=True)
+    print(result)
+    out = result.save(args.out)
+    print(f"wrote {out / 'report.md'}, compare.json, CSV tables and PNG plots")
+    return 0
