@@ -19,16 +19,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads on first use: `saekit --help` registers this module's parser
+    from torch import Tensor
 
 #: Hook kinds whose activations live in the residual-stream basis (d_model).
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out")
 #: Bins of matched |cos| for the similarity histograms.
-HIST_EDGES = np.linspace(0.0, 1.0, 21)
+HIST_EDGES = [i / 20 for i in range(21)]
 #: Code correlation above which a matched pair counts as firing together.
 CORR_THRESHOLD = 0.5
 
@@ -37,7 +36,7 @@ CORR_THRESHOLD = 0.5
 
 
 def _unit(w: Tensor) -> Tensor:
-    w = w.detach().float()
+    w = w.detach().float()  # at least float32: half-precision dot products lose the third digit
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
@@ -95,6 +94,7 @@ def match(a: Tensor, b: Tensor) -> Match:
     Signs are ignored: a direction and its negative are one feature up to the sign of
     its code. The cost is cubic in the number of rows (seconds at 4k, long at 16k).
     """
+    import torch
     from scipy.optimize import linear_sum_assignment
 
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -111,6 +111,8 @@ _CHANCE: dict[tuple[int, int, int], float] = {}
 def chance_matched_cos(n_a: int, n_b: int, d: int) -> float:
     """Mean matched |cos| of seeded random directions of these shapes: what matching
     reaches with no shared structure at all (high when d is small)."""
+    import torch
+
     if (n_a, n_b, d) not in _CHANCE:
         g = torch.Generator().manual_seed(0)
         m = match(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
@@ -126,6 +128,8 @@ class ConceptCounts:
     and from them precision, recall and F1 of firing against each concept."""
 
     def __init__(self, d_dict: int, n_classes: int, device: Any = None):
+        import torch
+
         self.tp = torch.zeros(d_dict, n_classes, dtype=torch.long, device=device)
         self.fires = torch.zeros(d_dict, dtype=torch.long, device=device)
         self.pos = torch.zeros(n_classes, dtype=torch.long, device=device)
@@ -133,6 +137,8 @@ class ConceptCounts:
     def update(self, active: Tensor, labels: Tensor) -> None:
         """``active``: bool ``[n, d_dict]`` from the dictionary's ``active()``; ``labels``:
         ``[n]`` class indices, -1 for none."""
+        import torch
+
         labels = labels.to(active.device)
         onehot = torch.nn.functional.one_hot(labels.clamp_min(0), self.pos.numel()) * (labels >= 0)[:, None]
         # A float32 matmul of 0/1 values is exact while a batch has under 2**24 rows.
@@ -155,6 +161,8 @@ class _Correlation:
         self.cols_a, self.cols_b, self.n, self.shift, self.sums = cols_a, cols_b, 0, None, 0.0
 
     def update(self, a: Tensor, b: Tensor) -> None:
+        import torch
+
         a, b = a[:, self.cols_a.to(a.device)].double(), b[:, self.cols_b.to(b.device)].to(a.device).double()
         if self.shift is None:
             self.shift = (a.mean(0), b.mean(0))
@@ -164,6 +172,8 @@ class _Correlation:
 
     def result(self) -> Tensor:
         """float64 ``[m]`` on the CPU; NaN where a code never varies (a dead feature)."""
+        import torch
+
         sa, sb, saa, sbb, sab = (self.sums / self.n).cpu()
         va, vb = saa - sa * sa, sbb - sb * sb
         r = (sab - sa * sb) / (va * vb).clamp_min(1e-300).sqrt()
@@ -278,16 +288,17 @@ class Comparison:
                 ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=dots.get_facecolor()[0], lw=1)
             for x, y, name in pts:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if ok and max(r["l0"] for r in ok) > 10 * max(min(r["l0"] for r in ok), 1e-3):
-            ax.set_xscale("log")
-        ax.legend(fontsize=7, title="hook (line: Pareto front)", title_fontsize=7)
+        if ok:
+            ax.legend(fontsize=7, title="hook (line: Pareto front)", title_fontsize=7)
+            if max(r["l0"] for r in ok) > 10 * max(min(r["l0"] for r in ok), 1e-3):
+                ax.set_xscale("log")
         ax.set(xlabel="L0 (active features per token)", ylabel="FVU", title="Reconstruction against sparsity")
         figs = {"fvu_l0.png": figure_png(fig)}
         if self.histograms.get("counts"):
             fig = Figure(figsize=(6, 4.2))
             ax = fig.subplots()
             for label, counts in self.histograms["counts"].items():
-                ax.stairs(np.asarray(counts) / max(sum(counts), 1), self.histograms["edges"], label=label)
+                ax.stairs([c / max(sum(counts), 1) for c in counts], self.histograms["edges"], label=label)
             ax.set(xlabel="matched |cos|", ylabel="fraction of matched pairs", title="Feature matching")
             ax.legend(fontsize=7)
             figs["similarity.png"] = figure_png(fig)
@@ -369,7 +380,9 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
         Windows per forward pass (harvest and CE/KL).
     refit_tokens, refit_batch_size, refit_options
         One pass over the first ``refit_tokens`` harvested activations (default all) in
-        batches of ``refit_batch_size``; ``refit_options`` go to ``saekit.fit``.
+        batches of ``refit_batch_size`` (kinds fitted by exact passes ignore it);
+        ``refit_options`` go to every ``saekit.fit`` call, or, keyed by kind
+        (``{"topk": {"lr": 1e-3}, "snmf": {"max_iter": 50}}``), to that kind's refits.
 
     Returns
     -------
@@ -382,6 +395,8 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
     in one streamed pass feeding the correlations and concept counts. The other LM
     passes are ``evaluate``'s (its harvest and the spliced/ablated CE/KL forwards).
     """
+    import torch
+
     import saekit
     from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
     from saekit.metrics import mmcs
@@ -434,7 +449,8 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
             for (i, j), corr in corrs.items():
                 corr.update(codes[i], codes[j])
 
-    matching, hist = [], {"edges": HIST_EDGES.tolist(), "counts": {}}
+    matching, hist = [], {"edges": HIST_EDGES, "counts": {}}
+    edges = torch.tensor(HIST_EDGES, dtype=torch.float64)
     for i, j, where, m, wa, wb in pairs:
         row = {"a": names[i], "b": names[j], "space": where if m else None, "comparable": m is not None,
                "reason": "" if m else where, **dict.fromkeys(_MATCH_COLS)}
@@ -447,7 +463,7 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
                         "act_corr_mean": ok.mean().item() if len(ok) else None,
                         "frac_act_corr_above_0.5": (ok > CORR_THRESHOLD).double().mean().item() if len(ok) else None,
                         "n_corr_undefined": len(r) - len(ok)})
-            hist["counts"][f"{names[i]} vs {names[j]}"] = np.histogram(m.cos.numpy(), HIST_EDGES)[0].tolist()
+            hist["counts"][f"{names[i]} vs {names[j]}"] = torch.histogram(m.cos, edges).hist.long().tolist()
         matching.append(row)
 
     concepts = []
@@ -469,7 +485,9 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
 def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size, refit_options) -> list[dict]:
     """Refit each distinct configuration with seeds 0..seeds-1; match the refits pairwise."""
     import saekit
+    from saekit.dictionaries import REGISTRY
 
+    by_kind = bool(refit_options) and all(k in REGISTRY for k in refit_options)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(d.cfg for d in dicts):
         key = (c.kind, c.hook, c.d_dict, c.k, json.dumps(c.options, sort_keys=True, default=str))
@@ -478,14 +496,14 @@ def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size,
     for idx in groups.values():
         c = dicts[idx[0]].cfg
         x = acts[c.hook][:refit_tokens]
+        extra = (refit_options.get(c.kind, {}) if by_kind else refit_options) or {}
         fits = [saekit.fit(x, kind=c.kind, d_dict=c.d_dict, k=c.k, seed=s, hook=c.hook, model=model,
-                           batch_size=refit_batch_size, **{**c.options, **(refit_options or {})})
+                           batch_size=refit_batch_size, **{**c.options, **extra})
                 for s in range(seeds)]
         cos = [match(fits[s].W_dec, fits[t].W_dec).cos.mean().item() for s in range(seeds) for t in range(s + 1, seeds)]
         rows.append({"kind": c.kind, "hook": c.hook, "d_dict": c.d_dict, "k": c.k,
                      "dictionaries": ", ".join(names[i] for i in idx), "seeds": seeds, "refit_tokens": len(x),
-                     "mean_matched_cos": float(np.mean(cos)), "min_matched_cos": float(np.min(cos)),
-                     "max_matched_cos": float(np.max(cos)), "chance_matched_cos": chance_matched_cos(c.d_dict, c.d_dict, c.d_in)})
+                     "mean_matched_cos": sum(cos) / len(cos), "min_matched_cos": min(cos), "max_matched_cos": max(cos), "chance_matched_cos": chance_matched_cos(c.d_dict, c.d_dict, c.d_in)})
     return rows
 
 

@@ -76,7 +76,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
     sae = summary["sae"][0]
     assert sae["FVU"] < 0.8 and sae["L0"] == pytest.approx(16) and sae["CE recovered (zero abl.)"] > 0.3
+    snmf = summary["sae"][1]
+    assert snmf["kind"] == "snmf" and snmf["FVU"] < 0.8 and 0 < snmf["L0"] <= 16
+    assert snmf["neurons per feature"] <= 26 and snmf["CE recovered (zero abl.)"] > 0.3
+    assert all(r["best SNMF feature AUROC"] > 0.5 for r in summary["concepts"])
     assert (tmp_path / "sae" / "sae_weights.safetensors").is_file()
+    assert saekit.load_dictionary(tmp_path / "snmf").cfg.kind == "snmf"
     html = (tmp_path / "index.html").read_text()
     assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
 

@@ -52,8 +52,15 @@ def sets(demo_model, demo_acts, demo_tokens):
     sparse = torch.randn(64, 128, generator=g)
     sparse[:, 64:] = 0  # 64 nonzero entries per decoder row
     deep = _hand_made("blocks.2.hook_resid_post", 128, F.normalize(sparse, dim=1))
-    names = ["mlp0", "mlp1", "mlp0-again", "resid", "mlp_out", "attn", "deep"]
-    dicts = [mlp0, mlp1, mlp0, resid, mlp_out, attn, deep]
+    # An SNMF dictionary through the same interface: 8 neurons per feature, NNLS codes, and
+    # firing by a threshold relative to each token's largest code (not codes > 0).
+    top = mlp0.W_dec.detach()[:32].abs().topk(8, dim=1).indices
+    w = torch.zeros(32, 512).scatter_(1, top, mlp0.W_dec.detach()[:32].gather(1, top))
+    snmf = REGISTRY["snmf"](DictionaryConfig(kind="snmf", d_in=512, d_dict=32, hook=MLP, options={"encode_iter": 50}))
+    with torch.no_grad():
+        snmf.W_dec.copy_(F.normalize(w, dim=1))
+    names = ["mlp0", "mlp1", "mlp0-again", "resid", "mlp_out", "attn", "deep", "snmf"]
+    dicts = [mlp0, mlp1, mlp0, resid, mlp_out, attn, deep, snmf]
     tokens = demo_tokens[:24]
     report = compare(dicts, demo_model, tokens, names=names, batch_size=24)  # one forward batch
     return dict(zip(names, dicts, strict=True)) | {"report": report, "tokens": tokens, "perm": perm}
@@ -109,7 +116,7 @@ def test_pairs_without_a_common_space_get_a_reason(sets):
     row = _pair(report, "resid", "attn")
     assert not row["comparable"] and "blocks.2.attn.hook_z has no map into the residual stream" in row["reason"]
     assert "mlp0 vs deep" not in report.histograms["counts"]
-    assert len(report.matching) == 7 * 6 // 2
+    assert len(report.matching) == 8 * 7 // 2
 
 
 def test_reconstruction_rows_are_evaluates(sets, demo_model):
@@ -120,6 +127,7 @@ def test_reconstruction_rows_are_evaluates(sets, demo_model):
         assert rows["mlp0"][key] == pytest.approx(ev[key], rel=1e-9, abs=1e-12), key
     assert rows["mlp0"]["l0"] == pytest.approx(8.0)
     assert rows["mlp0"]["neurons_per_feature"] == 512 and rows["deep"]["neurons_per_feature"] == 64
+    assert rows["snmf"]["neurons_per_feature"] == 8 and rows["snmf"]["kind"] == "snmf"
     assert rows["resid"]["hook"] == RESID and rows["resid"]["d_dict"] == 256
 
 
@@ -156,12 +164,16 @@ def test_streamed_correlation_equals_numpy():
     assert r[0] > 0.8 and torch.isnan(r[3])
 
 
-def test_concept_rows_use_active_and_are_the_best_f1(sets, demo_model):
-    tokens, d = sets["tokens"], sets["resid"]
+@pytest.mark.parametrize("name", ["resid", "snmf"])
+def test_concept_rows_use_active_and_are_the_best_f1(sets, demo_model, name):
+    tokens, d = sets["tokens"], sets[name]
     labels = concept_labels(tokens, demo_model)[token_mask(tokens, demo_model)]
     with torch.no_grad():
-        act = d.active(d.encode(saekit.harvest(demo_model, [RESID], tokens)[RESID]))
-    rows = [r for r in sets["report"].concepts if r["dictionary"] == "resid"]
+        codes = d.encode(saekit.harvest(demo_model, [d.cfg.hook], tokens)[d.cfg.hook])
+    act = d.active(codes)
+    if name == "snmf":  # its own firing rule differs from codes > 0, and it is the one used
+        assert (act != (codes > 0)).any()
+    rows = [r for r in sets["report"].concepts if r["dictionary"] == name]
     assert {r["family"] for r in rows} <= set(FAMILIES) and len(rows) >= 5
     for r in rows:
         on = labels == FAMILIES.index(r["family"])
@@ -188,15 +200,28 @@ def test_save_writes_the_report_and_json_round_trips(sets, tmp_path):
     assert "## Planted concepts" in text and "## Stability" not in text
 
 
-def test_stability_across_seeds(demo_model, demo_tokens, sets):
-    report = compare([sets["mlp0"]], demo_model, demo_tokens[:24], names=["mlp"], seeds=2, batch_size=24,
-                     refit_batch_size=128, refit_options={"lr": 2e-3, "epochs": 2})
-    (row,) = report.stability
-    assert row["kind"] == "topk" and row["dictionaries"] == "mlp" and row["seeds"] == 2
-    assert row["refit_tokens"] == report.meta["n_tokens"]
-    # Refits with different seeds share some structure, but far from all of it.
-    assert row["chance_matched_cos"] + 0.03 < row["mean_matched_cos"] < 0.9, row  # measured 0.20, chance 0.13
-    assert row["min_matched_cos"] == row["mean_matched_cos"] == row["max_matched_cos"]  # one pair
+def test_stability_refits_each_configuration_with_each_seed(demo_model, demo_tokens, sets, monkeypatch):
+    fits, fit = [], saekit.fit
+
+    def spy(data, **kw):
+        fits.append((kw, fit(data, **kw)))
+        return fits[-1][1]
+
+    monkeypatch.setattr(saekit, "fit", spy)
+    mlp0 = sets["mlp0"]
+    report = compare([mlp0, sets["resid"], mlp0], demo_model, demo_tokens[:24], names=["a", "r", "b"], seeds=2,
+                     batch_size=24, refit_batch_size=128, refit_options={"lr": 2e-3})
+    assert [(kw["hook"], kw["seed"]) for kw, _ in fits] == [(MLP, 0), (MLP, 1), (RESID, 0), (RESID, 1)]
+    kw = fits[0][0]
+    assert (kw["kind"], kw["d_dict"], kw["k"], kw["batch_size"], kw["lr"]) == ("topk", 256, 8, 128, 2e-3)
+    assert kw["aux_coefficient"] == mlp0.cfg.options["aux_coefficient"] and kw["model"] is demo_model
+    mlp_row, resid_row = report.stability
+    assert mlp_row["dictionaries"] == "a, b" and resid_row["dictionaries"] == "r" and mlp_row["seeds"] == 2
+    assert mlp_row["refit_tokens"] == report.meta["n_tokens"]
+    hand = match(fits[0][1].W_dec, fits[1][1].W_dec).cos.mean().item()
+    assert mlp_row["mean_matched_cos"] == mlp_row["min_matched_cos"] == pytest.approx(hand)  # one pair of seeds
+    # Different seeds give different dictionaries that still share more than random directions.
+    assert mlp_row["chance_matched_cos"] < mlp_row["mean_matched_cos"] < 0.95
     assert "## Stability across 2 seeds" in report.markdown()
 
 

@@ -154,6 +154,31 @@ def _refit_on_support(W: Tensor, S_GG: Tensor, S_GA: Tensor, nonneg: bool, sweep
     return W
 
 
+def kmeans(x: Tensor, k: int, iters: int = 15, generator: torch.Generator | None = None) -> Tensor:
+    """Centroids after k-means++ seeding and ``iters`` Lloyd iterations (the official
+    code's 15). In torch rather than scikit-learn: sklearn's greedy k-means++ took 10 s
+    of a 28 s fit on 8,192 × 512 rows at k = 64 (2-core CPU); this takes a fraction of
+    a second and runs on the GPU."""
+    n = len(x)
+    sq = x.pow(2).sum(1)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centres = [first]
+    d2 = (sq - 2 * x @ x[first] + sq[first]).clamp_min(0)
+    for _ in range(k - 1):
+        p = d2.cpu().double() + 1e-30
+        i = int(torch.multinomial(p / p.sum(), 1, generator=generator))
+        centres.append(i)
+        d2 = torch.minimum(d2, (sq - 2 * x @ x[i] + sq[i]).clamp_min(0))
+    C = x[centres].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, C).argmin(1)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(C).index_add_(0, assign, x)
+        full = counts > 0  # an empty cluster keeps its centre
+        C[full] = sums[full] / counts[full, None]
+    return C
+
+
 def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None, seed: int = 0,
              hook: str | None = None, model: Any = None, processing: str | None = None,
              device: Any = None, progress: bool = False, history: list | None = None,
@@ -219,9 +244,13 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     codes = _Codes(store, {i: hi - lo for i, lo, hi in mine}, d_dict, dev)
     where = getattr(getattr(data, "cache", None), "path", "data")
 
+    checked: set[int] = set()
+
     def load(lo: int, hi: int) -> Tensor:
         A = _rows(data, lo, hi).to(dev, torch.float32)
-        _check_finite(A, lo, str(where))
+        if lo not in checked:  # once per chunk: the data does not change between passes
+            _check_finite(A, lo, str(where))
+            checked.add(lo)
         return A
 
     # -- initial codes -------------------------------------------------------------
@@ -249,16 +278,13 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
         bad = ~torch.isfinite(sample).all(1)
         if bad.any():
             raise ValueError(f"{where}: NaN/inf activation at row {int(idx[bad.nonzero()[0, 0]])}")
-        r = int(torch.linalg.matrix_rank(sample))
+        ev = torch.linalg.eigvalsh((sample.T @ sample).double())
+        r = int((ev > ev[-1].clamp_min(1e-30) * 1e-6).sum())  # as for the SVD init below
         if d_dict > r:
             raise ValueError(f"d_dict={d_dict} exceeds the data's rank (about {r} in a sample of "
                              f"{len(idx)} rows): fewer features, or more data")
         if o["init"] == "kmeans":
-            from sklearn.cluster import KMeans
-
-            # The official code runs 15 Lloyd iterations; sklearn's k-means++ seeding on a sample.
-            km = KMeans(d_dict, n_init=1, max_iter=15, random_state=seed).fit(sample.cpu().numpy())
-            centroids = torch.as_tensor(km.cluster_centers_, dtype=torch.float32, device=dev)
+            centroids = kmeans(sample, d_dict, iters=15, generator=g)
 
     def initial_codes(i: int, A: Tensor) -> Tensor:
         if proj is not None:
@@ -307,8 +333,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
                     if solver == "mu":
                         G = mu_step(G, P, Q)
                     elif solver == "hals":
-                        for _ in range(o["code_steps"]):
-                            hals_sweep(G, P, Q)
+                        hals_sweep(G, P, Q, o["code_steps"])
                     else:
                         G = apg_steps(G, P, Q, o["code_steps"], L)
             codes.put(i, G)
