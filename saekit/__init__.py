@@ -29,15 +29,21 @@ _API = {
     "CacheWriter": "saekit.activations",
     "open_cache": "saekit.activations",
     "fit": "saekit.training",
+    "fit_hierarchy": "saekit.hierarchy",
     "load_dictionary": "saekit.dictionaries",
     "Dictionary": "saekit.dictionaries",
     "DictionaryConfig": "saekit.dictionaries",
 }
 
-_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "metrics", "models", "report",
+_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "hierarchy", "metrics", "models", "report",
                "toy", "training"}
 
-__all__ = [*_API, "__version__"]
+# Eager on purpose: a lazy entry would be replaced by the submodule as soon as anything
+# runs `from saekit.compare import ...` (the import system binds submodules on the
+# package); saekit.compare imports only the standard library at module level.
+from saekit.compare import Comparison, compare  # noqa: E402
+
+__all__ = [*_API, "compare", "Comparison", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

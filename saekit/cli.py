@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe field (value parsed as TOML); repeatable")
     p.set_defaults(fn=_cmd_train)
 
+    from saekit.compare import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
+
     p = sub.add_parser("info", help="describe an activation cache, a dictionary or a model directory")
     p.add_argument("path")
     p.add_argument("--verify", action="store_true", help="check every shard's size and sha256")

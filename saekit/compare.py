@@ -62,13 +62,16 @@ def residual_directions(dictionary: Any, model: Any) -> Tensor:
 def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]:
     """``(space, "")`` where two hooks' directions can be compared, or ``(None, reason)``.
 
-    One hook compares in its own space (MLP neurons stay neurons: mapping both through
-    ``W_out`` would drop what lies in its null space). Otherwise both hooks must map into
-    the residual stream at the same layer (TransformerLens' block index).
+    MLP-hidden dictionaries (``mlp.hook_post``) always compare in the residual stream,
+    through ``W_out`` (as the issue and the SNMF paper's f = W_out z have it), even on one
+    hook: what a feature writes is what the model sees; directions that differ only in
+    ``W_out``'s null space count as the same. Any other hook compares in its own space.
+    Otherwise both hooks must map into the residual stream at the same layer
+    (TransformerLens' block index).
     """
     from saekit.models import validate_hook
 
-    if hook_a == hook_b:
+    if hook_a == hook_b and not hook_a.endswith("mlp.hook_post"):
         return hook_a, ""
     (la, ka), (lb, kb) = validate_hook(model, hook_a), validate_hook(model, hook_b)
     for hook, kind in ((hook_a, ka), (hook_b, kb)):
@@ -350,7 +353,7 @@ def _match_pair(a: Any, b: Any, model: Any) -> tuple[str, Match | None, Tensor |
     space, reason = common_space(a.cfg.hook, b.cfg.hook, model)
     if space is None:
         return reason, None, None, None
-    wa, wb = ((_unit(a.W_dec), _unit(b.W_dec)) if a.cfg.hook == b.cfg.hook
+    wa, wb = ((_unit(a.W_dec), _unit(b.W_dec)) if space == a.cfg.hook
               else (residual_directions(a, model), residual_directions(b, model)))
     return space, match(wa, wb), wa, wb
 
