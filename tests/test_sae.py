@@ -111,7 +111,7 @@ def test_normalize_decoder_and_fold_scale_keep_the_function(kind):
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match=r"unknown dictionary kind 'gated'.*\['batchtopk', 'jumprelu', 'relu', 'topk'\]"):
+    with pytest.raises(ValueError, match=r"unknown dictionary kind 'gated'.*\['batchtopk', 'jumprelu', 'nmf', 'relu', 'snmf', 'topk'\]"):
         DictionaryConfig(kind="gated", d_in=8, d_dict=16)
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['l1'\].*allowed: \['l1_coefficient', 'l1_warmup_steps'\]"):
         DictionaryConfig(kind="relu", d_in=8, d_dict=16, options={"l1": 1.0})

@@ -18,8 +18,8 @@ dictionary needs at inference time, plus the building blocks the fitter shares:
   the paper's ``>=`` rule could keep more);
 - ``mu_step``: Ding–Li–Jordan's multiplicative update of the codes.
 
-Firing (DESIGN.md): with ``k`` set, ``encode`` keeps each token's top-k codes and a
-feature fires where its code is > 0. Without ``k``, NNLS codes are dense with many
+Firing (DESIGN.md): with ``k`` set, ``encode`` keeps each token's top-k codes (and
+re-solves the NNLS on them) and a feature fires where its code is > 0. Without ``k``, NNLS codes are dense with many
 tiny values, so a feature fires where its code exceeds ``firing_threshold`` (default
 0.1) times the token's largest code; the threshold is stored in the config.
 """
@@ -61,7 +61,7 @@ def mu_step(G: Tensor, P: Tensor, Q: Tensor, eps: float = 1e-6) -> Tensor:
     return G * (num / den).sqrt()
 
 
-def hals_sweep(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1) -> Tensor:
+def hals_sweep(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1, mask: Tensor | None = None) -> Tensor:
     """``sweeps`` HALS sweeps over the columns of ``G`` (in place): each column is set to
     its exact non-negative minimiser given the others,
     ``g_j ← max(0, g_j + (P_j − G Q_j) / Q_jj)``.
@@ -69,16 +69,20 @@ def hals_sweep(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1) -> Tensor:
     Tokens are independent problems, so the sweeps run block by block of rows, each
     block held transposed (a feature's codes contiguous) and small enough for the CPU
     cache: on a 2-core CPU at 65,536 × 128 this is 40× faster than sweeping the whole
-    matrix column by column, which rereads it from memory for every feature.
+    matrix column by column, which rereads it from memory for every feature. With a
+    boolean ``mask`` the codes outside it stay zero (NNLS on a fixed support).
     """
     n, k = G.shape
     diag = Q.diagonal().clamp_min(EPS)
     block = n if G.is_cuda else max(256, (1 << 22) // (4 * k))
     for lo in range(0, n, block):
         Gt, Pt = G[lo:lo + block].T.contiguous(), P[lo:lo + block].T.contiguous()
+        Mt = None if mask is None else mask[lo:lo + block].T.contiguous()
         for _ in range(sweeps):
             for j in range(k):
                 Gt[j] = (Gt[j] + (Pt[j] - Q[j] @ Gt) / diag[j]).clamp_min_(0)
+                if Mt is not None:
+                    Gt[j] *= Mt[j]
         G[lo:lo + block] = Gt.T
     return G
 
@@ -181,8 +185,14 @@ class SNMF(Dictionary):
         G = nnls(flat, self.W_dec, init=None if init is None else init.reshape(-1, self.cfg.d_dict),
                  max_iter=o["encode_iter"], tol=o["encode_tol"])
         if self.cfg.k is not None and self.cfg.k < self.cfg.d_dict:
-            top = G.topk(self.cfg.k, dim=1)
-            G = torch.zeros_like(G).scatter_(1, top.indices, top.values)
+            # Keep each token's k largest codes, then re-solve the NNLS on that support:
+            # truncating dense codes alone loses what the dropped ones carried together
+            # (MLP activations have a large mean and SNMF no bias).
+            top = G.topk(self.cfg.k, dim=1).indices
+            mask = torch.zeros_like(G, dtype=torch.bool).scatter_(1, top, True)
+            W = self.W_dec.to(G.dtype)
+            P, Q = flat.to(G.dtype) @ W.T, W @ W.T
+            G = hals_sweep(G * mask, P, Q, sweeps=10, mask=mask.to(G.dtype))
         return G.to(x.dtype).reshape(*shape, self.cfg.d_dict)
 
     def decode(self, codes: Tensor) -> Tensor:
