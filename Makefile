@@ -4,6 +4,10 @@ PY      := .venv/bin/python
 TORCH   := torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 PYTEST_ARGS ?=
+# Peer libraries for the side-by-side benchmarks live in their own venv: sae-lens pins
+# transformer-lens < 4 and overcomplete pulls torchvision, neither of which belongs in .venv.
+PEERS     := .venv-peers/bin/python
+PEER_PKGS := sae-lens==6.54.12 eai-sparsify==1.3.3 overcomplete==0.3.0
 
 .PHONY: demo test bench lint demo-lm clean-venv
 
@@ -14,15 +18,26 @@ PYTEST_ARGS ?=
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# PyPI's torchvision wheel is a CUDA build that cannot load against the CPU torch
+# ("operator torchvision::nms does not exist"), and transformers imports it when present;
+# the benchmarks never use it, so a torchvision that does not import is removed.
+.venv-peers/.ready: eval/peers/constraints.txt
+	test -x $(PEERS) || python3 -m venv .venv-peers
+	$(PEERS) -m pip install -q $(TORCH)
+	$(PEERS) -m pip install -q -c eval/peers/constraints.txt $(PEER_PKGS)
+	$(PEERS) -c "import torchvision" 2>/dev/null || $(PEERS) -m pip uninstall -q -y torchvision
+	touch $@
+
 demo: .venv/.ready
 	$(OFFLINE) .venv/bin/saekit demo
 
 test: .venv/.ready
 	$(OFFLINE) $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-bench: .venv/.ready
+bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json
-	$(OFFLINE) $(PY) eval/bench_train.py --out eval/results/bench_train.json
+	$(OFFLINE) $(PY) eval/bench_train.py --peers $(PEERS) --out eval/results/bench_train.json
+	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
 
 lint: .venv/.ready
 	$(PY) -m ruff check saekit tests train eval
@@ -32,4 +47,4 @@ demo-lm: .venv/.ready
 	$(OFFLINE) $(PY) train/train_demo_lm.py --recipe train/demo_lm.toml --out checkpoints/demo-lm
 
 clean-venv:
-	rm -rf .venv
+	rm -rf .venv .venv-peers

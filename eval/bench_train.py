@@ -1,8 +1,10 @@
-"""Benchmark: TopK SAE training throughput against the encoder-matmul bound.
+"""Benchmark: TopK SAE training throughput against the encoder-matmul bound and peer libraries.
 
     python eval/bench_train.py [--d-in 512] [--d-dict 8192] [--k 32] [--batch 2048] [--device cpu]
+                               [--rounds 3] [--peers .venv-peers/bin/python]
 
-Measured side by side in one run:
+Measured side by side in one run, in interleaved rounds (every case once per round,
+medians over rounds of each round's median step):
 
 - ``bound``: tokens/s if a step cost only the dense encoder matmul, 2·batch·d_in·d_dict
   FLOP at the fp32 matmul rate measured here;
@@ -10,7 +12,13 @@ Measured side by side in one run:
   kernels, ``TopKSAE.train_step``;
 - ``step (dense)``: the same step through dense autograd (``train_step_dense``);
 - ``saekit.fit``: a whole ``fit`` pass over in-memory data (batching, scaling, dead
-  tracking, decoder renormalisation included).
+  tracking, decoder renormalisation included);
+- peers (with ``--peers PYTHON``, the separate peer venv built by ``make
+  .venv-peers/.ready``; default ``.venv-peers/bin/python`` when it exists, ``none`` to
+  skip): one TopK training step of SAELens 6.54.12 and of EleutherAI sparsify 1.3.3,
+  each library's own training-step code path, on the same batch (saved here, loaded
+  there), timed in a subprocess by ``eval/peers/bench_train_peer.py`` (import and
+  start-up not timed). "vs saekit" is a row's tokens/s over saekit's sparse step.
 
 Target (issue 3): the sparse step and the ``fit`` pass reach at least 60% of the bound.
 """
@@ -19,21 +27,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import saekit  # noqa: E402
 from saekit.dictionaries import REGISTRY, DictionaryConfig  # noqa: E402
 
+PEERS = {"saelens": "SAELens {version} TopK step", "sparsify": "sparsify {version} TopK step"}
 
-def timed(fn, repeats: int, sync) -> float:
-    fn()
+
+def timed(fn, repeats: int, sync, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
     sync()
     ts = []
     for _ in range(repeats):
@@ -44,18 +59,41 @@ def timed(fn, repeats: int, sync) -> float:
     return statistics.median(ts)
 
 
+def default_peers() -> str | None:
+    p = ROOT / ".venv-peers" / "bin" / "python"
+    return str(p) if p.exists() else None
+
+
+def run_peer(python: str, lib: str, data: Path, args) -> dict:
+    cmd = [python, str(ROOT / "eval" / "peers" / "bench_train_peer.py"), "--lib", lib, "--data", str(data),
+           "--d-in", str(args.d_in), "--d-dict", str(args.d_dict), "--k", str(args.k),
+           "--steps", str(args.steps), "--threads", str(torch.get_num_threads())]
+    env = {**os.environ, "PYTHONPATH": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"peer {lib} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d-in", type=int, default=512)
     ap.add_argument("--d-dict", type=int, default=8192)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=10, help="timed repeats of one step")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per case per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     ap.add_argument("--fit-batches", type=int, default=20, help="batches in the fit pass")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--peers", default=default_peers(),
+                    help="the peer venv's python (default .venv-peers/bin/python if present; 'none' to skip)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    peers = None if args.peers in (None, "", "none") else args.peers
+    if peers and (args.device != "cpu" or args.dtype != "float32"):
+        print("peer rows are CPU fp32 only: skipping them", file=sys.stderr)
+        peers = None
     dev = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -63,11 +101,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, d, generator=g).to(dev, dtype)
     W = torch.randn(d, n, generator=g).to(dev, dtype)
+    data = torch.randn(B * args.fit_batches, d, generator=g).to(dtype)
 
-    t_mm = timed(lambda: x @ W, args.steps, sync)
-    bound = B / t_mm
-    rows = [{"case": "encoder matmul bound", "tokens/s": bound, "of bound": 1.0}]
-
+    cases = {"bound": lambda: x @ W}
+    names = {"bound": "encoder matmul bound"}
     for path in ("train_step", "train_step_dense"):
         sae = REGISTRY["topk"](DictionaryConfig(kind="topk", d_in=d, d_dict=n, k=k)).to(dev, dtype)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
@@ -79,27 +116,57 @@ def main() -> None:
             out.loss.backward()
             opt.step()
 
-        t = timed(step, args.steps, sync)
-        name = "one step, sparse kernels" if path == "train_step" else "one step, dense autograd"
-        rows.append({"case": name, "tokens/s": B / t, "of bound": B / t / bound})
+        cases[path] = step
+        names[path] = "one step, sparse kernels" if path == "train_step" else "one step, dense autograd"
 
-    data = torch.randn(B * args.fit_batches, d, generator=g).to(dtype)
     saekit.fit(data[: 2 * B], "topk", d_dict=n, k=k, batch_size=B, device=dev)  # warm-up
-    sync()
-    t = time.perf_counter()
-    saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, device=dev)
-    sync()
-    t = time.perf_counter() - t
-    rows.append({"case": f"saekit.fit pass ({len(data):,} tokens)", "tokens/s": len(data) / t,
-                 "of bound": len(data) / t / bound})
+    times: dict[str, list[float]] = {c: [] for c in [*cases, "fit", *(PEERS if peers else [])]}
+    peer_info: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        xfile = Path(tmp) / "x.pt"
+        torch.save(x.detach().cpu().float().clone(), xfile)
+        for rnd in range(args.rounds):
+            for c, fn in cases.items():
+                times[c].append(timed(fn, args.steps, sync, warmup=1 if rnd == 0 else 0))
+            t = time.perf_counter()
+            saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, device=dev)
+            sync()
+            times["fit"].append(time.perf_counter() - t)
+            for lib in PEERS if peers else []:
+                r = run_peer(peers, lib, xfile, args)
+                peer_info[lib] = r
+                times[lib].append(r["seconds"])
+            print(f"round {rnd + 1}/{args.rounds}: " + ", ".join(
+                f"{c} {(len(data) if c == 'fit' else B) / v[-1]:,.0f} tok/s" for c, v in times.items()),
+                file=sys.stderr, flush=True)
+
+    med = {c: statistics.median(v) for c, v in times.items()}
+    bound = B / med["bound"]
+    ours = B / med["train_step"]
+    rows = []
+    for c in times:
+        tps = (len(data) if c == "fit" else B) / med[c]
+        if c == "fit":
+            name = f"saekit.fit pass ({len(data):,} tokens)"
+        elif c in PEERS:
+            name = PEERS[c].format(version=peer_info[c]["version"])
+        else:
+            name = names[c]
+        rows.append({"case": name, "tokens/s": tps, "of bound": tps / bound, "vs saekit": tps / ours,
+                     "rounds": [(len(data) if c == "fit" else B) / t for t in times[c]]})
 
     print(f"TopK training, d_in={d}, d_dict={n}, k={k}, batch={B}, {dev}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads; matmul rate {2 * B * d * n / t_mm / 1e9:.1f} GFLOP/s")
-    print("| case | tokens/s | of bound |\n|---|---|---|")
+          f"{torch.get_num_threads()} threads; matmul rate {2 * B * d * n / med['bound'] / 1e9:.1f} GFLOP/s; "
+          f"medians of {args.rounds} interleaved rounds")
+    print("| case | tokens/s | of bound | vs saekit |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['tokens/s']:,.0f} | {100 * r['of bound']:.0f}% |")
+        print(f"| {r['case']} | {r['tokens/s']:,.0f} | {100 * r['of bound']:.0f}% | {r['vs saekit']:.2f}x |")
+    for lib in peer_info:
+        print(f"saekit's sparse step is {med[lib] / med['train_step']:.1f}x faster than {PEERS[lib].split()[0]}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+        out = {"args": {**vars(args), "peers": peers}, "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "rows": rows, "peers": peer_info}
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
