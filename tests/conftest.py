@@ -76,3 +76,23 @@ def demo_acts(demo_model, demo_tokens):
     import saekit
 
     return saekit.harvest(demo_model, HOOKS, demo_tokens, batch_size=16)
+
+
+def train_in_one_and_two_processes(recipe: str, sets: list[str], tmp_path: Path):
+    """``saekit train recipe --set ...`` in one process, then under torchrun with two gloo
+    processes; returns the two dictionaries ``(one, two)``."""
+    import subprocess
+    import sys
+
+    import saekit
+
+    base = [str(ROOT / "train" / recipe)] + [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "one")],
+                   env=env, check=True, timeout=240, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "two")],
+                       env=env, timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return (saekit.load_dictionary(tmp_path / "one" / "dictionary"),
+            saekit.load_dictionary(tmp_path / "two" / "dictionary"))

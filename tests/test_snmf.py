@@ -1,13 +1,10 @@
 """SNMF and NMF: the paper's update rules, the fast solvers, streaming, encode, bad input."""
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import DEMO_LM, ROOT
+from conftest import DEMO_LM, train_in_one_and_two_processes
 
 import saekit
 from saekit.dictionaries.snmf import SNMF, mu_step, nnls, winner_take_all, wta_keep
@@ -174,16 +171,7 @@ def test_torchrun_two_gloo_processes_match_one(tmp_path):
     """Chunks split over ranks, statistics summed with all_reduce: the same dictionary."""
     sets = [f'model="{DEMO_LM}"', "n_tokens=4096", "d_dict=32", 'device="cpu"', "eval_tokens=0",
             "options.chunk_tokens=1000", "options.max_iter=6", "options.patience=100"]
-    base = [str(ROOT / "train" / "demo_snmf.toml")] + [a for s in sets for a in ("--set", s)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "one")],
-                   env=env, check=True, timeout=240, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "two")],
-                       env=env, timeout=300, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    one = saekit.load_dictionary(tmp_path / "one" / "dictionary")
-    two = saekit.load_dictionary(tmp_path / "two" / "dictionary")
+    one, two = train_in_one_and_two_processes("demo_snmf.toml", sets, tmp_path)
     assert one.cfg.metadata["iterations"] == two.cfg.metadata["iterations"] == 6
     assert ((two.W_dec - one.W_dec).norm() / one.W_dec.norm()).item() < 1e-4
     assert abs(one.cfg.metadata["rel_error"] - two.cfg.metadata["rel_error"]) < 1e-5

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import DEMO_LM, ROOT
+from conftest import DEMO_LM, ROOT, train_in_one_and_two_processes
 
 import saekit
 from saekit.config import TrainConfig, load_config
@@ -116,16 +116,7 @@ def test_torchrun_two_gloo_processes_match_one(tmp_path):
     """rank r trains on the r-th half of each global batch; gradients are averaged."""
     sets = [f'model="{DEMO_LM}"', "n_tokens=8192", "batch_size=512", "d_dict=256", "log_every=4",
             "device=\"cpu\"", "eval_tokens=0"]
-    base = [str(ROOT / "train" / "demo.toml")] + [a for s in sets for a in ("--set", s)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "one")],
-                   env=env, check=True, timeout=240, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "saekit.cli", "train", *base, "--out", str(tmp_path / "two")],
-                       env=env, timeout=300, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    one = saekit.load_dictionary(tmp_path / "one" / "dictionary")
-    two = saekit.load_dictionary(tmp_path / "two" / "dictionary")
+    one, two = train_in_one_and_two_processes("demo.toml", sets, tmp_path)
     # Relative error of each tensor as a whole: the two runs sum gradients in a different
     # order, and Adam's g/sqrt(v) turns rounding in near-zero gradients into differences of
     # order lr in single elements, so an elementwise rtol would test rounding, not DDP.
