@@ -281,15 +281,28 @@ def stream_child(args) -> None:
     from saekit.training.snmf import fit_snmf
 
     h: list[dict] = []
+    marks: list[float] = []  # time.monotonic() (system-wide) of each history record, for the parent
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.02):
+            while len(marks) < len(h):
+                marks.append(time.monotonic())
+
+    threading.Thread(target=watch, daemon=True).start()
+    start = time.monotonic()
     t = time.perf_counter()
     d = fit_snmf(args.stream_child, args.d_dict, wta_fraction=args.stream_wta, codes="memmap",
                  chunk_tokens=args.chunk_tokens, max_iter=args.stream_passes, patience=10**9,
                  device=args.device, history=h, seed=args.seed)
     total = time.perf_counter() - t
+    end = time.monotonic()
+    done.set()
     md = d.cfg.metadata
     print(json.dumps({"total": total, "history": h, "fit_seconds": md["fit_seconds"],
                       "rel_error": md["rel_error"], "codes": md["codes"],
                       "codes_disk_bytes": md["codes_disk_bytes"], "iterations": md["iterations"],
+                      "start": start, "marks": marks, "end": end,
                       "status_at_end": _status(os.getpid())}), flush=True)
 
 
@@ -308,6 +321,7 @@ def bench_streaming(args, tmp: Path) -> dict:
     peak = {"RssAnon": 0, "RssFile": 0, "RssShmem": 0, "VmRSS": 0}
     samples = 0
     codes_disk = [0]
+    timeline: list[tuple[float, int]] = []
     stop = threading.Event()
 
     def poll() -> None:
@@ -318,6 +332,7 @@ def bench_streaming(args, tmp: Path) -> dict:
             except (FileNotFoundError, ProcessLookupError, ValueError):
                 break
             samples += 1
+            timeline.append((time.monotonic(), s.get("RssAnon", 0)))
             for key in peak:
                 peak[key] = max(peak[key], s.get(key, 0))
             try:  # the code map's disk use (its file lives under tmp while the fit runs)
@@ -342,6 +357,17 @@ def bench_streaming(args, tmp: Path) -> dict:
     # first update); every later record after one
     secs = [h[0]["seconds"]] + [b["seconds"] - a["seconds"] for a, b in zip(h, h[1:], strict=False)]
     init = max(res["total"] - res["fit_seconds"], 0.0)
+
+    def peak_between(a: float, b: float) -> int:
+        return max((r for t, r in timeline if a <= t <= b), default=0)
+
+    marks = res["marks"] or [res["end"]]
+    phases = {  # peak RssAnon by phase of the fit (the first record comes after two passes)
+        "start_to_first_record": peak_between(0, marks[0]),
+        "passes": peak_between(marks[0], marks[-1]),
+        "polish": peak_between(marks[-1], res["end"]),
+        "after_fit": peak_between(res["end"], math.inf),
+    }
     result = {
         "n_tokens": n, "d_in": d, "d_dict": args.d_dict, "dtype": "bfloat16", "wta_fraction": args.stream_wta,
         "chunk_tokens": args.chunk_tokens, "passes": len(h), "device": args.device,
@@ -349,7 +375,7 @@ def bench_streaming(args, tmp: Path) -> dict:
         "codes_disk_bytes": res["codes_disk_bytes"], "codes_disk_allocated_peak": codes_disk[0],
         "disk_bytes": cache_bytes + res["codes_disk_bytes"],
         "peak_rss_anon": peak["RssAnon"], "peak_rss_file": peak["RssFile"], "peak_rss_shmem": peak["RssShmem"],
-        "peak_vm_rss": peak["VmRSS"], "vm_hwm_at_end": res["status_at_end"].get("VmHWM"), "polls": samples,
+        "peak_rss_anon_by_phase": phases, "peak_vm_rss": peak["VmRSS"], "vm_hwm_at_end": res["status_at_end"].get("VmHWM"), "polls": samples,
         "wall_seconds": wall, "init_seconds": init, "seconds_per_pass": statistics.median(secs[1:] or secs),
         "pass_seconds": secs, "polish_seconds": max(res["fit_seconds"] - h[-1]["seconds"], 0.0),
         "rel_error_last_pass": h[-1]["rel_error"], "rel_error": res["rel_error"],
@@ -422,7 +448,8 @@ def main() -> None:
             print(f"| {b['peak_rss_anon'] / 1e9:.2f} GB | {b['seconds_per_pass']:.1f} | {b['init_seconds']:.1f} | "
                   f"{b['polish_seconds']:.1f} | {b['wall_seconds']:.0f} | {b['cache_bytes'] / 1e9:.2f} + "
                   f"{b['codes_disk_bytes'] / 1e9:.2f} GB | {b['rel_error']:.4f} |")
-            print(f"peak RssAnon {b['peak_rss_anon'] / 1e9:.2f} GB (target < 2 GB: {'met' if b['met'] else 'MISSED'})")
+            print(f"peak RssAnon {b['peak_rss_anon'] / 1e9:.2f} GB (target < 2 GB: {'met' if b['met'] else 'MISSED'}); "
+                  "by phase: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in b["peak_rss_anon_by_phase"].items()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:
