@@ -340,7 +340,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
             S_GA += (G.T @ A).double()
             S_GG += (G.T @ G).double()
             if s_AA is None:
-                aa += A.double().pow(2).sum()
+                aa += A.pow(2).sum(1).double().sum()  # no float64 copy of the chunk
         if s_AA is None:
             _all_reduce(S_GA, S_GG, aa)
             s_AA = aa
@@ -378,7 +378,8 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
         W = Wd.float()
         W[reseed] = 0
         Q = W @ W.T
-        L = float(torch.linalg.eigvalsh(Q.double())[-1].clamp_min(1e-30))
+        if solver == "apg":  # its step size; the other solvers do not need it
+            L = float(torch.linalg.eigvalsh(Q.double())[-1].clamp_min(1e-30))
     if bar is not None:
         bar.close()
     W = best_W if best_W is not None else W
@@ -389,7 +390,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     for i, lo, hi in mine:
         A = load(lo, hi)
         G = nnls(A, W, Q=Q, init=codes.get(i), max_iter=o["encode_iter"], tol=o["encode_tol"])
-        final += (A - G @ W).double().pow(2).sum()
+        final += (A - G @ W).pow(2).sum(1).double().sum()
     _all_reduce(final)
     codes.close()
     d = cls(cfg).to(dev)
