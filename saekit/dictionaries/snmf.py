@@ -122,7 +122,8 @@ def objective(xx: Tensor, G: Tensor, P: Tensor, Q: Tensor) -> float:
 
 
 def nnls(x: Tensor, W: Tensor, *, init: Tensor | None = None, max_iter: int = 100,
-         tol: float = 1e-4, Q: Tensor | None = None, method: str = "auto") -> Tensor:
+         tol: float = 1e-4, Q: Tensor | None = None, P: Tensor | None = None,
+         method: str = "auto") -> Tensor:
     """Codes ``argmin_{c ≥ 0} ‖x − c W‖²`` for each row of ``x [n, d_in]``, ``W [d_dict, d_in]``.
 
     From ``init`` (or the clamped least-squares solution), in rounds (five HALS sweeps,
@@ -130,11 +131,12 @@ def nnls(x: Tensor, W: Tensor, *, init: Tensor | None = None, max_iter: int = 10
     or ``max_iter`` rounds. ``method``: ``hals`` (coordinate descent, cache-blocked),
     ``apg`` (accelerated projected gradient, matmuls only) or ``auto`` (HALS on CPU,
     APG on GPU, where one kernel per feature would cost more than the matmuls).
-    Runs where ``x`` lives; fp32 at least.
+    ``Q = W Wᵀ`` and ``P = x Wᵀ`` are computed unless given. Runs where ``x`` lives;
+    fp32 at least.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, W = x.to(dtype), W.to(x.device, dtype)
-    P = x @ W.T
+    P = x @ W.T if P is None else P.to(x.device, dtype)
     Q = W @ W.T if Q is None else Q.to(x.device, dtype)
     G = ls_codes(P, Q) if init is None else init.to(x.device, dtype).clone()
     if method == "auto":
@@ -182,16 +184,17 @@ class SNMF(Dictionary):
         shape = x.shape[:-1]
         flat = x.reshape(-1, self.cfg.d_in) - self.b_dec.to(x.dtype)
         o = self.cfg.options
-        G = nnls(flat, self.W_dec, init=None if init is None else init.reshape(-1, self.cfg.d_dict),
-                 max_iter=o["encode_iter"], tol=o["encode_tol"])
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        flat, W = flat.to(dtype), self.W_dec.to(dtype)
+        P, Q = flat @ W.T, W @ W.T
+        G = nnls(flat, W, init=None if init is None else init.reshape(-1, self.cfg.d_dict),
+                 max_iter=o["encode_iter"], tol=o["encode_tol"], P=P, Q=Q)
         if self.cfg.k is not None and self.cfg.k < self.cfg.d_dict:
             # Keep each token's k largest codes, then re-solve the NNLS on that support:
             # truncating dense codes alone loses what the dropped ones carried together
             # (MLP activations have a large mean and SNMF no bias).
             top = G.topk(self.cfg.k, dim=1).indices
             mask = torch.zeros_like(G, dtype=torch.bool).scatter_(1, top, True)
-            W = self.W_dec.to(G.dtype)
-            P, Q = flat.to(G.dtype) @ W.T, W @ W.T
             G = hals_sweep(G * mask, P, Q, sweeps=10, mask=mask.to(G.dtype))
         return G.to(x.dtype).reshape(*shape, self.cfg.d_dict)
 

@@ -195,7 +195,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     k
         Optional top-k of the codes per token at ``encode`` (not used while fitting).
     options
-        ``wta_fraction`` (0.01 for snmf, 1.0 for nmf), ``solver`` (``hals``/``mu``),
+        ``wta_fraction`` (0.01 for snmf, 1.0 for nmf), ``solver`` (``hals``/``apg``/``mu``),
         ``init`` (``svd``/``random``/``kmeans``), ``max_iter``, ``tol`` (relative),
         ``patience``, ``chunk_tokens``, ``codes`` (``auto``/``memory``/``memmap``/
         ``recompute``), ``code_steps`` (HALS sweeps or APG steps per pass), ``ridge``, and
@@ -323,7 +323,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
                 P = A @ W.T
                 G = codes.get(i)
                 if G is None:  # recompute: NNLS from the clamped least-squares start
-                    G = nnls(A, W, Q=Q, max_iter=o["encode_iter"], tol=o["encode_tol"])
+                    G = nnls(A, W, P=P, Q=Q, max_iter=o["encode_iter"], tol=o["encode_tol"])
                 else:
                     if inv_scale is not None:
                         G = G * inv_scale
