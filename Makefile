@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 PEERS     := .venv-peers/bin/python
 PEER_PKGS := sae-lens==6.54.12 eai-sparsify==1.3.3 overcomplete==0.3.0
 
-.PHONY: demo test bench lint demo-lm clean-venv
+.PHONY: demo test bench lint demo-lm checkpoints fixtures clean-venv
 
 .venv/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -38,6 +38,24 @@ bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json
 	$(OFFLINE) $(PY) eval/bench_train.py --peers $(PEERS) --out eval/results/bench_train.json
 	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
+
+# The format fixtures are written by the real libraries, in the peer venv. dictionary_learning
+# 0.1.0 goes in with --no-deps: its nnsight<0.4 would pull torchvision, diffusers, numba, ...
+# (tests/fixtures/formats/make_fixtures.py lists why each extra package is there).
+.venv-peers/.fixtures-ready: .venv-peers/.ready
+	$(PEERS) -m pip install -q --no-deps -c eval/peers/constraints.txt dictionary_learning==0.1.0 nnsight==0.3.7
+	$(PEERS) -m pip install -q -c eval/peers/constraints.txt "python-socketio[client]" "zstandard>=0.22.0"
+	touch $@
+
+fixtures: .venv/.ready .venv-peers/.fixtures-ready
+	$(OFFLINE) $(PEERS) tests/fixtures/formats/make_fixtures.py
+	rm -rf .fixtures-check && $(PY) tests/fixtures/formats/check_saelens_loads_saekit.py export .fixtures-check
+	$(OFFLINE) $(PEERS) tests/fixtures/formats/check_saelens_loads_saekit.py check .fixtures-check
+	rm -rf .fixtures-check
+
+# The demo dictionaries shipped in checkpoints/ (a few minutes on 2 CPU cores).
+checkpoints: .venv/.ready
+	$(OFFLINE) $(PY) train/make_checkpoints.py
 
 lint: .venv/.ready
 	$(PY) -m ruff check saekit tests train eval

@@ -248,34 +248,57 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print("verify: OK" if not problems else f"verify: {len(problems)} problem(s)")
             return 1 if problems else 0
         return 0
-    if (path / "cfg.json").is_file():
-        return _info_dictionary(path)
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() and not (path / "ae.pt").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if cfg.get("architecture") == "TransformerLensNative":
             keys = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn")
             print(f"native TransformerLens model {path}: " + ", ".join(f"{k}={cfg.get(k)}" for k in keys))
             return 0
-    print(f"saekit info: {path} is not an activation cache (manifest.json), a dictionary "
-          "(cfg.json) or a native model (config.json with architecture TransformerLensNative)",
-          file=sys.stderr)
-    return 2
+    from saekit.formats import FormatError
+
+    try:
+        return _info_dictionary(args.path)
+    except (FormatError, FileNotFoundError) as e:
+        print(f"saekit info: {args.path} is not an activation cache (manifest.json), a native model "
+              f"(config.json with architecture TransformerLensNative) or a dictionary: {e}", file=sys.stderr)
+        return 2
 
 
-def _info_dictionary(path: Path) -> int:
+def _info_dictionary(spec: str) -> int:
     import saekit
 
-    d = saekit.load_dictionary(path)
+    d = saekit.load_dictionary(spec)
     c = d.cfg
-    print(f"{c.kind} dictionary {path}: d_in={c.d_in}, d_dict={c.d_dict}, k={c.k}, hook={c.hook}, "
+    source = c.metadata.get("source_format", "saekit")
+    print(f"{c.kind} dictionary {spec} ({source}): d_in={c.d_in}, d_dict={c.d_dict}, k={c.k}, hook={c.hook}, "
           f"model={c.model}, processing={c.processing}, input_norm={c.input_norm}")
     norms = d.W_dec.detach().norm(dim=1)
-    print(f"  decoder row norms: min {norms.min():.4f}, max {norms.max():.4f}")
+    print(f"  decoder row norms: min {norms.min():.4f}, mean {norms.mean():.4f}, max {norms.max():.4f}")
+    if hasattr(d, "neurons_per_feature"):
+        n = d.neurons_per_feature().float()
+        print(f"  neurons per feature: min {n.min():.0f}, median {n.median():.0f}, max {n.max():.0f} "
+              f"(wta_fraction {c.options['wta_fraction']})")
+    if "model_sha256" in c.metadata:
+        print(f"  fitted on model weights sha256 {c.metadata['model_sha256'][:16]}...")
     if d.log_firing_freq is not None:
         f = d.log_firing_freq
         print(f"  firing frequency (log10): median {f.median():.2f}, "
               f"dead (< 1e-8) {100 * float((f < -8).float().mean()):.1f}%, "
               f"dense (> 0.1) {100 * float((f > -1).float().mean()):.1f}%")
+    else:
+        print("  firing frequency: not recorded (saekit compare or eval measures it on tokens)")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from saekit import formats
+    from saekit.dictionaries import load_dictionary
+
+    d = load_dictionary(args.src)
+    if Path(args.dst).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.dst} exists; pass --overwrite to replace it")
+    out = formats.export(d, args.dst, to=args.to)
+    print(f"wrote {d.cfg.kind} dictionary ({d.cfg.metadata.get('source_format', 'saekit')}) as {args.to}: {out}")
     return 0
 
 
@@ -315,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.compare import add_parser as add_compare_parser
 
     add_compare_parser(sub)
+
+    p = sub.add_parser("convert", help="write a dictionary (any format read) as saekit, saelens or sparsify")
+    p.add_argument("src", help="dictionary: a path in any format saekit reads, RELEASE/ID or hf://")
+    p.add_argument("dst", help="directory to write")
+    p.add_argument("--to", required=True, choices=["saekit", "saelens", "sparsify"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.set_defaults(fn=_cmd_convert)
 
     p = sub.add_parser("info", help="describe an activation cache, a dictionary or a model directory")
     p.add_argument("path")

@@ -92,4 +92,4 @@ def test_info_on_a_dictionary(tmp_path, capsys):
     assert main(["info", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "topk dictionary" in out and "d_in=16, d_dict=32, k=4, hook=blocks.0.hook_resid_post" in out
-    assert "decoder row norms: min 1.0000, max 1.0000" in out and "firing frequency" in out
+    assert "decoder row norms: min 1.0000, mean 1.0000, max 1.0000" in out and "firing frequency" in out

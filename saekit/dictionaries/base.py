@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 SCHEMA_VERSION = 1
+#: The SAELens release whose directory layout saekit writes (checked with sae-lens 6.54.12).
+SAELENS_FORMAT_VERSION = "6.0.0"
 INPUT_NORMS = ("none", "scalar", "layer_norm")
 WEIGHTS = "sae_weights.safetensors"
 SPARSITY = "sparsity.safetensors"
@@ -171,24 +173,31 @@ class Dictionary(nn.Module):
             "apply_b_dec_to_input": True,
             "normalize_activations": "none",
             "reshape_activations": "hook_z" if c.hook and c.hook.endswith("attn.hook_z") else "none",
-            "metadata": {"model_name": c.model, "hook_name": c.hook, "hook_head_index": None,
-                         "prepend_bos": True, "sae_lens_training_version": None},
+            # SAELens reads `metadata` only when sae_lens_version says the file is in its
+            # 6.x layout (else it rebuilds it and drops hook_name and model_name).
+            "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": c.model, "hook_name": c.hook,
+                         "hook_head_index": None, "prepend_bos": True, "sae_lens_training_version": None},
         }
 
     def save(self, path: str | Path) -> Path:
         """Write the dictionary directory atomically (temporary sibling, then rename)."""
+        cfg = {**self.saelens_config(), "saekit": {"schema_version": SCHEMA_VERSION, **self.cfg.to_dict()}}
+        return self.write_directory(path, cfg, self.saelens_tensors(), self.extra_tensors())
+
+    def write_directory(self, path: str | Path, cfg: dict[str, Any], tensors: dict[str, Tensor],
+                        extra: dict[str, Tensor] | None = None, weights: str = WEIGHTS) -> Path:
+        """Atomically write ``cfg.json``, ``weights`` (``tensors``), ``EXTRA`` (``extra``) and,
+        when known, ``sparsity.safetensors``: the one writer behind every format saved."""
         from safetensors.torch import save_file
 
         from saekit.fileio import atomic_directory
 
+        cpu = lambda d: {k: v.detach().to("cpu").contiguous() for k, v in d.items()}  # noqa: E731
         with atomic_directory(path) as tmp:
-            cfg = {**self.saelens_config(),
-                   "saekit": {"schema_version": SCHEMA_VERSION, **self.cfg.to_dict()}}
             (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
-            cpu = lambda d: {k: v.detach().to("cpu").contiguous() for k, v in d.items()}  # noqa: E731
-            save_file(cpu(self.saelens_tensors()), str(tmp / WEIGHTS))
-            if self.extra_tensors():
-                save_file(cpu(self.extra_tensors()), str(tmp / EXTRA))
+            save_file(cpu(tensors), str(tmp / weights))
+            if extra:
+                save_file(cpu(extra), str(tmp / EXTRA))
             if self.log_firing_freq is not None:
                 save_file({"sparsity": self.log_firing_freq.detach().float().cpu().contiguous()}, str(tmp / SPARSITY))
         return Path(path)

@@ -22,6 +22,11 @@ Training sees inputs scaled so that E‖x‖² = d_in (``input_norm="scalar"``),
   residual x − x̂; ``aux_coefficient · min(n_dead / k_aux, 1) · mean_batch ‖e − ê‖²``.
 
 FVU is logged beside the loss but is not part of it.
+
+Loaded checkpoints may also use (``saekit.formats``): ``apply_b_dec_to_input=False``
+(the encoder sees raw x, as Gemma Scope's), ``input_norm="layer_norm"`` (OpenAI's and
+SAELens' per-token LayerNorm; see :meth:`SAE.decode`) and the ``gated`` kind, which
+loads and runs but has no trainer.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ def _counts(codes: Tensor) -> Tensor:
 class SAE(Dictionary):
     """Shared parameters, init, decoding and saving of the SAE kinds."""
 
+    OPTIONS: ClassVar[dict[str, Any]] = {"apply_b_dec_to_input": True}
     SAELENS_ARCHITECTURE = "standard"
+    #: ``saekit.fit`` can train this kind (gated checkpoints only load and run).
+    TRAINABLE: ClassVar[bool] = True
+    #: LayerNorm epsilon of ``input_norm="layer_norm"`` (OpenAI's and SAELens').
+    LN_EPS = 1e-5
     #: Decoder rows are kept at unit norm during training (else folded at the end).
     UNIT_NORM_DECODER: ClassVar[bool] = True
 
@@ -88,14 +98,41 @@ class SAE(Dictionary):
         """``[d_in, d_dict]`` (SAELens orientation), a view of ``enc_weight``."""
         return self.enc_weight.T
 
-    def pre_acts(self, x: Tensor) -> Tensor:
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """``x`` as the encoder sees it: layer-normed when ``input_norm="layer_norm"``,
+        then minus ``b_dec`` when ``apply_b_dec_to_input``."""
         self.check_input(x)
+        if self.cfg.input_norm == "layer_norm":
+            mu = x.mean(-1, keepdim=True)
+            std = (x - mu).std(-1, keepdim=True)
+            self._ln = (mu, std)
+            x = (x - mu) / (std + self.LN_EPS)
+        return x - self.b_dec if self.cfg.options["apply_b_dec_to_input"] else x
+
+    def pre_acts(self, x: Tensor) -> Tensor:
         # addmm: the bias is added inside the matmul, not in a second pass over [batch, d_dict].
-        flat = (x - self.b_dec).reshape(-1, self.cfg.d_in)
+        flat = self.encoder_input(x).reshape(-1, self.cfg.d_in)
         return torch.addmm(self.b_enc, flat, self.W_enc).reshape(*x.shape[:-1], self.cfg.d_dict)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """``codes W_dec + b_dec``. With ``input_norm="layer_norm"`` the per-token LayerNorm
+        of the last :meth:`encode` is undone, as OpenAI's and SAELens' SAEs do: decode
+        codes of the tokens last encoded (edited or not); anything else is an error."""
+        out = codes @ self.W_dec + self.b_dec
+        if self.cfg.input_norm != "layer_norm":
+            return out
+        ln = getattr(self, "_ln", None)
+        if ln is None or ln[0].shape[:-1] != codes.shape[:-1]:
+            raise RuntimeError(f"{self!r} normalises each token (input_norm 'layer_norm'): decode needs "
+                               "codes of the tokens last passed to encode, whose mean and std it restores")
+        return out * ln[1] + ln[0]
 
     def saelens_tensors(self) -> dict[str, Tensor]:
         return {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    def saelens_config(self) -> dict[str, Any]:
+        return {**super().saelens_config(), "apply_b_dec_to_input": bool(self.cfg.options["apply_b_dec_to_input"]),
+                "normalize_activations": "layer_norm" if self.cfg.input_norm == "layer_norm" else "none"}
 
     # -- training -------------------------------------------------------------------
 
@@ -158,7 +195,7 @@ class ReluSAE(SAE):
     """ReLU SAE with an L1 penalty weighted by decoder row norms (norms free in
     training, folded into the encoder at the end so rows end unit-norm)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"l1_coefficient": 1.0, "l1_warmup_steps": 0}
+    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "l1_coefficient": 1.0, "l1_warmup_steps": 0}
     UNIT_NORM_DECODER = False
 
     def encode(self, x: Tensor) -> Tensor:
@@ -180,7 +217,7 @@ class ReluSAE(SAE):
 class TopKSAE(SAE):
     """TopK SAE (Gao et al.): keep the k largest pre-activations per token (ReLU'd)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"aux_k": None, "aux_coefficient": 1.0}
+    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "aux_k": None, "aux_coefficient": 1.0}
     NEEDS_K = True
     SAELENS_ARCHITECTURE = "topk"
 
@@ -236,7 +273,8 @@ class BatchTopKSAE(SAE):
     estimate it) replaces the batch, so it runs as a JumpReLU and saves as SAELens
     ``jumprelu`` with a constant threshold."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"aux_k": None, "aux_coefficient": 1.0, "threshold_decay": 0.999}
+    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "aux_k": None, "aux_coefficient": 1.0,
+                                         "threshold_decay": 0.999}
     NEEDS_K = True
     SAELENS_ARCHITECTURE = "jumprelu"
 
@@ -252,6 +290,12 @@ class BatchTopKSAE(SAE):
 
     def saelens_tensors(self) -> dict[str, Tensor]:
         return {**super().saelens_tensors(), "threshold": self.threshold}
+
+    def saelens_config(self) -> dict[str, Any]:
+        cfg = super().saelens_config()
+        cfg["metadata"] = {**cfg["metadata"], "training_architecture": "batchtopk",  # as SAELens records it
+                           "training_architecture_details": {"k": self.cfg.k}}
+        return cfg
 
     def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
         pre = self.pre_acts(x)
@@ -315,7 +359,7 @@ class JumpReLUSAE(SAE):
     """JumpReLU SAE: learned per-feature thresholds trained through straight-through
     estimators, with an L0 penalty (or a target L0)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"l0_coefficient": 1.0, "target_l0": None,
+    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "l0_coefficient": 1.0, "target_l0": None,
                                          "bandwidth": 0.05, "threshold_init": 0.01}
     SAELENS_ARCHITECTURE = "jumprelu"
 
@@ -347,3 +391,41 @@ class JumpReLUSAE(SAE):
     @torch.no_grad()
     def clamp_threshold(self) -> None:
         self.threshold.clamp_(min=0.0)
+
+
+@register("gated")
+class GatedSAE(SAE):
+    """Gated SAE (Rajamanoharan et al. 2024), for loaded checkpoints: a gate
+    ``(x W_enc + b_gate) > 0`` decides which features fire, a magnitude path with
+    shared, rescaled weights ``ReLU(x (W_enc ⊙ exp(r_mag)) + b_mag)`` says how much
+    (SAELens' ``gated`` architecture). Loads and runs; saekit has no gated trainer."""
+
+    SAELENS_ARCHITECTURE = "gated"
+    TRAINABLE = False
+
+    def __init__(self, cfg: DictionaryConfig):
+        super().__init__(cfg)
+        del self.b_enc  # the gated encoder has two biases instead (zero, like b_enc was)
+        n = cfg.d_dict
+        self.b_gate = nn.Parameter(torch.zeros(n))
+        self.b_mag = nn.Parameter(torch.zeros(n))
+        self.r_mag = nn.Parameter(torch.zeros(n))
+
+    def encode(self, x: Tensor) -> Tensor:
+        flat = self.encoder_input(x).reshape(-1, self.cfg.d_in)
+        pre = flat @ self.W_enc
+        gate = pre + self.b_gate > 0
+        mag = F.relu(pre * self.r_mag.exp() + self.b_mag)
+        return (gate * mag).reshape(*x.shape[:-1], self.cfg.d_dict)
+
+    def saelens_tensors(self) -> dict[str, Tensor]:
+        return {"W_enc": self.W_enc, "b_gate": self.b_gate, "r_mag": self.r_mag, "b_mag": self.b_mag,
+                "W_dec": self.W_dec, "b_dec": self.b_dec}
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-12)
+        self.W_dec /= norms[:, None]
+        self.enc_weight *= norms[:, None]  # the gate's sign is unchanged when b_gate scales too
+        self.b_gate *= norms
+        self.b_mag *= norms

@@ -163,12 +163,12 @@ def kmeans(x: Tensor, k: int, iters: int = 15, generator: torch.Generator | None
     sq = x.pow(2).sum(1)
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [first]
-    d2 = (sq - 2 * x @ x[first] + sq[first]).clamp_min(0)
+    d2 = (sq - 2 * (x @ x[first]) + sq[first]).clamp_min(0)
     for _ in range(k - 1):
         p = d2.cpu().double() + 1e-30
         i = int(torch.multinomial(p / p.sum(), 1, generator=generator))
         centres.append(i)
-        d2 = torch.minimum(d2, (sq - 2 * x @ x[i] + sq[i]).clamp_min(0))
+        d2 = torch.minimum(d2, (sq - 2 * (x @ x[i]) + sq[i]).clamp_min(0))
     C = x[centres].clone()
     for _ in range(iters):
         assign = torch.cdist(x, C).argmin(1)

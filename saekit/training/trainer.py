@@ -104,6 +104,9 @@ class Trainer:
             model=model_name(model) if hooked else model,
             processing=model_processing(model) if hooked else processing,
             input_norm=input_norm, options=options)
+        if not getattr(REGISTRY[kind], "TRAINABLE", False) or cfg.options.get("apply_b_dec_to_input") is False:
+            raise ValueError(f"kind {kind!r} with options {options} loads and runs but does not train in saekit "
+                             "(gated, or apply_b_dec_to_input=False as in Gemma Scope checkpoints)")
         self.seed, self.batch_size = seed, batch_size
         self.autocast, self.compile = autocast, compile
         # Under torchrun, rank r trains on the r-th slice of each seeded global batch and

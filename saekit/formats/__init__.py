@@ -1,0 +1,127 @@
+"""Checkpoints of other libraries: detect, load, export; public releases by registry id.
+
+>>> d = saekit.load_dictionary("path/to/sae")                           # doctest: +SKIP
+>>> d = saekit.load_dictionary("gpt2-small-res-jb/blocks.8.hook_resid_pre")   # doctest: +SKIP
+>>> saekit.formats.export(d, "out/sae", to="saelens")                   # doctest: +SKIP
+
+Formats read: ``saekit`` (the native directory), ``saelens``, ``sparsify``,
+``dictionary_learning``, ``gemma_scope`` and ``openai`` (see :mod:`saekit.formats.readers`
+for what each reproduces). Formats written: ``saekit`` (any kind), ``saelens`` (the
+strict SAELens layout, SAE kinds) and ``sparsify`` (TopK).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saekit.formats import readers
+from saekit.formats.readers import FormatError
+
+READERS = {
+    "saelens": readers.read_saelens,
+    "sparsify": readers.read_sparsify,
+    "dictionary_learning": readers.read_dictionary_learning,
+    "gemma_scope": readers.read_gemma_scope,
+    "openai": readers.read_openai,
+}
+FORMATS = ("saekit", *READERS)
+EXPORTS = ("saekit", "saelens", "sparsify")
+
+
+def detect(path: str | Path) -> tuple[str, Path]:
+    """``(format, path to read)`` of a checkpoint file or directory."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".npz":
+            return "gemma_scope", path
+        if path.suffix in (".pt", ".pth"):
+            if (path.parent / "config.json").is_file() and path.name == "ae.pt":
+                return "dictionary_learning", path.parent
+            return "openai", path
+        if (path.parent / "cfg.json").is_file():
+            return detect(path.parent)
+        raise FormatError(f"{path}: not a checkpoint saekit knows (.npz, .pt, or a file of a dictionary directory)")
+    if not path.is_dir():
+        raise FormatError(f"{path}: no such file or directory")
+    if (path / "cfg.json").is_file():
+        cfg = readers.read_json(path / "cfg.json")
+        if "saekit" in cfg:
+            return "saekit", path
+        if (path / "sae_weights.safetensors").is_file():
+            return "saelens", path
+        if (path / "sae.safetensors").is_file():
+            return "sparsify", path
+        raise FormatError(f"{path}: has cfg.json but neither sae_weights.safetensors (SAELens) "
+                          "nor sae.safetensors (sparsify)")
+    if (path / "ae.pt").is_file() and (path / "config.json").is_file():
+        return "dictionary_learning", path
+    if (path / "params.npz").is_file():
+        return "gemma_scope", path / "params.npz"
+    inner = sorted(p.name for p in path.iterdir() if p.is_dir() and
+                   any((p / f).is_file() for f in ("cfg.json", "ae.pt", "params.npz")))
+    if inner:
+        raise FormatError(f"{path}: a directory of {len(inner)} dictionaries; load one of them: "
+                          + ", ".join(inner[:8]) + (" ..." if len(inner) > 8 else ""))
+    raise FormatError(f"{path}: unknown layout; expected a saekit/SAELens directory (cfg.json + "
+                      "sae_weights.safetensors), a sparsify hookpoint (cfg.json + sae.safetensors), "
+                      "dictionary_learning (ae.pt + config.json), Gemma Scope params.npz or an OpenAI .pt")
+
+
+def load(path: str | Path, device: Any = None, fold_decoder_norms: bool = True, **overrides: Any):
+    """Load a checkpoint of any known format as a saekit :class:`~saekit.Dictionary`.
+
+    ``overrides`` (``hook``, ``model``, ``processing``) replace what the file says or
+    leaves out, as the registry does for releases whose files do not name their hook.
+    """
+    from saekit.dictionaries.base import Dictionary
+
+    fmt, where = detect(path)
+    if fmt == "saekit":
+        d = Dictionary.load(where)
+    else:
+        d = READERS[fmt](where, fold=fold_decoder_norms)
+        d.cfg.metadata.setdefault("source_path", str(where))
+    for name, value in overrides.items():
+        if name not in ("hook", "model", "processing"):
+            raise TypeError(f"unknown override {name!r}; allowed: hook, model, processing")
+        if value is not None:
+            setattr(d.cfg, name, value)
+    return d.to(device) if device is not None else d
+
+
+def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
+    """Write ``dictionary`` (or the checkpoint at that path) as ``to``:
+
+    - ``saekit``: the native directory, any kind;
+    - ``saelens``: the strict SAELens layout (no saekit section; SAE kinds only; a
+      BatchTopK becomes SAELens' JumpReLU with ``training_architecture`` recorded);
+    - ``sparsify``: a sparsify hookpoint directory (``cfg.json`` + ``sae.safetensors``),
+      TopK with raw inputs only. ``path`` is that hookpoint directory.
+    """
+    from saekit.dictionaries.sae import SAE
+
+    d = load(dictionary) if isinstance(dictionary, (str, Path)) else dictionary
+    if to not in EXPORTS:
+        raise ValueError(f"unknown export format {to!r}; choose one of {EXPORTS}")
+    if to == "saekit":
+        return d.save(path)
+    kind = d.cfg.kind
+    if not isinstance(d, SAE):
+        raise ValueError(f"a {kind} dictionary has no {to} form: {to} holds sparse autoencoders only "
+                         "(export it with --to saekit)")
+    if to == "saelens":
+        return d.write_directory(path, d.saelens_config(), d.saelens_tensors())
+    if kind != "topk" or d.cfg.input_norm != "none" or not d.cfg.options["apply_b_dec_to_input"]:
+        raise ValueError(f"sparsify holds TopK SAEs that subtract b_dec from raw inputs; this is a {kind} "
+                         f"dictionary with input_norm={d.cfg.input_norm!r}, apply_b_dec_to_input="
+                         f"{d.cfg.options['apply_b_dec_to_input']}")
+    c = d.cfg
+    cfg = {"activation": "topk", "expansion_factor": max(1, c.d_dict // c.d_in), "normalize_decoder": True,
+           "num_latents": c.d_dict, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
+           "d_in": c.d_in}
+    return d.write_directory(path, cfg, {"encoder.weight": d.enc_weight, "encoder.bias": d.b_enc,
+                                         "W_dec": d.W_dec, "b_dec": d.b_dec}, weights="sae.safetensors")
+
+
+__all__ = ["EXPORTS", "FORMATS", "FormatError", "detect", "export", "load"]
