@@ -76,6 +76,16 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
 
     sae, snmf, sae_rows, (sae_concepts, snmf_concepts), sae_freq = train_demo_sae(
         model, mid, acts[mid], tokens, labels, n_tokens)
+    shipped = DEMO_LM.parent / "demo-topk"
+    if shipped.is_dir() and Path(model_path).resolve() == DEMO_LM.resolve():
+        # A dictionary loaded from disk (checkpoints/, made by `make checkpoints`) runs
+        # through the same evaluation as the ones just trained.
+        from saekit.dictionaries import load_dictionary
+
+        d = load_dictionary(shipped)
+        row, _, _ = _evaluate_dictionary(model, d, acts[mid], tokens)
+        sae_rows.append({"kind": f"{d.cfg.kind} (checkpoints/demo-topk)", "d_dict": d.cfg.d_dict, "k": d.cfg.k,
+                         "train tokens": d.cfg.metadata.get("tokens", "-"), "fit seconds": "-", **row})
     for r, c, s in zip(concept_rows, sae_concepts, snmf_concepts, strict=True):
         r["best SAE feature AUROC"] = c["AUROC"]
         r["best SNMF feature AUROC"] = s["AUROC"]
@@ -111,6 +121,9 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
           + report.text_table(concept_rows))
     sae.save(out / "sae")
     snmf.save(out / "snmf")
+    from saekit.formats import export
+
+    export(sae, out / "sae-saelens", to="saelens")  # sae_lens.SAE.load_from_disk reads it
 
     summary = {"model": str(model_path), "n_tokens": n, "harvest_seconds": round(dt, 2),
                "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows, "model_card": card}
@@ -127,7 +140,8 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
         (f"Planted concepts in {mid}", report.html_table(concept_rows)),
         ("Plots", report.html_img(png, "activation norms and concept AUROC")),
     ]))
-    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, sae.csv, activations.png, sae/, snmf/ "
+    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, sae.csv, activations.png, sae/, snmf/, "
+          "sae-saelens/ (strict SAELens layout) "
           f"({time.time() - t0:.0f}s in all)")
     return summary
 

@@ -29,9 +29,16 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        # mkdtemp (and some writers) create private files: give the result the
+        # permissions a plain mkdir/open would have had.
+        os.chmod(tmp, 0o777 & ~umask)
         for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
