@@ -1,4 +1,4 @@
-"""Toy settings with a known answer: ground-truth sparse data (and, later, toy models).
+"""Toy settings with a known answer: ground-truth sparse data and toy models of superposition.
 
 :func:`synthetic_sparse_data` draws activations ``x = codes @ features (+ noise)``
 from a known dictionary of ``n_features`` unit-norm directions in ``d_in``
@@ -6,6 +6,14 @@ dimensions, with sparse non-negative codes. With ``n_features > d_in`` the featu
 are in superposition, and a dictionary learner can be scored by how well it
 recovers them (:func:`mmcs`, :func:`recovery`, defined in :mod:`saekit.metrics`
 and re-exported here).
+
+The toy models of Elhage et al. (2022) live in :mod:`saekit.superposition` (the
+ReLU-output model trained many at a time, its measures and the paper's experiments),
+the ground-truth benchmark of every dictionary kind in :mod:`saekit.ground_truth`,
+and the report that runs them all in :mod:`saekit.toy_report` (``saekit toy``); their
+main names are re-exported here, so
+``from saekit.toy import train_toy_models, run_toy`` works. This module keeps the
+synthetic data.
 """
 
 from __future__ import annotations
@@ -16,9 +24,34 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.ground_truth import GroundTruthData, ground_truth_benchmark
 from saekit.metrics import Recovery, mmcs, recovery
+from saekit.superposition import (
+    REGIMES,
+    AntipodalPairs,
+    Geometry,
+    PhaseDiagram,
+    Sensitivity,
+    SparsitySweep,
+    ToyModels,
+    adversarial_sensitivity,
+    antipodal_pairs,
+    dimensions_per_feature,
+    feature_dimensionality,
+    feature_norms,
+    interference,
+    pentagon,
+    phase_diagram,
+    sparsity_sweep,
+    train_toy_models,
+)
+from saekit.toy_report import run_toy
 
-__all__ = ["SyntheticData", "synthetic_sparse_data", "mmcs", "recovery", "Recovery"]
+__all__ = ["SyntheticData", "synthetic_sparse_data", "mmcs", "recovery", "Recovery",
+           "ToyModels", "train_toy_models", "feature_norms", "interference", "dimensions_per_feature",
+           "feature_dimensionality", "adversarial_sensitivity", "Sensitivity", "sparsity_sweep",
+           "SparsitySweep", "phase_diagram", "PhaseDiagram", "REGIMES", "pentagon", "Geometry",
+           "antipodal_pairs", "AntipodalPairs", "ground_truth_benchmark", "GroundTruthData", "run_toy"]
 
 Magnitude = Literal["uniform", "exponential", "constant"]
 FeatureProbs = Literal["uniform", "zipf"]

@@ -39,3 +39,12 @@ def test_shipped_dictionaries_reconstruct_held_out_text(demo_model):
             stats.update(acts, d.decode(codes), d.active(codes))
         rec = saekit.ce_kl_recovered(demo_model, d, tokens[:16], batch_size=16)
         assert stats.fvu() < max_fvu and rec.ce_recovered_zero > min_ce, (name, stats.fvu(), rec)
+
+
+def test_info_describes_the_shipped_snmf(capsys):
+    from saekit.cli import main
+
+    assert main(["info", str(ROOT / "checkpoints" / "demo-snmf")]) == 0
+    out = capsys.readouterr().out
+    assert "snmf dictionary" in out and "neurons per feature: min 26, median 26, max 26" in out
+    assert "fitted on model weights sha256" in out

@@ -21,7 +21,15 @@ Solvers (``solver``):
   HALS sweeps of the codes (exact coordinate minimisation) instead of one MU step.
   It reaches the MU loop's error in far fewer passes (``eval/bench_snmf.py``).
 
-Both keep the best dictionary seen, improving when the loss falls below
+Inits (``init``): ``"kmeans"`` (default; the official code's k-means, here in torch),
+``"svd"`` and ``"random"``. SVD starts closest to the optimum of the objective and is
+about 2.5× faster to the MU loop's error, but the objective has many optima that
+differ by a rotation of the codes, and SVD lands on a mixed one: on planted sparse
+features both inits reach the same error while the features found match the true
+ones with MMCS 0.99 (k-means) against 0.58 (SVD). Interpretable features are the
+point, so k-means is the default.
+
+The solvers keep the best dictionary seen, improving when the loss falls below
 ``best·(1 − tol)`` (relative; the official code uses an absolute 1e-4 on the raw,
 scale-dependent loss), and stop after ``patience`` passes without improvement or
 ``max_iter`` passes. Dead features (all-zero code columns, which make the

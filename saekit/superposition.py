@@ -1,0 +1,514 @@
+"""Toy models of superposition (Elhage et al. 2022), trained many at a time.
+
+The ReLU-output model: ``n_features`` sparse inputs are squeezed into ``n_hidden`` <
+``n_features`` dimensions and read back,
+
+    h = W x,   x′ = ReLU(Wᵀ h + b),   loss = mean_batch Σ_i I_i (x_i − x′_i)²,
+
+with ``W [n_hidden, n_features]``. Feature ``i`` is present with probability ``1 − S``
+(``S`` the sparsity) and then uniform on [0, 1]; ``I_i`` is its importance
+(``r ** i`` for a geometric decay). :func:`train_toy_models` trains a whole grid of
+such models at once: ``W`` is ``[n_models, n_hidden, n_features]``, every model has its
+own sparsity and importances, and one Adam steps them all (the loss is the sum of the
+models' losses, so their gradients do not mix).
+
+Measures (all batched over leading model dimensions): :func:`feature_norms`
+(feature i is *represented* when ``‖W_i‖ > 0.5``), :func:`interference`
+(Σ_{j≠i} (Ŵ_i·W_j)², the paper's superposition measure), :func:`dimensions_per_feature`
+(D* = m / ‖W‖_F²), :func:`feature_dimensionality` (D_i = ‖W_i‖⁴ / Σ_j (Ŵ_i·W_j)²),
+:func:`antipodal_partners` and :func:`adversarial_sensitivity`.
+
+Experiments, each one call that trains and summarises: :func:`sparsity_sweep`
+(more features represented, and in superposition, as sparsity rises),
+:func:`phase_diagram` (two features in one dimension), :func:`pentagon` (five features
+in two dimensions) and :func:`antipodal_pairs`. ``saekit.toy`` re-exports all of this;
+the report and the dictionary benchmark on these models are in ``saekit.toy_report``.
+
+Deviations from the paper, each a default that can be changed: every setting trains
+``n_instances`` models from different initialisations and keeps the one with the
+lowest loss on a held-out batch shared by the instances (small models often stop in a
+local minimum; the paper's phase diagrams also report the best of several runs); the
+report uses a higher learning rate with cosine decay and fewer steps than the paper's
+Adam at 1e-3 for 10k steps, so that everything runs in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ToyModels", "train_toy_models", "sample_toy_inputs", "toy_forward",
+    "feature_norms", "interference", "dimensions_per_feature", "feature_dimensionality",
+    "feature_angles", "antipodal_partners", "Sensitivity", "adversarial_sensitivity",
+    "SparsitySweep", "sparsity_sweep", "PhaseDiagram", "phase_diagram", "REGIMES",
+    "Geometry", "pentagon", "geometry_of", "AntipodalPairs", "antipodal_pairs",
+    "summarise_sweep", "classify_two_features", "count_antipodal_pairs", "REPRESENTED", "SUPERPOSED",
+]
+
+#: ‖W_i‖ above which feature i counts as represented (the paper's threshold).
+REPRESENTED = 0.5
+#: Interference Σ_{j≠i} (Ŵ_i·W_j)² above which a represented feature counts as sharing
+#: its dimensions with others (in superposition).
+SUPERPOSED = 0.1
+#: Regimes of :func:`phase_diagram`, indexed by its ``regime`` codes.
+REGIMES = ("not represented", "dedicated dimension", "superposition", "other")
+
+Schedule = Literal["constant", "cosine"]
+
+
+# ---------------------------------------------------------------------------
+# The model and its training
+
+
+class ToyModels(NamedTuple):
+    """A batch of trained toy models, one per setting."""
+
+    W: Tensor
+    """``[n_models, n_hidden, n_features]``: column ``W[k, :, i]`` is feature i's direction."""
+    b: Tensor
+    """``[n_models, n_features]`` output biases."""
+    importance: Tensor
+    """``[n_models, n_features]`` importance ``I_i`` of each feature in the loss."""
+    sparsity: Tensor
+    """``[n_models]`` sparsity S: each feature is present with probability ``1 − S``."""
+    loss: Tensor
+    """``[n_models]`` loss on a held-out batch (the best of the instances trained)."""
+
+    def model(self, k: int) -> ToyModels:
+        """The ``k``-th model alone (negative ``k`` counts from the end), as a batch of one."""
+        k = range(len(self.W))[k]
+        return ToyModels(*(t[k:k + 1] for t in self))
+
+
+def _check_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _as_sparsity(sparsity: float | Sequence[float] | Tensor) -> Tensor:
+    s = torch.as_tensor(sparsity, dtype=torch.float32).detach().cpu().reshape(-1)
+    if s.numel() == 0:
+        raise ValueError("sparsity is empty: give one value per model")
+    if not ((s >= 0) & (s < 1)).all():  # also rejects nan
+        raise ValueError(f"sparsity must lie in [0, 1) (feature probability 1 - S > 0), got {s.tolist()}")
+    return s
+
+
+def _as_importance(importance: float | Sequence[float] | Tensor, n_features: int) -> Tensor:
+    """``[n_models or 1, n_features]``; a float r gives the geometric decay r**i."""
+    if isinstance(importance, (int, float)) and not isinstance(importance, bool):
+        r = float(importance)
+        if not (math.isfinite(r) and r > 0):
+            raise ValueError(f"importance decay must be a finite float > 0, got {importance}")
+        return (r ** torch.arange(n_features, dtype=torch.float64)).float()[None]
+    imp = torch.as_tensor(importance, dtype=torch.float32).detach().cpu()
+    if imp.ndim == 1:
+        imp = imp[None]
+    if imp.ndim != 2 or imp.shape[1] != n_features:
+        raise ValueError(f"importance must be a float, [n_features] = [{n_features}] or "
+                         f"[n_models, {n_features}], got shape {tuple(imp.shape)}")
+    if not (torch.isfinite(imp) & (imp > 0)).all():
+        raise ValueError("importance must be finite and > 0")
+    return imp
+
+
+def sample_toy_inputs(sparsity: Tensor, n_features: int, batch: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """``[n_models, batch, n_features]`` inputs: each feature present with probability
+    ``1 − sparsity[k]`` (independently), then uniform on [0, 1]."""
+    k = sparsity.numel()
+    present = torch.rand(k, batch, n_features, generator=generator) < (1 - sparsity)[:, None, None]
+    return torch.rand(k, batch, n_features, generator=generator) * present
+
+
+def toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """``x′ = ReLU(Wᵀ W x + b)`` for ``x [n_models, batch, n_features]``."""
+    h = x @ W.transpose(-1, -2)                    # [n_models, batch, n_hidden]
+    return torch.relu(h @ W + b[:, None, :])
+
+
+def _losses(W: Tensor, b: Tensor, importance: Tensor, x: Tensor) -> Tensor:
+    """``[n_models]``: mean over the batch of Σ_i I_i (x_i − x′_i)²."""
+    err = (x - toy_forward(W, b, x)).pow(2)
+    return (err * importance[:, None, :]).sum(-1).mean(-1)
+
+
+def train_toy_models(
+    n_features: int,
+    n_hidden: int,
+    sparsity: float | Sequence[float] | Tensor,
+    importance: float | Sequence[float] | Tensor = 1.0,
+    *,
+    n_instances: int = 1,
+    steps: int = 10_000,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    lr_schedule: Schedule = "constant",
+    eval_batch: int = 8192,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "toy models",
+) -> ToyModels:
+    """Train one toy ReLU-output model per setting, all at once.
+
+    Parameters
+    ----------
+    n_features, n_hidden
+        ``n`` features squeezed into ``m < n`` hidden dimensions.
+    sparsity
+        S per model (a float for one model, or a sequence/tensor ``[n_models]``), in
+        [0, 1): each feature is present with probability ``1 − S``.
+    importance
+        A float ``r`` gives importances ``r ** i`` (1.0: uniform) for every model; a
+        ``[n_features]`` tensor is shared by every model; ``[n_models, n_features]``
+        gives each model its own. ``n_models`` is the number of sparsities or of
+        importance rows; where both are given they must agree (or one be 1).
+    n_instances
+        Models trained per setting from different initialisations; the one with the
+        lowest held-out loss is kept.
+    steps, batch_size, lr, lr_schedule
+        Adam, ``lr`` constant (the paper: 1e-3, 10k steps, batch 1024) or decayed
+        to 0 along a cosine.
+    eval_batch
+        Held-out inputs per setting on which the instances are compared (the same
+        inputs for every instance of a setting).
+    seed
+        Seeds the initialisation and every batch.
+    progress
+        Show a progress bar over the steps.
+
+    Returns
+    -------
+    ToyModels
+        The best instance of each setting; ``W`` initialised Xavier-normal as the
+        paper's code does, ``b`` at 0.
+    """
+    n_features = _check_int(n_features, "n_features", 2)
+    n_hidden = _check_int(n_hidden, "n_hidden")
+    if n_hidden >= n_features:
+        raise ValueError(f"n_hidden must be < n_features (superposition needs more features than "
+                         f"dimensions), got n_hidden={n_hidden}, n_features={n_features}")
+    for value, name in ((n_instances, "n_instances"), (steps, "steps"), (batch_size, "batch_size"),
+                        (eval_batch, "eval_batch")):
+        _check_int(value, name)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite float > 0, got {lr}")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    S, imp = _as_sparsity(sparsity), _as_importance(importance, n_features)
+    n_models = max(S.numel(), imp.shape[0])
+    if {S.numel(), imp.shape[0]} - {1, n_models}:
+        raise ValueError(f"{S.numel()} sparsities and {imp.shape[0]} importance rows: give one per model "
+                         "(or a single one for all)")
+    S, imp = S.expand(n_models).contiguous(), imp.expand(n_models, n_features).contiguous()
+    S_all, imp_all = S.repeat_interleave(n_instances), imp.repeat_interleave(n_instances, 0)
+    total = n_models * n_instances
+
+    g = torch.Generator().manual_seed(seed)
+    W = (torch.randn(total, n_hidden, n_features, generator=g)
+         * math.sqrt(2.0 / (n_hidden + n_features))).requires_grad_()
+    b = torch.zeros(total, n_features, requires_grad=True)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    bar = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=desc, unit="step", mininterval=0.5)
+    for step in bar:
+        if lr_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        x = sample_toy_inputs(S_all, n_features, batch_size, g)
+        loss = _losses(W, b, imp_all, x).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with torch.no_grad():
+        held_out = torch.Generator().manual_seed(seed + 1)
+        x = sample_toy_inputs(S, n_features, eval_batch, held_out).repeat_interleave(n_instances, 0)
+        losses = _losses(W, b, imp_all, x).reshape(n_models, n_instances)
+        best = losses.argmin(1) + torch.arange(n_models) * n_instances
+        return ToyModels(W.detach()[best].clone(), b.detach()[best].clone(), imp, S,
+                         losses.min(1).values)
+
+
+# ---------------------------------------------------------------------------
+# Measures (batched over any leading dimensions of W [..., n_hidden, n_features])
+
+
+def feature_norms(W: Tensor) -> Tensor:
+    """``[..., n_features]``: ‖W_i‖; feature i is represented when it exceeds 0.5."""
+    return W.norm(dim=-2)
+
+
+def _overlaps(W: Tensor) -> Tensor:
+    """``[..., n, n]``: entry (i, j) is Ŵ_i · W_j (Ŵ_i = 0 where W_i = 0)."""
+    unit = W / feature_norms(W).clamp_min(1e-12)[..., None, :]
+    return unit.transpose(-1, -2) @ W
+
+
+def interference(W: Tensor) -> Tensor:
+    """``[..., n_features]``: Σ_{j≠i} (Ŵ_i · W_j)², how much of the other features lies
+    along feature i's direction: 0 for a feature with a dimension to itself, large for
+    one that shares its dimensions (the paper's superposition measure)."""
+    sq = _overlaps(W).pow(2)
+    return sq.sum(-1) - sq.diagonal(dim1=-2, dim2=-1)
+
+
+def dimensions_per_feature(W: Tensor) -> Tensor:
+    """``[...]``: D* = m / ‖W‖_F², hidden dimensions per (effectively) learned feature."""
+    return W.shape[-2] / W.pow(2).sum((-2, -1)).clamp_min(1e-12)
+
+
+def feature_dimensionality(W: Tensor) -> Tensor:
+    """``[..., n_features]``: D_i = ‖W_i‖⁴ / Σ_j (Ŵ_i · W_j)², the fraction of a dimension
+    feature i has to itself: 1 alone, 1/2 in an antipodal pair, 2/5 in a pentagon, 0 when
+    not represented."""
+    norms2 = feature_norms(W).pow(2)
+    return norms2.pow(2) / _overlaps(W).pow(2).sum(-1).clamp_min(1e-12)
+
+
+def feature_angles(W: Tensor) -> Tensor:
+    """``[..., n_features]``: angle of each feature's direction in degrees, for
+    ``n_hidden = 2``."""
+    if W.shape[-2] != 2:
+        raise ValueError(f"feature angles need n_hidden = 2, got W of shape {tuple(W.shape)}")
+    return torch.rad2deg(torch.atan2(W[..., 1, :], W[..., 0, :]))
+
+
+def antipodal_partners(W: Tensor) -> tuple[Tensor, Tensor]:
+    """Each feature's most opposite other feature: ``(partner, cosine)``, both
+    ``[..., n_features]``; a cosine near −1 means the two sit antipodally."""
+    unit = W / feature_norms(W).clamp_min(1e-12)[..., None, :]
+    cos = unit.transpose(-1, -2) @ unit
+    cos = cos + 3 * torch.eye(W.shape[-1])  # never one's own partner
+    best = cos.min(-1)
+    return best.indices, best.values
+
+
+class Sensitivity(NamedTuple):
+    """How far a small input perturbation can move each model's output."""
+
+    jacobian_norm: Tensor
+    """``[n_models]``: mean over typical inputs of the spectral norm of ∂x′/∂x, the
+    first-order worst-case ‖Δx′‖ / ‖δ‖."""
+    attack_gain: Tensor
+    """``[n_models]``: mean ‖x′(x + δ) − x′(x)‖ / ε with δ of norm ε along the top
+    right singular vector (the better of ±), measured through the ReLU."""
+    epsilon: float
+    """Perturbation norm of the explicit attack."""
+    n_inputs: Tensor
+    """``[n_models]``: inputs averaged over (those with at least one feature present)."""
+
+
+@torch.no_grad()
+def adversarial_sensitivity(models: ToyModels, n_inputs: int = 2048, epsilon: float = 0.01,
+                            seed: int = 0) -> Sensitivity:
+    """Worst-case output change under a small input perturbation, per model.
+
+    On each model's own input distribution (inputs with no feature present are
+    skipped: nothing to attack), the Jacobian of ``x ↦ x′`` is ``diag(1[pre > 0]) WᵀW``;
+    its spectral norm is the most a perturbation of norm ε can move the output, to
+    first order. A dense model keeps its represented features orthogonal, so the norm
+    is about 1 (one feature's own reconstruction); with features in superposition
+    ``W_iᵀ W`` has weight on the other features too, and the norm grows with the
+    interference. The explicit attack steps ε along the top singular vector and
+    measures the real change through the ReLU.
+    """
+    _check_int(n_inputs, "n_inputs")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"epsilon must be a finite float > 0, got {epsilon}")
+    W, b = models.W, models.b
+    g = torch.Generator().manual_seed(seed)
+    x = sample_toy_inputs(models.sparsity, W.shape[-1], n_inputs, g)
+    keep = (x > 0).any(-1)                                   # [n_models, n_inputs]
+    gram = W.transpose(-1, -2) @ W                           # [n_models, n, n]
+    gate = ((x @ gram + b[:, None, :]) > 0).to(W.dtype)      # outputs in their linear piece
+    J = gate[..., :, None] * gram[:, None]                   # [n_models, n_inputs, n, n]
+    _, s, Vh = torch.linalg.svd(J)
+    direction = Vh[..., 0, :]
+    out = toy_forward(W, b, x)
+    gains = torch.stack([(toy_forward(W, b, x + sign * epsilon * direction) - out).norm(dim=-1)
+                         for sign in (1, -1)]).amax(0) / epsilon
+    count = keep.sum(-1)
+    denom = count.clamp_min(1).to(W.dtype)
+    return Sensitivity((s[..., 0] * keep).sum(-1) / denom, (gains * keep).sum(-1) / denom,
+                       float(epsilon), count)
+
+
+# ---------------------------------------------------------------------------
+# Experiments
+
+
+class SparsitySweep(NamedTuple):
+    """One toy model per sparsity, with the paper's measures."""
+
+    models: ToyModels
+    """The trained models, one per sparsity."""
+    sparsity: Tensor
+    """``[n_models]`` sparsity S of each model."""
+    n_represented: Tensor
+    """``[n_models]`` features with ‖W_i‖ > 0.5."""
+    n_superposed: Tensor
+    """``[n_models]`` represented features with interference > 0.1 (sharing dimensions)."""
+    mean_interference: Tensor
+    """``[n_models]`` mean interference Σ_{j≠i} (Ŵ_i·W_j)² over the represented features."""
+    dims_per_feature: Tensor
+    """``[n_models]`` D* = m / ‖W‖_F²."""
+
+
+def summarise_sweep(models: ToyModels) -> SparsitySweep:
+    """The measures of :class:`SparsitySweep` for already-trained models."""
+    rep = feature_norms(models.W) > REPRESENTED
+    inter = interference(models.W)
+    n_rep = rep.sum(-1)
+    return SparsitySweep(models, models.sparsity, n_rep, (rep & (inter > SUPERPOSED)).sum(-1),
+                         (inter * rep).sum(-1) / n_rep.clamp_min(1), dimensions_per_feature(models.W))
+
+
+def sparsity_sweep(sparsities: Sequence[float] = (0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999),
+                   n_features: int = 20, n_hidden: int = 5, importance: float | Tensor = 0.7,
+                   **train: object) -> SparsitySweep:
+    """The paper's introduction figure: ``n_features`` features of decaying importance in
+    ``n_hidden`` dimensions at rising sparsity. Dense models keep the ``n_hidden`` most
+    important features, orthogonally; sparse ones represent more features than
+    dimensions, in superposition. ``train`` goes to :func:`train_toy_models`."""
+    return summarise_sweep(train_toy_models(n_features, n_hidden, list(sparsities), importance, **train))
+
+
+class PhaseDiagram(NamedTuple):
+    """Two features in one dimension: which one gets it, or whether they share it."""
+
+    relative_importance: Tensor
+    """``[n_importance]`` importance of the extra feature (feature 2) relative to feature 1."""
+    density: Tensor
+    """``[n_density]`` feature probability 1 − S (both features)."""
+    regime: Tensor
+    """``[n_density, n_importance]`` index into :data:`REGIMES`: 0 the extra feature is
+    not represented, 1 it gets the dimension to itself (feature 1 is dropped),
+    2 both are represented antipodally (superposition), 3 anything else."""
+    norms: Tensor
+    """``[n_density, n_importance, 2]`` ‖W_1‖, ‖W_2‖."""
+    cosine: Tensor
+    """``[n_density, n_importance]`` cosine of W_1 and W_2 (±1 in one dimension, 0 if one is 0)."""
+    models: ToyModels
+    """The trained models, density-major."""
+
+
+def classify_two_features(W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(regime, norms, cosine)`` for models ``W [..., n_hidden, 2]`` (see :class:`PhaseDiagram`)."""
+    norms = feature_norms(W)
+    rep = norms > REPRESENTED
+    unit = W / norms.clamp_min(1e-12)[..., None, :]
+    cos = (unit[..., 0] * unit[..., 1]).sum(-1)
+    regime = torch.full(cos.shape, 3, dtype=torch.long)
+    regime[~rep[..., 1]] = 0
+    regime[rep[..., 1] & ~rep[..., 0]] = 1
+    regime[rep[..., 0] & rep[..., 1] & (cos < -0.5)] = 2
+    return regime, norms, cos
+
+
+def phase_diagram(relative_importance: Sequence[float] | Tensor | None = None,
+                  density: Sequence[float] | Tensor | None = None, *, n_instances: int = 3,
+                  **train: object) -> PhaseDiagram:
+    """Train n = 2, m = 1 models over a grid of the extra feature's relative importance
+    (default 9 values, log-spaced 0.1 – 10) and the feature density 1 − S (default 9
+    values, log-spaced 0.01 – 1), and classify each (:func:`classify_two_features`).
+
+    Expected, as in the paper's figure: dense features give the dimension to the more
+    important one (not represented below a ratio of 1, dedicated above); sparse ones,
+    near a ratio of 1, share it antipodally (W_1 ≈ −W_2)."""
+    r = torch.as_tensor(torch.logspace(-1, 1, 9) if relative_importance is None else relative_importance,
+                        dtype=torch.float32).reshape(-1)
+    p = torch.as_tensor(torch.logspace(-2, 0, 9) if density is None else density,
+                        dtype=torch.float32).reshape(-1)
+    if not (torch.isfinite(r) & (r > 0)).all():
+        raise ValueError(f"relative_importance must be finite and > 0, got {r.tolist()}")
+    if not ((p > 0) & (p <= 1)).all():
+        raise ValueError(f"density (1 - S) must lie in (0, 1], got {p.tolist()}")
+    imp = torch.stack([torch.ones(len(p), len(r)), r.expand(len(p), -1)], -1).reshape(-1, 2)
+    models = train_toy_models(2, 1, (1 - p).repeat_interleave(len(r)), imp, n_instances=n_instances, **train)
+    regime, norms, cos = classify_two_features(models.W)
+    shape = (len(p), len(r))
+    return PhaseDiagram(r, p, regime.reshape(shape), norms.reshape(*shape, 2), cos.reshape(shape), models)
+
+
+class Geometry(NamedTuple):
+    """Feature directions of one model with two hidden dimensions."""
+
+    W: Tensor
+    """``[2, n_features]`` the model's feature directions."""
+    norms: Tensor
+    """``[n_features]`` ‖W_i‖."""
+    angles: Tensor
+    """``[n_features]`` direction of each feature, in degrees, sorted increasingly."""
+    gaps: Tensor
+    """``[n_features]`` angle between consecutive sorted directions (wrapping round);
+    all 360/n for a regular polygon."""
+    dimensionality: Tensor
+    """``[n_features]`` D_i of each feature (2/5 each in a regular pentagon)."""
+    model: ToyModels
+    """The model (a batch of one)."""
+
+
+def pentagon(sparsity: float = 0.97, n_features: int = 5, *, n_instances: int = 4,
+             **train: object) -> Geometry:
+    """n features of equal importance in two dimensions at high sparsity: with n = 5
+    they form a regular pentagon (norms about 1, directions 72° apart)."""
+    return geometry_of(train_toy_models(n_features, 2, [sparsity], 1.0, n_instances=n_instances, **train))
+
+
+def geometry_of(model: ToyModels) -> Geometry:
+    """The :class:`Geometry` of a model with two hidden dimensions (a batch of one)."""
+    if model.W.shape[0] != 1:
+        raise ValueError(f"geometry_of takes one model (ToyModels.model(k)), got {model.W.shape[0]}")
+    W = model.W[0]
+    angles = feature_angles(W).sort().values
+    gaps = torch.diff(angles, append=angles[:1] + 360)
+    return Geometry(W, feature_norms(W), angles, gaps, feature_dimensionality(W), model)
+
+
+class AntipodalPairs(NamedTuple):
+    """Models with n = 2m features of equal importance: do they pair up as W_i ≈ −W_j?"""
+
+    models: ToyModels
+    """One model per sparsity."""
+    sparsity: Tensor
+    """``[n_models]``."""
+    n_represented: Tensor
+    """``[n_models]`` features with ‖W_i‖ > 0.5."""
+    n_pairs: Tensor
+    """``[n_models]`` mutual antipodal pairs: represented features each other's most
+    opposite partner at cosine < −0.9."""
+    partner_cosine: Tensor
+    """``[n_models, n_features]`` cosine of each feature with its most opposite partner."""
+    dimensionality: Tensor
+    """``[n_models, n_features]`` D_i (1/2 for a feature in an antipodal pair)."""
+
+
+def count_antipodal_pairs(W: Tensor, threshold: float = -0.9) -> Tensor:
+    """``[...]`` mutual pairs of represented features, each the other's most opposite
+    partner, at cosine below ``threshold``."""
+    partner, cos = antipodal_partners(W)
+    rep = feature_norms(W) > REPRESENTED
+    mutual = partner.gather(-1, partner) == torch.arange(W.shape[-1])
+    partner_rep = rep.gather(-1, partner)
+    return (mutual & rep & partner_rep & (cos < threshold)).sum(-1) // 2
+
+
+def antipodal_pairs(n_hidden: int = 3, sparsities: Sequence[float] = (0.0, 0.5, 0.8, 0.9, 0.95),
+                    *, n_instances: int = 2, **train: object) -> AntipodalPairs:
+    """n = 2m features of equal importance over a range of sparsity. Dense: m features
+    on orthogonal axes, the rest dropped; sparser: every feature represented, in m
+    antipodal pairs on orthogonal axes (D_i = 1/2)."""
+    models = train_toy_models(2 * n_hidden, n_hidden, list(sparsities), 1.0, n_instances=n_instances, **train)
+    _, cos = antipodal_partners(models.W)
+    return AntipodalPairs(models, models.sparsity, (feature_norms(models.W) > REPRESENTED).sum(-1),
+                          count_antipodal_pairs(models.W), cos, feature_dimensionality(models.W))
