@@ -175,3 +175,14 @@ def test_torchrun_two_gloo_processes_match_one(tmp_path):
     assert one.cfg.metadata["iterations"] == two.cfg.metadata["iterations"] == 6
     assert ((two.W_dec - one.W_dec).norm() / one.W_dec.norm()).item() < 1e-4
     assert abs(one.cfg.metadata["rel_error"] - two.cfg.metadata["rel_error"]) < 1e-5
+
+
+def test_kmeans_init_finds_the_planted_features_where_svd_finds_a_rotation():
+    # Why k-means is the default init. Measured: both reach rel. error 0.0647; MMCS with
+    # the planted features 0.987 (k-means) against 0.575 (SVD).
+    A, W = planted(keep=64)
+    A = A + 0.01 * torch.randn(A.shape, generator=torch.Generator().manual_seed(0))
+    fits = {init: fit_snmf(A, 12, wta_fraction=1.0, init=init, max_iter=100, patience=50) for init in ("kmeans", "svd")}
+    err = {i: d.cfg.metadata["rel_error"] for i, d in fits.items()}
+    assert abs(err["kmeans"] - err["svd"]) < 0.01 * err["svd"], err
+    assert mmcs(fits["kmeans"].W_dec, W) > 0.95 and mmcs(fits["svd"].W_dec, W) < 0.8

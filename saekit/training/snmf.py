@@ -23,7 +23,7 @@ Solvers (``solver``):
 
 Inits (``init``): ``"kmeans"`` (default; the official code's k-means, here in torch),
 ``"svd"`` and ``"random"``. SVD starts closest to the optimum of the objective and is
-about 2.5× faster to the MU loop's error, but the objective has many optima that
+about 2.7× faster to the MU loop's error, but the objective has many optima that
 differ by a rotation of the codes, and SVD lands on a mixed one: on planted sparse
 features both inits reach the same error while the features found match the true
 ones with MMCS 0.99 (k-means) against 0.58 (SVD). Interpretable features are the
