@@ -1,0 +1,99 @@
+"""Evaluators: sensitive directions, synthetic activations, steering, stable regions and
+features across layers, for any :class:`~saekit.Dictionary` on any TransformerLens model.
+
+Each evaluator is a module with a config dataclass ``Config`` (a subclass of
+:class:`EvalConfig`, loaded from TOML) and ``run(cfg, model=None, progress=False) ->
+EvalResult``. ``saekit eval NAME CONFIG.toml [--out DIR] [--set key=value]`` runs one;
+recipes are in ``eval/`` (demo-LM defaults, and GPT-2 small settings that match the
+papers). Interventions go through :func:`saekit.splice` or
+:func:`saekit.evals.common.perturbation_kl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # saekit.evals.common imports torch; the CLI parser must stay light
+    from saekit.evals.common import EvalResult
+
+#: evaluator name (the CLI's) -> module
+EVALUATORS = {
+    "sensitivity": "saekit.evals.sensitivity",
+    "synthetic": "saekit.evals.synthetic",
+    "steering": "saekit.evals.steering",
+    "stable-regions": "saekit.evals.stable_regions",
+    "layers": "saekit.evals.matching",
+}
+
+
+@dataclass
+class EvalConfig:
+    """Fields every evaluator's config has."""
+
+    model: str = "checkpoints/demo-lm"
+    """Model spec for ``saekit.load_model``."""
+    hook: str = "blocks.2.hook_resid_pre"
+    """Hook the evaluator perturbs or reads (TransformerLens name)."""
+    dictionaries: list[str] | None = None
+    """Dictionaries (paths, registry ids) whose features are evaluated, where the
+    evaluator uses them; each must be fitted on ``hook`` (or its evaluator says how
+    it maps)."""
+    data: str = "demo:heldout"
+    """Text source for ``saekit.load_tokens``."""
+    n_tokens: int = 8192
+    ctx_len: int = 128
+    batch_size: int = 16
+    """Windows per forward pass (perturbation variants are stacked on top of it)."""
+    seed: int = 0
+    device: str | None = None
+    """Default: cuda when present, else cpu."""
+
+
+def evaluator(name: str) -> Any:
+    if name not in EVALUATORS:
+        raise ValueError(f"unknown evaluator {name!r}; available: {sorted(EVALUATORS)}")
+    return importlib.import_module(EVALUATORS[name])
+
+
+def run(name: str, config: str | Path | None = None, overrides: list[str] | None = None, **kw: Any) -> EvalResult:
+    """Run evaluator ``name`` with the TOML ``config`` and ``key=value`` overrides."""
+    from saekit.config import load_config
+
+    mod = evaluator(name)
+    return mod.run(load_config(config, overrides, cls=mod.Config), **kw)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="run an evaluator: " + ", ".join(EVALUATORS))
+    p.add_argument("name", choices=sorted(EVALUATORS))
+    p.add_argument("config", nargs="?", default=None, help="TOML recipe (e.g. eval/sensitivity_demo.toml)")
+    p.add_argument("--out", default=None, help="output directory (default runs/eval/NAME)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field (value parsed as TOML); repeatable")
+    p.set_defaults(fn=run_cli)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from saekit.report import text_table
+
+    result = run(args.name, args.config, args.set, progress=True)
+    out = result.save(args.out or Path("runs") / "eval" / args.name)
+    print(text_table([{"metric": k, "value": v} for k, v in result.summary.items()]))
+    print(f"wrote {out}/report.md, {result.name}.csv, {result.name}.json, index.html"
+          + (", " + ", ".join(result.figures) if result.figures else ""))
+    return 0
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EvalResult":
+        from saekit.evals.common import EvalResult
+
+        return EvalResult
+    raise AttributeError(f"module 'saekit.evals' has no attribute {name!r}")
+
+
+__all__ = ["EVALUATORS", "EvalConfig", "EvalResult", "add_parser", "evaluator", "run"]

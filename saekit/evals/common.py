@@ -1,0 +1,180 @@
+"""What every evaluator shares: the result table, KL per token, batched perturbed forwards.
+
+Conventions (DESIGN.md): KL is KL(P_clean ‖ Q_perturbed) over the next-token
+distribution, per token, at positions whose input is a real token (not BOS, separators
+or padding); position 0 (BOS) is never perturbed. Every evaluator returns an
+:class:`EvalResult`: a tidy table (one row per item, one column per metric) that saves
+as CSV and JSON, plus plots and a markdown/HTML report.
+
+Throughput: many directions × strengths share one forward pass. :func:`perturbation_kl`
+stacks the variants along the batch axis (``max_rows`` rows per forward), so the cost
+is that of a plain batched forward of the same size (``eval/bench_evals.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class EvalResult(NamedTuple):
+    """An evaluator's output."""
+
+    name: str
+    """The evaluator (``sensitivity``, ``synthetic``, ``steering``, ``stable-regions``, ``layers``)."""
+    rows: list[dict[str, Any]]
+    """The tidy table: one row per item (direction family × strength, feature, pair, ...),
+    one column per metric; plain Python scalars and strings."""
+    summary: dict[str, Any]
+    """Headline numbers (what a test or the demo checks), JSON-serialisable."""
+    config: dict[str, Any]
+    """The settings it ran with (the config dataclass as a dict, plus derived values
+    such as the median activation norm)."""
+    figures: dict[str, bytes]
+    """PNG plots by file name."""
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``{name}.csv``, ``{name}.json`` (rows, summary, config), the PNGs,
+        ``report.md`` and ``index.html``, each atomically."""
+        from saekit.fileio import atomic_write_bytes, atomic_write_text
+        from saekit.report import html_img, html_page, html_table, markdown_table, write_csv
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / f"{self.name}.csv", self.rows)
+        doc = {"name": self.name, "summary": _jsonable(self.summary), "config": _jsonable(self.config),
+               "rows": _jsonable(self.rows)}
+        atomic_write_text(out / f"{self.name}.json", json.dumps(doc, indent=2, allow_nan=True) + "\n")
+        for fname, png in self.figures.items():
+            atomic_write_bytes(out / fname, png)
+        summary_rows = [{"metric": k, "value": v} for k, v in self.summary.items()]
+        md = [f"# saekit eval {self.name}", "", "## Summary", "", markdown_table(summary_rows), "",
+              "## Results", "", markdown_table(self.rows), ""]
+        md += [f"![{f}]({f})" for f in self.figures]
+        atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+        atomic_write_text(out / "index.html", html_page(f"saekit eval {self.name}", [
+            ("Summary", html_table(summary_rows)), ("Results", html_table(self.rows)),
+            *[(f, html_img(png, f)) for f, png in self.figures.items()],
+            ("Settings", f"<pre>{json.dumps(_jsonable(self.config), indent=2)}</pre>")]))
+        return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Tensor):
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def kl_per_token(clean_logp: Tensor, logp: Tensor) -> Tensor:
+    """KL(P ‖ Q) over the last axis from log-probabilities (float32 or better)."""
+    return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+
+
+def input_mask(tokens: Tensor, model: Any) -> Tensor:
+    """Positions whose input is a real token (the ones KL is averaged over)."""
+    from saekit.data import token_mask
+
+    return token_mask(tokens, model)
+
+
+@torch.no_grad()
+def clean_log_probs(model: Any, tokens: Tensor, batch_size: int = 16) -> Tensor:
+    """``[batch, seq, vocab]`` float32 next-token log-probabilities of the untouched model."""
+    from saekit.activations.harvest import model_device
+
+    dev = model_device(model)
+    return torch.cat([model(tokens[i:i + batch_size].to(dev)).float().log_softmax(-1).cpu()
+                      for i in range(0, len(tokens), batch_size)])
+
+
+@torch.no_grad()
+def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Callable[[Tensor], Tensor],
+                    n_variants: int | None = None, clean_logp: Tensor | None = None, max_rows: int = 64,
+                    progress: bool = False) -> Tensor:
+    """KL(P_clean ‖ Q) per token when ``x ← x + δ`` at ``hook``, for many variants at once.
+
+    Parameters
+    ----------
+    tokens
+        ``[batch, seq]`` windows.
+    deltas
+        ``[n_variants, batch, seq, d]`` perturbations (variant v adds ``deltas[v]`` to the
+        activations of every window), or a callable ``f(variant_indices) ->
+        [len(indices), batch, seq, d]`` that makes them on demand (saves memory when
+        there are many). Position 0 is never perturbed.
+    n_variants
+        Needed with a callable.
+    clean_logp
+        The clean log-probabilities (:func:`clean_log_probs`), when already computed.
+    max_rows
+        Windows per forward pass: variants × windows are stacked along the batch axis.
+
+    Returns
+    -------
+    ``[n_variants, batch, seq]`` float32 KL per token (0 at position 0; mask with
+    :func:`input_mask` before averaging).
+    """
+    from saekit.activations.harvest import model_device
+
+    dev = model_device(model)
+    B = len(tokens)
+    if isinstance(deltas, Tensor):
+        if deltas.ndim != 4 or deltas.shape[1:3] != tokens.shape:
+            raise ValueError(f"deltas must be [n_variants, {B}, {tokens.shape[1]}, d], got {tuple(deltas.shape)}")
+        V = deltas.shape[0]
+        table = deltas
+
+        def make(idx: Tensor) -> Tensor:
+            return table[idx]
+    else:
+        if n_variants is None:
+            raise ValueError("n_variants is required when deltas is a callable")
+        V, make = n_variants, deltas
+    if clean_logp is None:
+        clean_logp = clean_log_probs(model, tokens)
+    out = torch.zeros(V, B, tokens.shape[1])
+    pairs = torch.cartesian_prod(torch.arange(V), torch.arange(B)) if V * B > 1 else torch.zeros(1, 2, dtype=torch.long)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), desc=f"perturb {hook}", unit="window")
+    for lo in range(0, len(pairs), max_rows):
+        chunk = pairs[lo:lo + max_rows]
+        vs, bs = chunk[:, 0], chunk[:, 1]
+        uniq, inv = vs.unique(return_inverse=True)
+        d = make(uniq)[inv, bs].to(dev)  # [rows, seq, d]
+
+        def add(x: Tensor, hook: Any = None, d: Tensor = d) -> Tensor:
+            flat = x.reshape(*x.shape[:2], -1)
+            new = flat + d.to(flat.dtype)
+            new[:, 0] = flat[:, 0]
+            return new.reshape(x.shape)
+
+        with model.hooks(fwd_hooks=[(hook, add)]):
+            logp = model(tokens[bs].to(dev)).float().log_softmax(-1).cpu()
+        out[vs, bs] = kl_per_token(clean_logp[bs], logp)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def median_norm(acts: Tensor) -> float:
+    """Median L2 norm of activation rows: the unit that scales strengths on any model."""
+    return float(acts.float().norm(dim=-1).median())
