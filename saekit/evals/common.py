@@ -84,6 +84,22 @@ def kl_per_token(clean_logp: Tensor, logp: Tensor) -> Tensor:
     return (clean_logp.exp() * (clean_logp - logp)).sum(-1)
 
 
+def _kl_from_logits(P: Tensor, clean_logp: Tensor, logits: Tensor, top: Tensor) -> Tensor:
+    """KL(P ‖ softmax(logits)), in place on ``logits``, accurate for tiny KL.
+
+    With Δ = logits − log P centred under P (Δc = Δ − E_P[Δ]), KL = log E_P[exp(Δc)]
+    = log1p(E_P[expm1(Δc)]): no cancellation between terms of the size of the log-probs,
+    so KL of 1e-5 keeps its digits in float32 (a log_softmax difference loses them).
+    """
+    delta = logits.sub_(clean_logp)
+    # Δ is log P_Q/P up to a per-token constant of the size of the logits; removing its
+    # value at P's top token first keeps E_P[Δ] small, so the rounding of Σ P ≠ 1 does not
+    # leak into the centring.
+    delta.sub_(delta.gather(-1, top.expand(delta.shape[:-1])[..., None]))
+    mean = torch.einsum("...v,...v->...", P, delta)
+    return torch.einsum("...v,...v->...", P, delta.sub_(mean[..., None]).expm1_()).log1p_().clamp_min_(0)
+
+
 def input_mask(tokens: Tensor, model: Any) -> Tensor:
     """Positions whose input is a real token (the ones KL is averaged over)."""
     from saekit.data import token_mask
@@ -146,18 +162,22 @@ def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Call
         V, make = n_variants, deltas
     if clean_logp is None:
         clean_logp = clean_log_probs(model, tokens)
+    P = clean_logp.exp()
+    top = P.argmax(-1)
     out = torch.zeros(V, B, tokens.shape[1])
-    pairs = torch.cartesian_prod(torch.arange(V), torch.arange(B)) if V * B > 1 else torch.zeros(1, 2, dtype=torch.long)
+    # Chunks are whole sets of windows (n variants × all B windows) or, when B alone is
+    # more than max_rows, slices of one variant's windows: the clean tensors are then
+    # views (broadcast over variants), never per-row copies of [seq, vocab].
+    per = max(1, max_rows // B) if B <= max_rows else 0
+    chunks = ([(v0, min(v0 + per, V), 0, B) for v0 in range(0, V, per)] if per else
+              [(v, v + 1, b0, min(b0 + max_rows, B)) for v in range(V) for b0 in range(0, B, max_rows)])
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(pairs), desc=f"perturb {hook}", unit="window")
-    for lo in range(0, len(pairs), max_rows):
-        chunk = pairs[lo:lo + max_rows]
-        vs, bs = chunk[:, 0], chunk[:, 1]
-        uniq, inv = vs.unique(return_inverse=True)
-        d = make(uniq)[inv, bs].to(dev)  # [rows, seq, d]
+        bar = tqdm(total=V * B, desc=f"perturb {hook}", unit="window")
+    for v0, v1, b0, b1 in chunks:
+        d = make(torch.arange(v0, v1))[:, b0:b1].flatten(0, 1).to(dev)  # [rows, seq, d]
 
         def add(x: Tensor, hook: Any = None, d: Tensor = d) -> Tensor:
             flat = x.reshape(*x.shape[:2], -1)
@@ -166,10 +186,11 @@ def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Call
             return new.reshape(x.shape)
 
         with model.hooks(fwd_hooks=[(hook, add)]):
-            logp = model(tokens[bs].to(dev)).float().log_softmax(-1).cpu()
-        out[vs, bs] = kl_per_token(clean_logp[bs], logp)
+            logits = model(tokens[b0:b1].repeat(v1 - v0, 1).to(dev)).float().cpu()
+        logits = logits.view(v1 - v0, b1 - b0, *logits.shape[1:])
+        out[v0:v1, b0:b1] = _kl_from_logits(P[b0:b1], clean_logp[b0:b1], logits, top[b0:b1])
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update((v1 - v0) * (b1 - b0))
     if bar is not None:
         bar.close()
     return out

@@ -1,0 +1,92 @@
+"""Benchmark: evaluator forward throughput against a plain batched forward of the same size.
+
+    python eval/bench_evals.py [--windows 16] [--ctx 128] [--variants 16] [--max-rows 64]
+                               [--rounds 3] [--out eval/results/bench_evals.json]
+
+Every evaluator stacks many directions × strengths (× windows) along the batch axis, so
+one forward pass serves them all. This measures, side by side in interleaved rounds
+(medians over rounds), tokens per second of
+
+- ``plain forward``: ``model(tokens)`` on the same number of rows in batches of
+  ``max_rows``, no hooks, logits discarded (the bound);
+- ``perturbation_kl``: the shared path of the perturbation evaluators: x + δ at a hook
+  for every variant, and KL(P‖Q) per token against the clean distribution;
+- each evaluator's own batched path, where it has one (``--evaluators``).
+
+Target (issue 7): every evaluator ≥ 0.8 of the plain forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import saekit  # noqa: E402
+from saekit.evals.common import clean_log_probs, perturbation_kl  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "checkpoints" / "demo-lm"))
+    ap.add_argument("--hook", default="blocks.2.hook_resid_pre")
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--ctx", type=int, default=128)
+    ap.add_argument("--variants", type=int, default=16)
+    ap.add_argument("--max-rows", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = saekit.load_model(args.model, device="cpu")
+    tokens = saekit.load_tokens("demo:heldout", model, n_tokens=args.windows * args.ctx, ctx_len=args.ctx, seed=0)
+    d = saekit.hook_width(model, args.hook)
+    deltas = torch.randn(args.variants, *tokens.shape, d)
+    clean = clean_log_probs(model, tokens)
+    rows = args.variants * len(tokens)
+    stacked = tokens.repeat(args.variants, 1)
+
+    @torch.no_grad()
+    def plain() -> None:
+        for i in range(0, rows, args.max_rows):
+            model(stacked[i:i + args.max_rows])
+
+    def perturb() -> None:
+        perturbation_kl(model, tokens, args.hook, deltas, clean_logp=clean, max_rows=args.max_rows)
+
+    cases = {"plain forward": plain, "perturbation_kl": perturb}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    plain()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    n_tok = rows * args.ctx
+    base = statistics.median(times["plain forward"])
+    table = [{"case": k, "seconds": statistics.median(v), "tokens/s": n_tok / statistics.median(v),
+              "vs plain forward": base / statistics.median(v)} for k, v in times.items()]
+    print(f"{rows} rows x {args.ctx} tokens per case ({args.variants} variants x {len(tokens)} windows), "
+          f"{args.max_rows} rows per forward, {torch.get_num_threads()} threads, medians of {args.rounds}")
+    print("| case | seconds | tokens/s | vs plain forward |\n|---|---|---|---|")
+    for r in table:
+        print(f"| {r['case']} | {r['seconds']:.2f} | {r['tokens/s']:,.0f} | {r['vs plain forward']:.2f} |")
+    if args.out:
+        args.out.write_text(json.dumps({"machine": f"{platform.machine()}, torch {torch.__version__}, "
+                                                   f"{torch.get_num_threads()} threads",
+                                        "args": {k: str(v) for k, v in vars(args).items()}, "rows": table},
+                                       indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
