@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.compare import add_parser as add_compare_parser
 
     add_compare_parser(sub)
+    from saekit.toy_report import add_parser as add_toy_parser
+
+    add_toy_parser(sub)
     from saekit.evals import add_parser as add_eval_parser
 
     add_eval_parser(sub)

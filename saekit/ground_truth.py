@@ -80,10 +80,11 @@ def synthetic_data(d_in: int = 32, n_features: int = 96, p_active: float = 0.04,
                            data.x[n_train:], data.features, n_features * p_active, n_features)
 
 
-def dictionary_settings(kind: str, data: GroundTruthData) -> tuple[int, int | None, dict[str, Any]]:
+def dictionary_settings(kind: str, data: GroundTruthData,
+                        d_dict: int | None = None) -> tuple[int, int | None, dict[str, Any]]:
     """``(d_dict, k, options)`` the benchmark fits ``kind`` with on ``data``.
 
-    SAEs get ``d_dict`` = the number of true features. ``topk``/``batchtopk`` keep k =
+    SAEs get ``d_dict`` = the number of true features (unless ``d_dict`` is given). ``topk``/``batchtopk`` keep k =
     round(expected L0) (at least 1); ``relu`` uses ``l1_coefficient`` 1 and ``jumprelu``
     ``l0_coefficient`` 1 (the values ``tests/test_fit.py`` measured on synthetic data).
     ``snmf`` is limited to ``d_dict`` ≤ d_in (``fit_snmf`` refuses more than the data's
@@ -95,14 +96,15 @@ def dictionary_settings(kind: str, data: GroundTruthData) -> tuple[int, int | No
     k = max(1, round(data.expected_l0))
     d_in = data.train.shape[1]
     if kind == "snmf":
-        d = min(d_in, data.d_dict)
+        d = min(d_in, data.d_dict if d_dict is None else d_dict)
         return d, min(k, d), {"wta_fraction": 1.0}
+    d = data.d_dict if d_dict is None else d_dict
     if kind in ("topk", "batchtopk"):
-        return data.d_dict, k, {}
+        return d, min(k, d), {}
     if kind == "relu":
-        return data.d_dict, None, {"l1_coefficient": 1.0}
+        return d, None, {"l1_coefficient": 1.0}
     if kind == "jumprelu":
-        return data.d_dict, None, {"l0_coefficient": 1.0}
+        return d, None, {"l0_coefficient": 1.0}
     raise ValueError(f"unknown kind {kind!r}; the benchmark fits {KINDS}")
 
 
@@ -116,12 +118,14 @@ def _signed_mmcs(learned: Tensor, true: Tensor) -> float:
 
 def ground_truth_benchmark(datasets: Sequence[GroundTruthData], kinds: Sequence[str] = KINDS, *,
                            epochs: int = 10, batch_size: int = 512, lr: float = 4e-3, seed: int = 0,
-                           progress: bool = False) -> list[dict[str, Any]]:
+                           width_control: bool = True, progress: bool = False) -> list[dict[str, Any]]:
     """Fit each dictionary kind on each data set and score it against the true features.
 
     SAEs train ``epochs`` passes at ``lr`` with batches of ``batch_size`` (scalar input
     normalisation, saekit's defaults otherwise); SNMF fits by its own alternating passes.
-    Settings per kind: :func:`dictionary_settings`.
+    Settings per kind: :func:`dictionary_settings`. With ``width_control``, where SNMF
+    is capped below the number of true features (d_dict ≤ d_in), a ``topk`` SAE of
+    SNMF's width is fitted too, so the cap and the method can be told apart.
 
     Returns
     -------
@@ -137,15 +141,21 @@ def ground_truth_benchmark(datasets: Sequence[GroundTruthData], kinds: Sequence[
     import saekit
     from saekit.metrics import fvu, recovery
 
-    jobs = [(d, kind) for d in datasets for kind in kinds]
+    jobs: list[tuple[GroundTruthData, str, int | None]] = []
+    for data in datasets:
+        for kind in kinds:
+            jobs.append((data, kind, None))
+            width = dictionary_settings(kind, data)[0]
+            if kind == "snmf" and width_control and width < data.d_dict:
+                jobs.append((data, "topk", width))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), desc="ground truth", unit="fit")
     rows = []
-    for data, kind in jobs:
-        d_dict, k, options = dictionary_settings(kind, data)
+    for data, kind, width in jobs:
+        d_dict, k, options = dictionary_settings(kind, data, width)
         kw = {} if kind == "snmf" else dict(batch_size=batch_size, epochs=epochs, lr=lr)
         t0 = time.time()
         dictionary = saekit.fit(data.train, kind, d_dict=d_dict, k=k, seed=seed, **kw, **options)

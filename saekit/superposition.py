@@ -15,34 +15,40 @@ models' losses, so their gradients do not mix).
 Measures (all batched over leading model dimensions): :func:`feature_norms`
 (feature i is *represented* when ``‖W_i‖ > 0.5``), :func:`interference`
 (Σ_{j≠i} (Ŵ_i·W_j)², the paper's superposition measure), :func:`dimensions_per_feature`
-(D* = m / ‖W‖_F²), :func:`feature_dimensionality` (D_i = ‖W_i‖⁴ / Σ_j (Ŵ_i·W_j)²),
+(D* = m / ‖W‖_F²), :func:`feature_dimensionality` (D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²),
 :func:`antipodal_partners` and :func:`adversarial_sensitivity`.
 
 Experiments, each one call that trains and summarises: :func:`sparsity_sweep`
 (more features represented, and in superposition, as sparsity rises),
 :func:`phase_diagram` (two features in one dimension), :func:`pentagon` (five features
-in two dimensions) and :func:`antipodal_pairs`. ``saekit.toy`` re-exports all of this;
-the report and the dictionary benchmark on these models are in ``saekit.toy_report``.
+in two dimensions) and :func:`antipodal_pairs`. ``saekit.toy`` re-exports the main
+names; the dictionary benchmark on these models is in ``saekit.ground_truth`` and the
+report (``saekit toy``) in ``saekit.toy_report``.
 
 Deviations from the paper, each a default that can be changed: every setting trains
 ``n_instances`` models from different initialisations and keeps the one with the
-lowest loss on a held-out batch shared by the instances (small models often stop in a
-local minimum; the paper's phase diagrams also report the best of several runs); the
-report uses a higher learning rate with cosine decay and fewer steps than the paper's
-Adam at 1e-3 for 10k steps, so that everything runs in minutes on a CPU.
+lowest loss on a held-out batch shared by the instances (small models stop in local
+minima: with n = 2, m = 1, a run whose two weights start with the same sign seldom
+crosses to the antipodal solution); the report trains with a higher learning rate
+decayed along a cosine and fewer steps than the paper's Adam at 1e-3 for 10k steps, so
+that everything runs in minutes on a CPU; adversarial sensitivity is measured by the
+spectral norm of the input-output Jacobian (and a small step along its top singular
+vector), not by the paper's attack. Training runs on one intra-op thread by default
+(:func:`torch_threads`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "ToyModels", "train_toy_models", "sample_toy_inputs", "toy_forward",
+    "ToyModels", "train_toy_models", "sample_toy_inputs", "toy_forward", "torch_threads",
     "feature_norms", "interference", "dimensions_per_feature", "feature_dimensionality",
     "feature_angles", "antipodal_partners", "Sensitivity", "adversarial_sensitivity",
     "SparsitySweep", "sparsity_sweep", "PhaseDiagram", "phase_diagram", "REGIMES",
@@ -85,6 +91,23 @@ class ToyModels(NamedTuple):
         return ToyModels(*(t[k:k + 1] for t in self))
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op torch threads (``None``: leave the setting alone),
+    then restore the previous count. The toy models' tensors are small (at most a few
+    hundred thousand entries per step), so a second thread gains little, and on a busy
+    machine its spin-waiting made a step 5x to 50x slower in our measurements."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(_check_int(n, "threads"))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _check_int(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
@@ -121,10 +144,14 @@ def _as_importance(importance: float | Sequence[float] | Tensor, n_features: int
 def sample_toy_inputs(sparsity: Tensor, n_features: int, batch: int,
                       generator: torch.Generator | None = None) -> Tensor:
     """``[n_models, batch, n_features]`` inputs: each feature present with probability
-    ``1 − sparsity[k]`` (independently), then uniform on [0, 1]."""
-    k = sparsity.numel()
-    present = torch.rand(k, batch, n_features, generator=generator) < (1 - sparsity)[:, None, None]
-    return torch.rand(k, batch, n_features, generator=generator) * present
+    ``p = 1 − sparsity[k]`` (independently), then uniform on [0, 1].
+
+    One uniform draw ``u`` per entry does both: the feature is present when ``u < p``,
+    and given that, ``u / p`` is uniform on [0, 1].
+    """
+    p = (1 - sparsity)[:, None, None]
+    u = torch.rand(sparsity.numel(), batch, n_features, generator=generator)
+    return torch.where(u < p, u / p, 0.0)
 
 
 def toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
@@ -152,6 +179,7 @@ def train_toy_models(
     lr_schedule: Schedule = "constant",
     eval_batch: int = 8192,
     seed: int = 0,
+    threads: int | None = 1,
     progress: bool = False,
     desc: str = "toy models",
 ) -> ToyModels:
@@ -180,6 +208,9 @@ def train_toy_models(
         inputs for every instance of a setting).
     seed
         Seeds the initialisation and every batch.
+    threads
+        Intra-op torch threads while training (:func:`torch_threads`); ``None`` keeps
+        torch's setting.
     progress
         Show a progress bar over the steps.
 
@@ -207,9 +238,17 @@ def train_toy_models(
         raise ValueError(f"{S.numel()} sparsities and {imp.shape[0]} importance rows: give one per model "
                          "(or a single one for all)")
     S, imp = S.expand(n_models).contiguous(), imp.expand(n_models, n_features).contiguous()
+    with torch_threads(threads):
+        return _train(n_features, n_hidden, S, imp, n_instances, steps, batch_size, lr, lr_schedule,
+                      eval_batch, seed, progress, desc)
+
+
+def _train(n_features: int, n_hidden: int, S: Tensor, imp: Tensor, n_instances: int, steps: int,
+           batch_size: int, lr: float, lr_schedule: str, eval_batch: int, seed: int, progress: bool,
+           desc: str) -> ToyModels:
+    n_models = len(S)
     S_all, imp_all = S.repeat_interleave(n_instances), imp.repeat_interleave(n_instances, 0)
     total = n_models * n_instances
-
     g = torch.Generator().manual_seed(seed)
     W = (torch.randn(total, n_hidden, n_features, generator=g)
          * math.sqrt(2.0 / (n_hidden + n_features))).requires_grad_()
@@ -268,11 +307,11 @@ def dimensions_per_feature(W: Tensor) -> Tensor:
 
 
 def feature_dimensionality(W: Tensor) -> Tensor:
-    """``[..., n_features]``: D_i = ‖W_i‖⁴ / Σ_j (Ŵ_i · W_j)², the fraction of a dimension
-    feature i has to itself: 1 alone, 1/2 in an antipodal pair, 2/5 in a pentagon, 0 when
-    not represented."""
-    norms2 = feature_norms(W).pow(2)
-    return norms2.pow(2) / _overlaps(W).pow(2).sum(-1).clamp_min(1e-12)
+    """``[..., n_features]``: D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)², the fraction of a dimension
+    feature i has to itself: 1 alone, 1/2 in an antipodal pair, 2/5 in a pentagon (at any
+    norm), 0 when not represented. The paper's formula (the numerator is ‖W_i‖², not
+    ‖W_i‖⁴: only then is a lone feature's D_i 1 whatever its norm)."""
+    return feature_norms(W).pow(2) / _overlaps(W).pow(2).sum(-1).clamp_min(1e-12)
 
 
 def feature_angles(W: Tensor) -> Tensor:
@@ -302,6 +341,9 @@ class Sensitivity(NamedTuple):
     attack_gain: Tensor
     """``[n_models]``: mean ‖x′(x + δ) − x′(x)‖ / ε with δ of norm ε along the top
     right singular vector (the better of ±), measured through the ReLU."""
+    global_bound: Tensor
+    """``[n_models]``: ‖WᵀW‖₂ = σ_max(W)², the worst case over all inputs (every output
+    in its linear piece); at least ‖W‖_F² / m = 1/D*, the features per dimension."""
     epsilon: float
     """Perturbation norm of the explicit attack."""
     n_inputs: Tensor
@@ -309,7 +351,7 @@ class Sensitivity(NamedTuple):
 
 
 @torch.no_grad()
-def adversarial_sensitivity(models: ToyModels, n_inputs: int = 2048, epsilon: float = 0.01,
+def adversarial_sensitivity(models: ToyModels, n_inputs: int = 2048, epsilon: float = 1e-3,
                             seed: int = 0) -> Sensitivity:
     """Worst-case output change under a small input perturbation, per model.
 
@@ -320,7 +362,8 @@ def adversarial_sensitivity(models: ToyModels, n_inputs: int = 2048, epsilon: fl
     is about 1 (one feature's own reconstruction); with features in superposition
     ``W_iᵀ W`` has weight on the other features too, and the norm grows with the
     interference. The explicit attack steps ε along the top singular vector and
-    measures the real change through the ReLU.
+    measures the real change through the ReLU. ``global_bound`` drops the input
+    distribution: the largest gain any input could see.
     """
     _check_int(n_inputs, "n_inputs")
     if not (math.isfinite(epsilon) and epsilon > 0):
@@ -340,7 +383,7 @@ def adversarial_sensitivity(models: ToyModels, n_inputs: int = 2048, epsilon: fl
     count = keep.sum(-1)
     denom = count.clamp_min(1).to(W.dtype)
     return Sensitivity((s[..., 0] * keep).sum(-1) / denom, (gains * keep).sum(-1) / denom,
-                       float(epsilon), count)
+                       torch.linalg.matrix_norm(W, ord=2).pow(2), float(epsilon), count)
 
 
 # ---------------------------------------------------------------------------
@@ -505,9 +548,10 @@ def count_antipodal_pairs(W: Tensor, threshold: float = -0.9) -> Tensor:
 
 def antipodal_pairs(n_hidden: int = 3, sparsities: Sequence[float] = (0.0, 0.5, 0.8, 0.9, 0.95),
                     *, n_instances: int = 2, **train: object) -> AntipodalPairs:
-    """n = 2m features of equal importance over a range of sparsity. Dense: m features
-    on orthogonal axes, the rest dropped; sparser: every feature represented, in m
-    antipodal pairs on orthogonal axes (D_i = 1/2)."""
+    """n = 2m features of equal importance over a range of sparsity. Dense: no pairs (with
+    equal importances any m-dimensional projection is optimal, so the norms may spread
+    over more than m features); sparser: every feature represented, in m antipodal pairs
+    on orthogonal axes (D_i = 1/2)."""
     models = train_toy_models(2 * n_hidden, n_hidden, list(sparsities), 1.0, n_instances=n_instances, **train)
     _, cos = antipodal_partners(models.W)
     return AntipodalPairs(models, models.sparsity, (feature_norms(models.W) > REPRESENTED).sum(-1),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,10 @@ def toy_settings(quick: bool = False) -> dict[str, Any]:
         "train": train,
         "sweep": dict(n_features=20, n_hidden=5, importance=0.7, n_instances=1 if quick else 2,
                       sparsities=[0.0, 0.9, 0.99] if quick else [0.0, 0.7, 0.9, 0.97, 0.99, 0.997, 0.999]),
-        "adversarial": dict(n_inputs=512 if quick else 2048, epsilon=0.01),
-        "phase": dict(relative_importance=[0.1, 1.0, 10.0] if quick else [10 ** (e / 4) for e in range(-4, 5)],
-                      density=[0.01, 0.1, 1.0] if quick else [10 ** (e / 4) for e in range(-8, 1)],
-                      n_instances=3),
+        "adversarial": dict(n_inputs=512 if quick else 2048, epsilon=1e-3),
+        "phase": dict(relative_importance=[0.1, 1.0, 10.0] if quick else [10 ** (e / 3) for e in range(-3, 4)],
+                      density=[0.01, 0.1, 1.0] if quick else [10 ** (e / 3) for e in range(-6, 1)],
+                      n_instances=6, batch_size=512),
         "geometry": dict(n_features=5, n_hidden=2, n_instances=4,
                          sparsities=[0.0, 0.97] if quick else [0.0, 0.5, 0.8, 0.9, 0.95, 0.97]),
         "antipodal": dict(n_hidden=3, n_instances=2, sparsities=[0.0, 0.9] if quick else [0.0, 0.5, 0.8, 0.9, 0.95]),
@@ -52,18 +51,10 @@ def toy_settings(quick: bool = False) -> dict[str, Any]:
             toy=dict(n_features=40, n_hidden=10, sparsity=0.95, n_instances=2),
             synthetic=dict(d_in=32, n_features=96, p_active=0.04),
             n_train=8192 if quick else 32_768, n_test=4096 if quick else 8192,
-            kinds=["topk", "snmf"] if quick else list(KINDS), epochs=5 if quick else 10, batch_size=512, lr=4e-3),
+            kinds=["topk", "snmf"] if quick else list(KINDS), epochs=20 if quick else 10,
+            batch_size=256 if quick else 512,
+            lr=4e-3),
     }
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _floats(t: Any, digits: int = 5) -> Any:
@@ -75,16 +66,17 @@ def _floats(t: Any, digits: int = 5) -> Any:
 
 
 def _checks(sweep: Any, sens: Any, phase: Any, pent: Any, anti: Any, bench: list[dict[str, Any]],
-            n_hidden: int) -> dict[str, dict[str, Any]]:
+            n_hidden: int, anti_hidden: int) -> dict[str, dict[str, Any]]:
     """The paper's qualitative claims, each measured: ``{name: {"holds", "measured"}}``."""
     rep, sup, inter = sweep.n_represented.tolist(), sweep.n_superposed.tolist(), sweep.mean_interference
     i1 = phase.relative_importance.log().abs().argmin().item()  # the ratio nearest 1
     grid = phase.regime
     gap_err = (pent.gaps - 360 / len(pent.gaps)).abs().max().item()
     pairs = [p for p, r in zip(anti.n_pairs.tolist(), anti.n_represented.tolist(), strict=True)
-             if r == 2 * n_hidden]
+             if r == 2 * anti_hidden]
     jac = sens.jacobian_norm
-    synth = [r for r in bench if r["data"].startswith("synthetic") and r["kind"] == "topk"]
+    synth = [r for r in bench if r["data"].startswith("synthetic") and r["kind"] == "topk"
+             and r["d_dict"] >= r["true features"]]
     out = {
         "more features represented as sparsity rises": (
             rep[-1] > rep[0], f"{rep[0]} of {sweep.models.W.shape[-1]} dense -> {rep[-1]} at S={sweep.sparsity[-1]:.4g}"),
@@ -105,13 +97,15 @@ def _checks(sweep: Any, sens: Any, phase: Any, pent: Any, anti: Any, bench: list
         "n=5, m=2, sparse: a regular pentagon": (
             bool((pent.norms > 0.5).all()) and gap_err < 10,
             f"norms {[round(float(n), 2) for n in pent.norms]}, gaps {[round(float(g), 1) for g in pent.gaps]} deg "
-            f"(max |gap - 72| {gap_err:.1f})"),
+            f"(largest deviation from 72: {gap_err:.1f})"),
         "n=2m: every feature in an antipodal pair once all are represented": (
-            bool(pairs) and all(p == n_hidden for p in pairs),
-            f"pairs where all {2 * n_hidden} represented: {pairs or 'none'} (m={n_hidden})"),
-        "adversarial: superposed model more sensitive than the dense one": (
-            float(jac[-1]) > float(jac[0]),
-            f"Jacobian norm {float(jac[0]):.3f} dense -> {float(jac[-1]):.3f} at S={sweep.sparsity[-1]:.4g}"),
+            bool(pairs) and all(p == anti_hidden for p in pairs),
+            f"pairs where all {2 * anti_hidden} represented: {pairs or 'none'} (m={anti_hidden})"),
+        "adversarial: superposed models more sensitive than the dense one": (
+            bool((jac[1:] > jac[0]).all()) and bool((sens.global_bound[1:] > sens.global_bound[0]).all()),
+            f"Jacobian norm on typical inputs {float(jac[0]):.3f} dense, {float(jac[1:].min()):.3f} - "
+            f"{float(jac[1:].max()):.3f} sparser; over all inputs {float(sens.global_bound[0]):.3f} dense -> "
+            f"{float(sens.global_bound[-1]):.3f} at S={sweep.sparsity[-1]:.4g}"),
     }
     if synth:
         out["ground truth: topk recovers the synthetic features"] = (
@@ -125,18 +119,27 @@ def _regime(code: Any) -> str:
     return REGIMES[int(code)]
 
 
-def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = True,
+            threads: int | None = 1) -> dict[str, Any]:
     """Run every toy experiment and the ground-truth benchmark; write the report to ``out``.
 
     Writes ``report.md``, ``toy.json`` (every number and setting), ``benchmark.csv``,
     ``sparsity.png``, ``norms.png``, ``adversarial.png``, ``phase_diagram.png``,
     ``geometry.png``, ``benchmark.png`` and ``index.html``, each atomically. Returns the
     contents of ``toy.json``. ``quick`` uses the small settings of :func:`toy_settings`
-    (about half a minute on 2 CPU cores).
+    (about half a minute on 2 CPU cores). Everything runs with ``threads`` intra-op torch
+    threads (:func:`saekit.superposition.torch_threads`; ``None`` keeps torch's setting):
+    every tensor here is small.
     """
+    from saekit.superposition import torch_threads
+
+    with torch_threads(threads):
+        return _run_toy(Path(out), quick, progress)
+
+
+def _run_toy(out: Path, quick: bool, progress: bool) -> dict[str, Any]:
     from saekit import superposition as sp
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = toy_settings(quick)
     train = dict(cfg["train"], progress=progress)
@@ -153,7 +156,7 @@ def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = 
     t = time.time()
     ph = cfg["phase"]
     phase = sp.phase_diagram(ph["relative_importance"], ph["density"], n_instances=ph["n_instances"],
-                             desc="phase diagram", **train)
+                             desc="phase diagram", **{**train, "batch_size": ph["batch_size"]})
     seconds["phase diagram"] = time.time() - t
 
     t = time.time()
@@ -178,18 +181,19 @@ def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = 
     seconds["benchmark"] = time.time() - t
     seconds["total"] = time.time() - t_start
 
-    sweep_rows = [{"sparsity S": float(s), "1-S": round(1 - float(s), 6), "represented": int(r),
+    sweep_rows = [{"sparsity S": round(float(s), 6), "1-S": round(1 - float(s), 6), "represented": int(r),
                    "superposed": int(u), "mean interference": float(i), "D* (dims per feature)": float(d),
-                   "Jacobian norm": float(j), "attack gain": float(a), "loss": float(lo)}
-                  for s, r, u, i, d, j, a, lo in zip(sweep.sparsity, sweep.n_represented, sweep.n_superposed,
-                                                     sweep.mean_interference, sweep.dims_per_feature,
-                                                     sens.jacobian_norm, sens.attack_gain, sweep.models.loss,
-                                                     strict=True)]
-    anti_rows = [{"sparsity S": float(s), "represented": int(r), "antipodal pairs": int(p),
-                  "max partner cosine": float(c.max()), "mean D_i (represented)": float(d[d > 0.05].mean()) if (d > 0.05).any() else 0.0}
-                 for s, r, p, c, d in zip(anti.sparsity, anti.n_represented, anti.n_pairs, anti.partner_cosine,
-                                          anti.dimensionality, strict=True)]
-    checks = _checks(sweep, sens, phase, pent, anti, bench, sw["n_hidden"])
+                   "Jacobian norm": float(j), "attack gain": float(a), "bound over all inputs": float(gb),
+                   "loss": float(lo)}
+                  for s, r, u, i, d, j, a, gb, lo in zip(
+                      sweep.sparsity, sweep.n_represented, sweep.n_superposed, sweep.mean_interference,
+                      sweep.dims_per_feature, sens.jacobian_norm, sens.attack_gain, sens.global_bound,
+                      sweep.models.loss, strict=True)]
+    anti_rows = [{"sparsity S": round(float(s), 6), "represented": int(r), "antipodal pairs": int(p),
+                  "mean D_i (represented)": float(d[rep].mean()) if rep.any() else 0.0}
+                 for s, r, p, d, rep in zip(anti.sparsity, anti.n_represented, anti.n_pairs, anti.dimensionality,
+                                            sp.feature_norms(anti.models.W) > sp.REPRESENTED, strict=True)]
+    checks = _checks(sweep, sens, phase, pent, anti, bench, sw["n_hidden"], an["n_hidden"])
     bench_rep = int((sp.feature_norms(bench_model.W[0]) > sp.REPRESENTED).sum())
     result = {
         "settings": cfg, "quick": quick, "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -198,12 +202,13 @@ def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = 
                            "interference": _floats(sp.interference(sweep.models.W)),
                            "importance": _floats(sweep.models.importance[0])},
         "adversarial": {"epsilon": sens.epsilon, "inputs": sens.n_inputs.tolist(),
-                        "jacobian_norm": _floats(sens.jacobian_norm), "attack_gain": _floats(sens.attack_gain)},
+                        "jacobian_norm": _floats(sens.jacobian_norm), "attack_gain": _floats(sens.attack_gain),
+                        "global_bound": _floats(sens.global_bound)},
         "phase_diagram": {"regimes": list(sp.REGIMES), "relative_importance": _floats(phase.relative_importance),
                           "density": _floats(phase.density), "regime": phase.regime.tolist(),
                           "norms": _floats(phase.norms), "cosine": _floats(phase.cosine)},
         "geometry": {"sparsity": _floats(geo.sparsity), "W": _floats(geo.W), "loss": _floats(geo.loss),
-                     "pentagon": {"sparsity": float(pent.model.sparsity[0]), "norms": _floats(pent.norms),
+                     "pentagon": {"sparsity": round(float(pent.model.sparsity[0]), 6), "norms": _floats(pent.norms),
                                   "angles": _floats(pent.angles), "gaps": _floats(pent.gaps),
                                   "dimensionality": _floats(pent.dimensionality)}},
         "antipodal": {"n_hidden": an["n_hidden"], "rows": anti_rows, "partner_cosine": _floats(anti.partner_cosine),
@@ -213,9 +218,11 @@ def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = 
         "checks": checks,
     }
     figures = _figures(sweep, sens, phase, geo, bench)
-    for name, png in figures.items():
-        _write_bytes(out / name, png)
+    from saekit.fileio import atomic_write_bytes
     from saekit.report import atomic_write_text, write_csv
+
+    for name, png in figures.items():
+        atomic_write_bytes(out / name, png)
 
     write_csv(out / "benchmark.csv", bench)
     atomic_write_text(out / "toy.json", json.dumps(result, indent=1, allow_nan=False) + "\n")
@@ -263,15 +270,16 @@ def _figures(sweep: Any, sens: Any, phase: Any, geo: Any, bench: list[dict[str, 
         ax.barh(range(n_features), norms[i].tolist(), color=[cmap(float(v)) for v in inter[i]])
         ax.axvline(0.5, color="grey", lw=0.8, ls="--")
         ax.set(xlim=(0, 1.3), title=f"1−S = {density[i]:.3g}", xlabel="‖W_i‖")
-    axes[0].set(ylabel="feature (importance 0.7^i)")
+    axes[0].set(ylabel="feature i (importance decreasing)", yticks=list(range(0, n_features, 5)))
     axes[0].invert_yaxis()
-    fig.suptitle("‖W_i‖, coloured by interference Σ_{j≠i}(Ŵ_i·W_j)² (dark 0, yellow ≥ 1)", fontsize=9)
+    fig.suptitle("‖W_i‖, coloured by interference Σ_{j≠i}(Ŵ_i·W_j)² (dark 0, yellow ≥ 1)", fontsize=9, y=1.04)
     figs["norms.png"] = figure_png(fig)
 
     fig = Figure(figsize=(6.5, 3.8))
     ax = fig.subplots()
     ax.plot(density, sens.jacobian_norm.tolist(), "o-", label="Jacobian spectral norm (mean)")
     ax.plot(density, sens.attack_gain.tolist(), "s--", label=f"explicit attack ‖Δx′‖/ε, ε = {sens.epsilon:g}")
+    ax.plot(density, sens.global_bound.tolist(), "^-", label="over all inputs ‖WᵀW‖₂")
     ax.plot(density, (1 / sweep.dims_per_feature).tolist(), ":", color="k", label="features per dimension 1/D*")
     ax.set(xscale="log", xlabel="feature density 1 − S", ylabel="worst-case output change per unit input",
            title="Adversarial sensitivity")
@@ -314,7 +322,7 @@ def _figures(sweep: Any, sens: Any, phase: Any, geo: Any, bench: list[dict[str, 
         for off, key, colour in ((-0.27, "MMCS", "#4c72b0"), (0.0, "signed MMCS", "#55a868"),
                                  (0.27, f"matched >= {MATCH}", "#dd8452")):
             ax.bar([p + off for p in pos], [r[key] for r in rows], 0.27, label=key, color=colour)
-        ax.set_xticks(pos, [r["kind"] for r in rows])
+        ax.set_xticks(pos, [f"{r['kind']}\n{r['d_dict']}" for r in rows])
         ax.set(ylim=(0, 1.05), title=name)
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=8, loc="lower left")
@@ -346,12 +354,56 @@ def _phase_rows(phase: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _findings(result: dict[str, Any]) -> dict[str, str]:
+    """What the adversarial and benchmark numbers say, in words (with the numbers)."""
+    rows = result["sparsity_sweep"]["rows"]
+    jac = [r["Jacobian norm"] for r in rows]
+    top = max(range(len(rows)), key=lambda i: jac[i])
+    adversarial = (
+        f"On typical inputs the sensitivity is {jac[0]:.2f} for the dense model and {min(jac[1:]):.2f} to "
+        f"{jac[top]:.2f} for the sparser ones (largest at 1 − S = {rows[top]['1-S']:g}, {jac[-1]:.2f} at the "
+        "sparsest)" + (
+            ": it does not keep growing with sparsity, because a typical very sparse input has a single feature "
+            "present and so few active outputs" if jac[-1] < jac[top] - 0.05 else "")
+        + ". Over all inputs the bound grows "
+        f"from {rows[0]['bound over all inputs']:.2f} to {rows[-1]['bound over all inputs']:.2f}, following the "
+        f"features per dimension 1/D* ({1 / rows[0]['D* (dims per feature)']:.2f} to "
+        f"{1 / rows[-1]['D* (dims per feature)']:.2f}), as in the paper's plot of vulnerability against features "
+        "per dimension.")
+    bench = result["benchmark"]["rows"]
+    full = [r for r in bench if r["kind"] != "snmf" and r["d_dict"] >= r["true features"]]
+    parts = []
+    if full:
+        lo, hi = min(full, key=lambda r: r["MMCS"]), max(full, key=lambda r: r["MMCS"])
+        dead = max(full, key=lambda r: r["dead"])
+        parts.append(f"The SAEs at full width reach MMCS {lo['MMCS']:.3f} ({lo['kind']}, {lo['data']}) to "
+                     f"{hi['MMCS']:.3f} ({hi['kind']}, {hi['data']}); the most dead latents: {dead['dead']:.1%} "
+                     f"({dead['kind']}, {dead['data']}).")
+    for r in bench:
+        if r["kind"] != "snmf":
+            continue
+        control = [c for c in bench if c["data"] == r["data"] and c["kind"] == "topk" and c["d_dict"] == r["d_dict"]]
+        text = (f"SNMF on {r['data']} is capped at d_dict = {r['d_dict']} for {r['true features']} true features: "
+                f"MMCS {r['MMCS']:.3f}, {r[f'matched >= {MATCH}']:.1%} matched")
+        if control:
+            c = control[0]
+            text += (f"; a topk SAE of the same width reaches MMCS {c['MMCS']:.3f}, {c[f'matched >= {MATCH}']:.1%} "
+                     "matched, so " + ("the width cap, more than the factorisation, limits the recovery"
+                                       if c["MMCS"] < r["MMCS"] + 0.1 else "the factorisation costs recovery "
+                                       "beyond the width cap"))
+        parts.append(text + ".")
+    return {"adversarial": adversarial, "benchmark": " ".join(parts)}
+
+
 def _text(result: dict[str, Any], cfg: dict[str, Any], pent: Any) -> dict[str, str]:
     """The prose of the report, shared by the Markdown and the HTML."""
     tr, sw, be = cfg["train"], cfg["sweep"], cfg["benchmark"]
     tm = result["benchmark"]["toy_model"]
     schedule = "decayed to 0 along a cosine" if tr["lr_schedule"] == "cosine" else "constant"
+    found = _findings(result)
     return {
+        "adversarial_found": found["adversarial"],
+        "benchmark_found": found["benchmark"],
         "intro": (
             "The ReLU-output toy model of Elhage et al. (2022), x′ = ReLU(WᵀWx + b), n features in m < n "
             "dimensions, each feature present with probability 1 − S and then uniform on [0, 1]; loss Σ_i I_i "
@@ -375,7 +427,10 @@ def _text(result: dict[str, Any], cfg: dict[str, Any], pent: Any) -> dict[str, s
             "n = 2, m = 1: feature 1 has importance 1, the extra feature 2 the relative importance on the x axis; "
             "both have the density on the y axis. Regimes: the extra feature not represented (‖W_2‖ ≤ 0.5), "
             "dedicated (it takes the dimension and feature 1 is dropped), superposition (both represented, "
-            f"antipodally). Best of {cfg['phase']['n_instances']} instances per cell."),
+            f"antipodally). Best of {cfg['phase']['n_instances']} instances per cell (with fewer, a cell now and "
+            "then keeps a run whose two weights started with the same sign and never crossed 0). At density 1 "
+            "and ratio 1 the two features tie and any direction in their plane is optimal, so the cell may be "
+            "'other' (both represented on the same side)."),
         "geometry": (
             f"n = 5, m = 2, equal importance. At S = {float(pent.model.sparsity[0]):.3g}: norms "
             f"{', '.join(f'{float(v):.2f}' for v in pent.norms)}; angles between neighbours "
@@ -384,7 +439,8 @@ def _text(result: dict[str, Any], cfg: dict[str, Any], pent: Any) -> dict[str, s
         "antipodal": (
             f"n = 2m = {2 * cfg['antipodal']['n_hidden']} features of equal importance in m = "
             f"{cfg['antipodal']['n_hidden']} dimensions. A pair: two represented features, each the other's most "
-            "opposite, at cosine < −0.9 (D_i = 1/2 each)."),
+            "opposite, at cosine < −0.9 (D_i = 1/2 each). The dense model has no pairs; with equal importances "
+            "any m-dimensional projection is optimal, so its norms may spread over more than m features."),
         "benchmark": (
             "Each dictionary kind fitted on data with known features; scored on held-out rows. (a) The hidden "
             f"activations h = Wx of a toy model trained with n = {tm['n_features']}, m = {tm['n_hidden']}, S = "
@@ -420,20 +476,21 @@ def _markdown(result: dict[str, Any], cfg: dict[str, Any], pent: Any, phase: Any
         "Reproduce: `saekit toy --out runs/toy` (`--quick` for the small settings).\n",
         "## What reproduces\n", markdown_table(_check_rows(result)),
         "## Features represented against sparsity\n", text["sweep"] + "\n",
-        markdown_table([{k: v for k, v in r.items() if k not in ("Jacobian norm", "attack gain")}
+        markdown_table([{k: v for k, v in r.items() if k not in ("Jacobian norm", "attack gain",
+                                                                  "bound over all inputs")}
                         for r in result["sparsity_sweep"]["rows"]]),
         "![features against sparsity](sparsity.png)\n", "![feature norms](norms.png)\n",
         "## Superposition and adversarial sensitivity\n", text["adversarial"] + "\n",
         markdown_table([{k: r[k] for k in ("1-S", "represented", "superposed", "D* (dims per feature)",
-                                            "Jacobian norm", "attack gain")}
+                                            "Jacobian norm", "attack gain", "bound over all inputs")}
                         for r in result["sparsity_sweep"]["rows"]]),
-        "![adversarial sensitivity](adversarial.png)\n",
+        text["adversarial_found"] + "\n", "![adversarial sensitivity](adversarial.png)\n",
         "## Phase diagram: two features, one dimension\n", text["phase"] + "\n",
         markdown_table(_phase_rows(phase)), "![phase diagram](phase_diagram.png)\n",
         "## Geometry\n", text["geometry"] + "\n", "![geometry](geometry.png)\n",
         "### Antipodal pairs\n", text["antipodal"] + "\n", markdown_table(result["antipodal"]["rows"]),
         "## Ground truth: every dictionary kind on known features\n", text["benchmark"] + "\n",
-        markdown_table(bench), "![recovery](benchmark.png)\n",
+        markdown_table(bench), text["benchmark_found"] + "\n", "![recovery](benchmark.png)\n",
     ]
     return "\n".join(parts)
 
@@ -450,13 +507,14 @@ def _html(result: dict[str, Any], figures: dict[str, bytes], pent: Any, phase: A
         ("What reproduces", html_table(_check_rows(result))),
         ("Features represented against sparsity", text["sweep"] + html_table(rows) + html_img(
             figures["sparsity.png"], "features against sparsity") + html_img(figures["norms.png"], "feature norms")),
-        ("Adversarial sensitivity", text["adversarial"] + html_img(figures["adversarial.png"], "sensitivity")),
+        ("Adversarial sensitivity", text["adversarial"] + text["adversarial_found"]
+         + html_img(figures["adversarial.png"], "sensitivity")),
         ("Phase diagram", text["phase"] + html_table(_phase_rows(phase))
          + html_img(figures["phase_diagram.png"], "phase diagram")),
         ("Geometry", text["geometry"] + html_img(figures["geometry.png"], "geometry") + text["antipodal"]
          + html_table(result["antipodal"]["rows"])),
         ("Ground truth benchmark", text["benchmark"] + html_table(result["benchmark"]["rows"])
-         + html_img(figures["benchmark.png"], "recovery")),
+         + text["benchmark_found"] + html_img(figures["benchmark.png"], "recovery")),
     ])
 
 

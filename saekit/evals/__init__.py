@@ -82,7 +82,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
     result = run(args.name, args.config, args.set, progress=True)
     out = result.save(args.out or Path("runs") / "eval" / args.name)
-    print(text_table([{"metric": k, "value": v} for k, v in result.summary.items()]))
+    scalars = [{"metric": k, "value": v} for k, v in result.summary.items() if isinstance(v, (int, float, str))]
+    print(text_table(scalars))  # curves and lists are in the JSON and the plots
     print(f"wrote {out}/report.md, {result.name}.csv, {result.name}.json, index.html"
           + (", " + ", ".join(result.figures) if result.figures else ""))
     return 0
