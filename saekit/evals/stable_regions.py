@@ -171,7 +171,9 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
             torch.manual_seed(seed)
             twin = TransformerBridge.boot_transformers(str(spec), load_weights=False)
         # load_weights=False leaves the model on the CPU, in its config dtype, training mode
-        twin = twin.to(dev).to(dtype or torch.float32)
+        want = dtype or torch.float32
+        if dev.type != "cpu" or next(twin.parameters()).dtype != want:
+            twin = twin.to(dev).to(want)
         if processing == "hooked":
             twin.enable_compatibility_mode(disable_warnings=True)
         used = processing
@@ -195,10 +197,10 @@ def sample_prompts(model: Any, cfg: Config) -> Tensor:
     windows = load_tokens(cfg.data, model, n_tokens=pool * ctx, ctx_len=ctx, seed=cfg.seed,
                           text_column=cfg.text_column)
     _, pad = special_ids(model)
-    ok = token_mask(windows, model)[:, cfg.position] & (windows != pad).all(1)
+    real = token_mask(windows, model)  # False at BOS, separators, padding
     if not cfg.prepend_bos:
-        windows = windows[:, 1:]
-    windows = windows[ok]
+        windows, real = windows[:, 1:], real[:, 1:]
+    windows = windows[real[:, cfg.position] & (windows != pad).all(1)]
     if len(windows) < n_prompts:
         raise ValueError(f"data {cfg.data!r} gave {len(windows)} usable {cfg.prompt_len}-token prompts; "
                          f"n_pairs={cfg.n_pairs} needs {n_prompts}")
@@ -310,6 +312,8 @@ def _check(cfg: Config) -> None:
     if not -cfg.prompt_len <= cfg.position < cfg.prompt_len:
         raise ValueError(f"Config.position must index a {cfg.prompt_len}-token prompt "
                          f"(−{cfg.prompt_len}..{cfg.prompt_len - 1}), got {cfg.position}")
+    if cfg.processing not in ("hooked", "raw"):
+        raise ValueError(f"Config.processing must be 'hooked' or 'raw', got {cfg.processing!r}")
     if cfg.position % cfg.prompt_len == 0 and cfg.prepend_bos:
         raise ValueError("Config.position points at BOS (position 0), which is never patched")
 
@@ -334,7 +338,8 @@ def _quartiles(x: Tensor) -> tuple[float, float, float]:
 
 def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """Stable regions of ``cfg.model`` (or ``model``) and, with ``cfg.control``, of its
-    random-init twin.
+    random-init twin (rebuilt from the ``saekit_spec`` that :func:`saekit.load_model`
+    records on ``model``, else from ``cfg.model``).
 
     Returns
     -------
@@ -394,7 +399,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         summary["mannwhitney_p_trained_sharper"] = (float(mannwhitneyu(tr, rnd, alternative="greater").pvalue)
                                                     if len(tr) and len(rnd) else math.nan)
     for name, (_, s) in results.items():
-        summary[f"{name}_median_curve"] = [round(float(v), 4) for v in s.relative.nanmedian(dim=0).values]
+        summary[f"{name}_median_curve"] = [round(float(v), 3) for v in s.relative.nanmedian(dim=0).values]
 
     settings = asdict(cfg) | {"alphas": [round(float(a), 6) for a in alphas],
                               "models": {k: str(getattr(m, "saekit_spec", k)) for k, m in models.items()}}
@@ -413,7 +418,7 @@ def _figure(results: dict[str, tuple[Curves, Sharpness]], alphas: Tensor, cfg: C
     colours = {TRAINED: "tab:blue", RANDOM_INIT: "tab:grey"}
     finite = [s.sharpness[~torch.isnan(s.sharpness)] for _, s in results.values()]
     hi = max([float(f.max()) for f in finite if len(f)] + [2.0])
-    bins = np.geomspace(0.5, hi * 1.05, 40)
+    bins = np.geomspace(0.9, hi * 1.05, 40)  # sharpness ≥ 1 up to float noise
     for name, (_, s) in results.items():
         ok = s.relative[~s.degenerate]
         if len(ok):
@@ -429,6 +434,9 @@ def _figure(results: dict[str, tuple[Curves, Sharpness]], alphas: Tensor, cfg: C
     ax_hist.axvline(1.0, color="k", ls=":", lw=0.8)
     ax_hist.set(xscale="log", xlabel="sharpness = max d'(α) / d(1)", ylabel="pairs",
                 title=f"sharpness over {cfg.n_pairs} pairs, {cfg.n_steps} steps")
+    ticks = [t for t in (1, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500) if t <= hi * 1.05]
+    ax_hist.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax_hist.set_xticks([], minor=True)
     ax_hist.legend(fontsize="small")
     fig.tight_layout()
     return figure_png(fig)
