@@ -13,14 +13,19 @@ is that of a plain batched forward of the same size (``eval/bench_evals.py``).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from saekit.evals import EvalConfig
 
 
 class EvalResult(NamedTuple):
@@ -199,3 +204,116 @@ def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Call
 def median_norm(acts: Tensor) -> float:
     """Median L2 norm of activation rows: the unit that scales strengths on any model."""
     return float(acts.float().norm(dim=-1).median())
+
+
+# -- shared by the evaluators: Gaussian baselines, dictionaries, settings -------------
+
+#: Σ's ridge as a fraction of the mean per-dimension variance when ``cov_ridge`` is None.
+RELATIVE_RIDGE = 5e-4
+
+
+class CovGaussian(NamedTuple):
+    """N(μ, Σ + ridge·I) fitted to activations, sampled through Σ's eigendecomposition."""
+
+    mean: Tensor
+    """``[d]`` the activations' mean μ."""
+    factor: Tensor
+    """``[d, d]`` a square root ``L`` of Σ + ridge·I (``L Lᵀ``); a sample is ``μ + z Lᵀ``."""
+    ridge: float
+    """What was added to Σ's diagonal."""
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, len(self.mean), generator=generator, dtype=self.factor.dtype)
+        return self.mean + z @ self.factor.T
+
+
+def fit_gaussian(acts: Tensor, ridge: float | None = None) -> CovGaussian:
+    """Fit :class:`CovGaussian` to ``acts [n, d]``; ``ridge`` None: 5e-4 × mean variance."""
+    if acts.ndim != 2 or len(acts) < 2:
+        raise ValueError(f"need at least 2 activations [n, d] to fit a covariance, got {tuple(acts.shape)}")
+    a = acts.double()
+    mean = a.mean(0)
+    cov = torch.cov(a.T)
+    if ridge is None:
+        ridge = RELATIVE_RIDGE * float(cov.diagonal().mean())
+    if ridge < 0:
+        raise ValueError(f"cov_ridge must be >= 0, got {ridge}")
+    cov = cov + ridge * torch.eye(len(cov), dtype=cov.dtype)
+    evals, evecs = torch.linalg.eigh(cov)
+    factor = evecs * evals.clamp_min(0).sqrt()
+    return CovGaussian(mean.float(), factor.float(), float(ridge))
+
+
+def dictionary_name(spec: Any, taken: set[str]) -> str:
+    """A short, unique label for a dictionary spec (its directory name) or object."""
+    if isinstance(spec, (str, Path)):
+        base = str(spec).rstrip("/").split("/")[-1] or str(spec)
+    else:
+        base = f"{spec.cfg.kind}-{spec.cfg.d_dict}"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
+                      field_name: str = "dictionaries") -> list[tuple[str, Any]]:
+    """``[(name, dictionary)]`` for each spec (path, registry id or ``Dictionary``), each
+    checked to be fitted on ``hook`` of ``model`` and moved to the model's device."""
+    from saekit.activations.harvest import model_device
+    from saekit.models import hook_width
+
+    if not specs:
+        return []
+    if isinstance(specs, (str, Path)):
+        raise ValueError(f"{field_name} must be a list of dictionaries, got the single value {specs!r}")
+    width = hook_width(model, hook)
+    out: list[tuple[str, Any]] = []
+    taken: set[str] = set()
+    for i, spec in enumerate(specs):
+        if isinstance(spec, (str, Path)):
+            from saekit.dictionaries import load_dictionary
+
+            d = load_dictionary(spec)
+        elif hasattr(spec, "W_dec") and hasattr(spec, "cfg"):
+            d = spec
+        else:
+            raise TypeError(f"{field_name}[{i}] must be a path, a registry id or a Dictionary, "
+                            f"got {type(spec).__name__}")
+        where = f"{field_name}[{i}] ({spec if isinstance(spec, (str, Path)) else repr(d)})"
+        if d.cfg.hook is not None and d.cfg.hook != hook:
+            raise ValueError(f"{where} was fitted on hook {d.cfg.hook!r}, but hook is {hook!r}; set hook to "
+                             "the dictionary's hook (its directions live in that hook's space)")
+        if d.cfg.d_in != width:
+            raise ValueError(f"{where} has d_in={d.cfg.d_in}, but hook {hook!r} has width {width}")
+        if d.cfg.hook is None:  # splice needs a recorded hook; the width matched, so record it on a copy
+            d = copy.copy(d)
+            d.cfg = dataclasses.replace(d.cfg, hook=hook)
+        out.append((dictionary_name(spec, taken), d.to(model_device(model))))
+    return out
+
+
+def encode_rows(dictionary: Any, x: Tensor, chunk: int = 8192) -> Tensor:
+    """Codes of ``x [n, d_in]`` in chunks (SNMF's NNLS allocates per row)."""
+    with torch.no_grad():
+        return torch.cat([dictionary.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)]) \
+            if len(x) else torch.zeros(0, dictionary.cfg.d_dict)
+
+
+def check_choices(values: list[str], allowed: tuple[str, ...], field_name: str) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{field_name}: unknown value(s) {bad}; allowed: {list(allowed)}")
+
+
+def settings(cfg: EvalConfig) -> dict[str, Any]:
+    """The config's fields as a dict, without ``dictionaries`` (which may hold objects;
+    ``dataclasses.asdict`` would deep-copy them)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "dictionaries"}
+
+
+def load_model_for(cfg: EvalConfig, model: Any) -> Any:
+    from saekit.models import load_model
+
+    return load_model(cfg.model if model is None else model, device=cfg.device)

@@ -58,8 +58,7 @@ Deviations from the paper's code, and why:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,13 +66,20 @@ import torch
 from torch import Tensor
 
 from saekit.evals import EvalConfig
-from saekit.evals.common import EvalResult
+from saekit.evals.common import (
+    CovGaussian,
+    EvalResult,
+    check_choices,
+    encode_rows,
+    fit_gaussian,
+    load_dictionaries,
+    load_model_for,
+    settings,
+)
 
 BASELINE_FAMILIES = ("isotropic", "cov_difference", "cov_mixture", "real_difference", "real_mixture")
 FEATURE_CLASSES = ("active", "alive", "dead")
 RADIUS_UNITS = ("absolute", "median_norm")
-#: Σ's ridge as a fraction of the mean per-dimension variance when ``cov_ridge`` is None.
-RELATIVE_RIDGE = 5e-4
 
 
 @dataclass
@@ -123,106 +129,6 @@ class Config(EvalConfig):
 # --------------------------------------------------------------------------- shared pieces
 
 
-class CovGaussian(NamedTuple):
-    """N(μ, Σ + ridge·I) fitted to activations, sampled through Σ's eigendecomposition."""
-
-    mean: Tensor
-    """``[d]`` the activations' mean μ."""
-    factor: Tensor
-    """``[d, d]`` a square root ``L`` of Σ + ridge·I (``L Lᵀ``); a sample is ``μ + z Lᵀ``."""
-    ridge: float
-    """What was added to Σ's diagonal."""
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, len(self.mean), generator=generator, dtype=self.factor.dtype)
-        return self.mean + z @ self.factor.T
-
-
-def fit_gaussian(acts: Tensor, ridge: float | None = None) -> CovGaussian:
-    """Fit :class:`CovGaussian` to ``acts [n, d]``; ``ridge`` None: 5e-4 × mean variance."""
-    if acts.ndim != 2 or len(acts) < 2:
-        raise ValueError(f"need at least 2 activations [n, d] to fit a covariance, got {tuple(acts.shape)}")
-    a = acts.double()
-    mean = a.mean(0)
-    cov = torch.cov(a.T)
-    if ridge is None:
-        ridge = RELATIVE_RIDGE * float(cov.diagonal().mean())
-    if ridge < 0:
-        raise ValueError(f"cov_ridge must be >= 0, got {ridge}")
-    cov = cov + ridge * torch.eye(len(cov), dtype=cov.dtype)
-    evals, evecs = torch.linalg.eigh(cov)
-    factor = evecs * evals.clamp_min(0).sqrt()
-    return CovGaussian(mean.float(), factor.float(), float(ridge))
-
-
-def dictionary_name(spec: Any, taken: set[str]) -> str:
-    """A short, unique label for a dictionary spec (its directory name) or object."""
-    if isinstance(spec, (str, Path)):
-        base = str(spec).rstrip("/").split("/")[-1] or str(spec)
-    else:
-        base = f"{spec.cfg.kind}-{spec.cfg.d_dict}"
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}-{i}", i + 1
-    taken.add(name)
-    return name
-
-
-def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
-                      field_name: str = "dictionaries") -> list[tuple[str, Any]]:
-    """``[(name, dictionary)]`` for each spec (path, registry id or ``Dictionary``), each
-    checked to be fitted on ``hook`` of ``model`` and moved to the model's device."""
-    from saekit.activations.harvest import model_device
-    from saekit.models import hook_width
-
-    if not specs:
-        return []
-    if isinstance(specs, (str, Path)):
-        raise ValueError(f"{field_name} must be a list of dictionaries, got the single value {specs!r}")
-    width = hook_width(model, hook)
-    out: list[tuple[str, Any]] = []
-    taken: set[str] = set()
-    for i, spec in enumerate(specs):
-        if isinstance(spec, (str, Path)):
-            from saekit.dictionaries import load_dictionary
-
-            d = load_dictionary(spec)
-        elif hasattr(spec, "W_dec") and hasattr(spec, "cfg"):
-            d = spec
-        else:
-            raise TypeError(f"{field_name}[{i}] must be a path, a registry id or a Dictionary, "
-                            f"got {type(spec).__name__}")
-        where = f"{field_name}[{i}] ({spec if isinstance(spec, (str, Path)) else repr(d)})"
-        if d.cfg.hook is not None and d.cfg.hook != hook:
-            raise ValueError(f"{where} was fitted on hook {d.cfg.hook!r}, but hook is {hook!r}; set hook to "
-                             "the dictionary's hook (its directions live in that hook's space)")
-        if d.cfg.d_in != width:
-            raise ValueError(f"{where} has d_in={d.cfg.d_in}, but hook {hook!r} has width {width}")
-        if d.cfg.hook is None:  # splice needs a recorded hook; the check above matched the width
-            d.cfg.hook = hook
-        out.append((dictionary_name(spec, taken), d.to(model_device(model))))
-    return out
-
-
-def encode_rows(dictionary: Any, x: Tensor, chunk: int = 8192) -> Tensor:
-    """Codes of ``x [n, d_in]`` in chunks (SNMF's NNLS allocates per row)."""
-    with torch.no_grad():
-        return torch.cat([dictionary.encode(x[i:i + chunk]) for i in range(0, len(x), chunk)]) \
-            if len(x) else torch.zeros(0, dictionary.cfg.d_dict)
-
-
-def check_choices(values: list[str], allowed: tuple[str, ...], field_name: str) -> None:
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"{field_name}: unknown value(s) {bad}; allowed: {list(allowed)}")
-
-
-def load_model_for(cfg: EvalConfig, model: Any) -> Any:
-    from saekit.models import load_model
-
-    return load_model(cfg.model if model is None else model, device=cfg.device)
-
-
 # --------------------------------------------------------------------------- directions
 
 
@@ -253,10 +159,11 @@ def baseline_directions(family: str, x: Tensor, pool: Tensor, gauss: CovGaussian
     return unit(v)
 
 
-def feature_directions(W_dec: Tensor, candidates: Tensor, n: int, g: torch.Generator) -> Tensor:
-    """``n`` decoder rows drawn uniformly (with replacement) from the feature ids ``candidates``."""
+def feature_directions(W_dec: Tensor, candidates: Tensor, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` unit decoder rows drawn uniformly (with replacement) from the feature ids
+    ``candidates``, and the ids drawn."""
     pick = candidates[torch.randint(len(candidates), (n,), generator=g)]
-    return unit(W_dec[pick].float())
+    return unit(W_dec[pick].float()), pick
 
 
 # --------------------------------------------------------------------------- the evaluator
@@ -288,14 +195,22 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     EvalResult
         Rows: one per (experiment, family, dictionary, r): ``experiment`` is ``curve``
         (KL against r) or ``pathology`` (matched-ε baseline vs the reconstruction; ``r``
-        is NaN and ``r_abs`` the mean ε); columns ``n_tokens``, ``n_directions``,
-        ``kl_mean``, ``kl_q..``, ``kl_recon`` and ``kl_ratio`` (pathology only).
+        is NaN and ``r_abs`` the mean ε); columns ``n_tokens`` (tokens averaged over),
+        ``n_directions`` (distinct directions drawn: one per token for the random
+        families, distinct features for the feature classes), ``kl_mean``, ``kl_q..``,
+        ``kl_recon`` and ``kl_ratio`` (pathology only).
         Summary: the median norm, the mean KL per family at the reference radius, and
         each pathology ratio.
     """
     from saekit.activations.harvest import forward_hooks, model_device
     from saekit.data import load_tokens
-    from saekit.evals.common import clean_log_probs, input_mask, kl_per_token, median_norm, perturbation_kl
+    from saekit.evals.common import (
+        clean_log_probs,
+        input_mask,
+        kl_per_token,
+        median_norm,
+        perturbation_kl,
+    )
     from saekit.models import splice, validate_hook
 
     check_choices(cfg.families, BASELINE_FAMILIES, "families")
@@ -304,6 +219,8 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     check_choices([cfg.radius_unit], RADIUS_UNITS, "radius_unit")
     if not cfg.radii or any(not (r > 0 and math.isfinite(r)) for r in cfg.radii):
         raise ValueError(f"radii must be a non-empty list of positive numbers, got {cfg.radii}")
+    if cfg.reference_radius is not None and float(cfg.reference_radius) not in [float(r) for r in cfg.radii]:
+        raise ValueError(f"reference_radius {cfg.reference_radius} is not one of radii {cfg.radii}")
     if any(not 0 <= q <= 1 for q in cfg.quantiles):
         raise ValueError(f"quantiles must lie in [0, 1], got {cfg.quantiles}")
     for name in ("n_tokens", "batch_size", "max_rows", "ctx_len"):
@@ -335,16 +252,17 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     n_batches = math.ceil(len(tokens) / cfg.batch_size)
     fired: dict[str, Tensor] = {}
     eps: dict[str, Tensor] = {}
-    for name, d in dicts:
-        fired[name] = torch.zeros(n_batches, d.cfg.d_dict, dtype=torch.bool)
-        eps[name] = torch.zeros(acts.shape[:2])
-        for b in range(n_batches):
-            sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-            x = acts[sl][mask[sl]].to(dev)
-            codes = encode_rows(d, x)
-            fired[name][b] = d.active(codes).any(0).cpu()
-            e = eps[name][sl]
-            e[mask[sl]] = (d.decode(codes) - x).norm(dim=-1).float().cpu()
+    with torch.no_grad():
+        for name, d in dicts:
+            fired[name] = torch.zeros(n_batches, d.cfg.d_dict, dtype=torch.bool)
+            eps[name] = torch.zeros(acts.shape[:2])
+            for b in range(n_batches):
+                sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+                x = acts[sl][mask[sl]].to(dev)
+                codes = encode_rows(d, x)
+                fired[name][b] = d.active(codes).any(0).cpu()
+                e = eps[name][sl]
+                e[mask[sl]] = (d.decode(codes) - x).norm(dim=-1).float().cpu()
     alive = {name: f.any(0) for name, f in fired.items()}
 
     radii = [float(r) for r in cfg.radii]
@@ -376,8 +294,8 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                 cand = classes[cls]
                 if len(cand) == 0:  # e.g. no dead features: nothing to draw
                     continue
-                u = feature_directions(d.W_dec.detach().cpu(), cand, flat.shape[0], g)
-                distinct.setdefault((name, cls), set()).update(cand.tolist())
+                u, pick = feature_directions(d.W_dec.detach().cpu(), cand, flat.shape[0], g)
+                distinct.setdefault((name, cls), set()).update(pick[m.flatten()].unique().tolist())
                 variants += [_Variant(f"feature_{cls}", name, "curve", r, len(table)) for r in radii]
                 table.append(u.view_as(x))
             if cfg.pathology:
@@ -403,7 +321,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
 
     rows = _rows(cfg, kls, recon_kls, eps, mask, distinct, unit_scale)
     summary = _summary(cfg, rows, med, iso_scale, gauss, dicts, alive)
-    config = {**{k: v for k, v in asdict(cfg).items() if k != "dictionaries"},
+    config = {**settings(cfg),
               "dictionaries": [n for n, _ in dicts], "median_norm": med, "isotropic_scale_used": iso_scale,
               "cov_ridge_used": gauss.ridge if gauss is not None else None, "n_tokens_evaluated": int(mask.sum())}
     return EvalResult("sensitivity", rows, summary, config, _figures(cfg, rows))
@@ -437,15 +355,13 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
              dicts: list, alive: dict) -> dict[str, Any]:
     radii = [float(r) for r in cfg.radii]
     ref = float(cfg.reference_radius) if cfg.reference_radius is not None else radii[len(radii) // 2]
-    if ref not in radii:
-        raise ValueError(f"reference_radius {ref} is not one of radii {radii}")
     s: dict[str, Any] = {"median_norm": med, "reference_radius": ref,
                          "reference_radius_abs": ref * (med if cfg.radius_unit == "median_norm" else 1.0)}
     for row in rows:
         if row["experiment"] == "curve" and row["r"] == ref:
             key = row["family"] if not row["dictionary"] else f"{row['dictionary']}/{row['family']}"
             s[f"kl_mean/{key}"] = row["kl_mean"]
-    for name, d in dicts:
+    for name, _ in dicts:
         s[f"dead_features/{name}"] = int((~alive[name]).sum())
     for row in rows:
         if row["experiment"] == "pathology":
@@ -463,23 +379,27 @@ def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     curve = [r for r in rows if r["experiment"] == "curve"]
     if curve:
-        fig = Figure(figsize=(7.5, 4.8))
-        ax = fig.add_subplot()
-        qcols = [f"kl_q{round(q * 100):02d}" for q in cfg.quantiles]
+        fig = Figure(figsize=(11, 4.5))
+        ax1, ax2 = fig.subplots(1, 2)
         keys = list(dict.fromkeys((r["family"], r["dictionary"]) for r in curve))
+        iso = {r["r"]: r["kl_mean"] for r in curve if r["family"] == "isotropic" and not r["dictionary"]}
         for fam, dname in keys:
             pts = sorted((r for r in curve if (r["family"], r["dictionary"]) == (fam, dname)), key=lambda r: r["r"])
             xs = [p["r"] for p in pts]
-            line, = ax.plot(xs, [p["kl_mean"] for p in pts], marker=".", ls="--" if dname else "-",
-                            label=f"{dname}: {fam}" if dname else fam)
-            if len(qcols) >= 2:
-                ax.fill_between(xs, [p[qcols[0]] for p in pts], [p[qcols[-1]] for p in pts],
-                                color=line.get_color(), alpha=0.08)
-        ax.set_yscale("log")
-        ax.set_xlabel(f"r ({'× median ‖x‖' if cfg.radius_unit == 'median_norm' else 'L2 units'})")
-        ax.set_ylabel("KL(P ‖ Q) per token (mean; band: quantiles)")
-        ax.set_title(f"Sensitivity to directions at {cfg.hook}")
-        ax.legend(fontsize=7, ncol=2)
+            style = {"marker": ".", "ls": "--" if dname else "-", "label": f"{dname}: {fam}" if dname else fam}
+            ax1.plot(xs, [p["kl_mean"] for p in pts], **style)
+            if iso:  # sensitivity relative to the isotropic baseline, the paper's comparison
+                ax2.plot(xs, [p["kl_mean"] / iso[p["r"]] if iso.get(p["r"]) else math.nan for p in pts], **style)
+        unit_label = "× median ‖x‖" if cfg.radius_unit == "median_norm" else "L2 units"
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+            ax.set_xlabel(f"r ({unit_label})")
+        ax1.set_yscale("log")
+        ax1.set_ylabel("mean KL(P ‖ Q) per token")
+        ax2.set_ylabel("mean KL / mean KL of isotropic directions")
+        ax2.axhline(1.0, color="grey", lw=0.8)
+        ax1.legend(fontsize=7)
+        fig.suptitle(f"Sensitivity to directions at {cfg.hook}")
         figs["sensitivity_curves.png"] = figure_png(fig)
     path = [r for r in rows if r["experiment"] == "pathology"]
     if path:

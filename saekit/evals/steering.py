@@ -1,0 +1,778 @@
+"""Steering: do a dictionary's features move the model toward their concept?
+
+The protocol (``research/evaluators.md`` §E: the SNMF paper's KL-calibrated causal
+steering, Arad et al.'s judge-free metrics, AxBench's judge):
+
+1. **Concepts and directions.** A concept is a list of words, each one token with its
+   leading space; by default the demo LM's planted families (``saekit.data.CONCEPTS``).
+   Per concept the evaluator compares
+   - for each dictionary and each ``select_by`` mode, the feature whose firing
+     (``active``) has the best F1 against the concept, steered along its unit decoder
+     row. ``"input"``: F1 against the tokens that *are* the concept's words (the rule of
+     ``saekit.compare``); ``"output"``: against the tokens *followed by* one, i.e. where
+     the model is about to write the concept (Arad et al.'s output features);
+   - DiffMean for the same modes: the mean activation at those positions minus the mean
+     at neutral ones (neither the token nor the next one is any concept's word), unit
+     norm;
+   - ``n_random`` random unit directions shared by all concepts (isotropic, or Gaussian
+     with the activations' covariance), the control.
+2. **Intervention.** ``x ← x + α·d`` at ``hook`` at every position but BOS, during the
+   prompt and every generated token (the SNMF paper at ``mlp.hook_post``, AxBench at
+   every position). With an MLP-hidden hook (``blocks.L.mlp.hook_post``) that is
+   neuron space: the residual stream receives ``α·d·W_out``. For a dictionary feature
+   it is exactly ``saekit.splice(model, d, error_term=True, edit=codes + α·e_f)``
+   (tested), without the cost of encoding every token.
+3. **Calibration.** For every direction and target KL, a binary search on ``log α``
+   finds the strength at which KL(P_clean ‖ P_steered) of the next token after each
+   neutral prompt, averaged over the prompts, is within ``kl_rtol`` of the target (the
+   SNMF paper: bisection of α over [1, 2000], 20 iterations, at the last token of "I
+   think that"). Deviations: several prompts instead of one (a less noisy KL);
+   bisection in ``log α`` over a range in units of the median activation norm, which
+   spans decades and so suits any model (``strength_unit = "absolute"`` restores the
+   paper's units); a relative tolerance, so small targets are hit as precisely as
+   large ones.
+4. **Judge-free metrics**, per concept, method and target KL: the change in the
+   log-probability of the concept's tokens (log of their total next-token probability
+   after the prompts, steered minus clean); the direction's logit-lens tokens (top
+   ``lens_k`` of ``W_U · LN_final(d)`` with d mapped into the residual stream: through
+   ``W_out`` for MLP-hidden hooks, ``W_O`` for ``attn.hook_z``; LN_final's bias dropped
+   because it is the same for every direction); one greedy and ``n_samples`` sampled
+   continuations of ``n_new_tokens`` per prompt, with success (a continuation holds a
+   concept token), Arad et al.'s success@k (mean number of the direction's top-k
+   logit-lens tokens per continuation), the perplexity of the continuations under the
+   clean model and their repetition rate (the share of repeated token n-grams).
+   Continuations have a fixed length (Arad et al. stop at "."), so perplexity and
+   repetition compare like with like.
+5. **LLM judge**, only when an OpenAI-compatible endpoint is configured
+   (``llm_base_url`` or ``$SAEKIT_LLM_BASE_URL``): AxBench's concept (0–2) and fluency
+   (0–2) prompts on prompt + sampled continuation, per sample the harmonic mean (0 if
+   either is 0), averaged. AxBench also scores instruction following; the prompts here
+   are neutral prefixes, not instructions, so (as in the SNMF paper) the score is the
+   harmonic mean of two. An answer without a readable rating is left out and counted
+   (``judge_unparsed``), not scored 0 as AxBench does: a formatting slip of the judge is
+   no evidence about the text.
+
+On the demo LM (``eval/steering_demo.toml``, one run): at KL 0.05 / 0.25 / 0.5 the
+concept's Δ log-prob is 1.00 / 2.25 / 3.16 for the SAE's output feature, 1.49 / 3.25 /
+4.46 for the SNMF's, 1.50 / 3.22 / 4.34 for DiffMean and 0.15 / 0.38 / 0.56 for random
+directions. Input-selected features reach only 0.19 / 0.44 / 0.66 (SAE) and 0.20 / 0.46 /
+0.64 (SNMF), barely above random: the feature that fires on a concept's word is not the
+one that writes it (Arad et al.'s input/output distinction). SNMF beats the SAE, as in
+the SNMF paper, but only ties DiffMean there (the paper has SNMF ahead, by its judge).
+
+Throughput: every LM forward stacks many directions × strengths × prompts (× samples)
+along the batch axis (``max_rows`` rows per forward, each row with its own α·d); the
+calibration evaluates every unconverged (direction, target) pair in the same forwards.
+Generation recomputes the whole prefix at each step (no KV cache: the native demo LM
+has none, and a full forward keeps the per-row hook exact on any model), so it costs
+about ``n_new_tokens × (prompt + n_new_tokens / 2)`` token-forwards per continuation;
+rows are grouped by prompt length so that a forward wastes little on padding. Sampling
+is seeded (``seed``): a run is reproducible, but a sample's random draw depends on the
+batch it falls in, so changing the set of directions changes the samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saekit.evals import EvalConfig
+from saekit.evals.common import EvalResult
+from saekit.evals.steer import (
+    Calibration,
+    Prompts,
+    SteeredForwards,
+    calibrate,
+    generate,
+    repetition_rate,
+    tokenize_prompts,
+)
+
+SELECT_MODES = ("output", "input")
+RANDOM_KINDS = ("isotropic", "covariance")
+STRENGTH_UNITS = ("median_norm", "absolute")
+#: Labelled positions a concept needs before a feature or a DiffMean is chosen for it.
+MIN_CONCEPT_POSITIONS = 5
+
+DEMO_PROMPTS = ["The", "Then", "I think that", "Findings show that", "In the end,", "It is", "We",
+                "After that,", "She said that", "This"]
+
+# AxBench (Wu et al. 2025, stanfordnlp/axbench, Apache-2.0): the concept prompt of the
+# paper's appendix and the fluency prompt of axbench/evaluators/prompt_templates.py.
+CONCEPT_PROMPT = """[System]
+Please act as an impartial judge and evaluate whether the specified concept is presented in the \
+sentence fragment provided below. Focus solely on whether the concept is clearly incorporated, \
+without regard for grammar or logical coherence.
+
+Begin your evaluation by providing a short explanation of whether the concept is clearly \
+incorporated. Point out references to the concept in the fragment, noting any minimal or awkward \
+incorporations. After providing your explanation, rate the concept's relevance on a scale from 0 \
+to 2, where 0 indicates the concept is not present at all, 1 indicates the concept is somewhat \
+present but minimally or awkwardly incorporated, and 2 indicates the concept is more fully and \
+effectively incorporated, with stronger and more natural integration. Provide your rating using \
+this exact format: "Rating: [[score]]".
+
+[Concept Start]
+{concept}
+[Concept End]
+
+[Sentence Fragment Start]
+{sentence}
+[Sentence Fragment End]
+"""
+
+FLUENCY_PROMPT = """[System]
+Please act as an impartial judge and evaluate the fluency of the sentence fragment provided below. \
+Focus solely on fluency, disregarding its completeness, relevance, coherence with any broader \
+context, or informativeness.
+
+Begin your evaluation by briefly describing the fluency of the sentence, noting any unnatural \
+phrasing, awkward transitions, grammatical errors, or repetitive structures that may hinder \
+readability. After providing your explanation, rate the sentence's fluency on a scale from 0 to 2, \
+where 0 indicates the sentence is not fluent and highly unnatural (e.g., incomprehensible or \
+repetitive), 1 indicates it is somewhat fluent but contains noticeable errors or awkward phrasing, \
+and 2 indicates the sentence is fluent and almost perfect. Provide your rating using this exact \
+format: "Rating: [[score]]".
+
+[Sentence Fragment Start]
+{sentence}
+[Sentence Fragment End]
+"""
+
+
+@dataclass
+class Config(EvalConfig):
+    """Settings of the steering evaluator; the defaults are the demo LM's."""
+
+    hook: str = "blocks.2.mlp.hook_post"
+    """Where directions are added; every dictionary must be fitted on it. An MLP-hidden
+    hook steers in neuron space."""
+    dictionaries: list[str] | None = field(
+        default_factory=lambda: ["checkpoints/demo-topk", "checkpoints/demo-snmf"])
+    """Dictionaries whose best feature per concept is steered (paths or registry ids);
+    empty or None compares DiffMean and random directions only."""
+    concepts: dict[str, list[str]] | None = None
+    """Concept name -> words (each one token with a leading space; others are skipped
+    with a warning). None: the demo corpus's planted families."""
+    concept_descriptions: dict[str, str] | None = None
+    """Concept name -> the description the LLM judge sees (default: the name and some
+    of its words)."""
+    select_by: list[str] = field(default_factory=lambda: list(SELECT_MODES))
+    """How a concept's feature and DiffMean are chosen: "output" (positions followed by
+    a concept word) and/or "input" (positions that are one)."""
+    n_random: int = 4
+    """Random control directions, shared by every concept."""
+    random_kind: str = "isotropic"
+    """"isotropic" (uniform on the sphere of the hook space) or "covariance" (Gaussian
+    with the activations' covariance)."""
+    prompts: list[str] = field(default_factory=lambda: list(DEMO_PROMPTS))
+    """Neutral prefixes: the KL is calibrated on their next token and continuations start
+    from them (BOS is prepended)."""
+    target_kls: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5])
+    """KL(P_clean ‖ P_steered) targets, nats (research/evaluators.md §E4 defaults)."""
+    signs: list[int] = field(default_factory=lambda: [1])
+    """Steer along +d and/or -d (the SNMF paper uses both)."""
+    strength_range: list[float] = field(default_factory=lambda: [1e-3, 1e2])
+    """[low, high] bracket of the binary search on α, in ``strength_unit``."""
+    strength_unit: str = "median_norm"
+    """"median_norm" (multiples of the median activation norm at the hook) or "absolute"."""
+    search_steps: int = 20
+    """Most bisection steps per (direction, target)."""
+    kl_rtol: float = 0.05
+    """A strength is calibrated once |KL / target − 1| <= kl_rtol."""
+    n_new_tokens: int = 20
+    """Tokens generated per continuation."""
+    n_samples: int = 3
+    """Sampled continuations per prompt (besides the greedy one); success@k uses k = n_samples."""
+    temperature: float = 0.7
+    """Sampling temperature (Arad et al.: 0.7)."""
+    top_k: int = 0
+    """Sample among the top-k tokens only (0: off; the SNMF paper: 30)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off; the SNMF paper: 0.3)."""
+    lens_k: int = 20
+    """Logit-lens tokens per direction (Arad et al.'s T_k, k = 20)."""
+    repetition_n: int = 3
+    """n of the repeated n-grams in the repetition rate."""
+    max_rows: int = 256
+    """Sequences per LM forward (directions × strengths × prompts × samples stacked)."""
+    judge: bool = True
+    """Run the LLM judge when an endpoint is configured; False never calls one."""
+    llm_base_url: str | None = None
+    """OpenAI-compatible server for the judge (default: $SAEKIT_LLM_BASE_URL; none: no judge)."""
+    llm_model: str | None = None
+    """Judge model name (default: $SAEKIT_LLM_MODEL)."""
+    llm_api_key: str | None = None
+    """API key (default: $SAEKIT_LLM_API_KEY); never saved with the results."""
+    llm_max_concurrency: int = 4
+    """Judge requests in flight at once."""
+    llm_cache_dir: str | None = None
+    """Judge answer cache (default: $SAEKIT_LLM_CACHE_DIR, else ~/.cache/saekit/llm; "off")."""
+    llm_max_tokens: int = 512
+    """Most tokens per judge answer (an explanation, then the rating)."""
+
+
+class Direction(NamedTuple):
+    """One steering direction."""
+
+    method: str
+    """Label of how it was made: ``NAME/output``, ``diffmean/input``, ``random``."""
+    source: str
+    """The dictionary's name, ``diffmean`` or ``random``."""
+    select_by: str
+    """``output`` or ``input``; empty for random directions."""
+    concept: str | None
+    """The concept it was chosen for; None for random directions (a control for all)."""
+    feature: int
+    """Dictionary feature index; the random direction's index; -1 for DiffMean."""
+    selection_f1: float
+    """F1 of the feature's firing against the concept's positions (NaN if not a feature)."""
+    sign: int
+    """+1 or -1: the direction is ``sign`` times the unit vector."""
+    vector: Tensor
+    """Unit vector ``[hook width]`` (sign applied)."""
+
+
+# --------------------------------------------------------------------------- concepts
+
+
+def concept_vocabulary(model: Any, concepts: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
+    """Token ids of each concept's words (``" " + word``, one token each).
+
+    ``None``: the planted families of the demo corpus (``saekit.data.CONCEPTS``), the
+    same tokens as :func:`saekit.data.concept_token_ids`. A word that is several tokens
+    is skipped with a warning; a concept left with none, or a token claimed by two
+    concepts, is an error.
+    """
+    from saekit.data import get_tokenizer
+
+    if concepts is None:
+        concepts = _planted()
+    if not isinstance(concepts, dict) or not concepts:
+        raise ValueError(f"concepts must be a non-empty table of name -> list of words, got {concepts!r}")
+    tok = get_tokenizer(model)
+    vocab: dict[str, list[int]] = {}
+    owner: dict[int, str] = {}
+    for name, words in concepts.items():
+        if isinstance(words, str) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ValueError(f"concepts[{name!r}] must be a list of words, got {words!r}")
+        ids, skipped = [], []
+        for w in words:
+            enc = tok(" " + w.strip(), add_special_tokens=False)["input_ids"]
+            if len(enc) != 1:
+                skipped.append(w)
+                continue
+            if owner.get(enc[0], name) != name:
+                raise ValueError(f"concepts: {w!r} is a token of both {owner[enc[0]]!r} and {name!r}")
+            owner[enc[0]] = name
+            ids.append(enc[0])
+        if skipped:
+            warnings.warn(f"concept {name!r}: skipped {skipped}, not one token with a leading space", stacklevel=2)
+        if not ids:
+            raise ValueError(f"concepts[{name!r}]: none of {words} is a single token with a leading space "
+                             "under this tokenizer")
+        vocab[name] = sorted(set(ids))
+    return vocab
+
+
+def concept_positions(tokens: Tensor, vocab: dict[str, list[int]]) -> tuple[Tensor, Tensor]:
+    """``(current, next)``: per position the index of the concept (in ``vocab`` order)
+    whose word is the token itself / the next token, -1 for none."""
+    lut = torch.full((max(int(tokens.max()), max(max(v) for v in vocab.values())) + 1,), -1, dtype=torch.long)
+    for c, ids in enumerate(vocab.values()):
+        lut[ids] = c
+    current = lut[tokens]
+    following = torch.full_like(current, -1)
+    following[:, :-1] = current[:, 1:]
+    return current, following
+
+
+# --------------------------------------------------------------------------- directions
+
+
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class DirectionSelector:
+    """Chooses the steered directions from a stream of activation batches, in memory
+    independent of the number of tokens: per concept and mode, the best-F1 feature of
+    each dictionary (``ConceptCounts``, as ``saekit.compare``) and a DiffMean; plus the
+    random controls and the median activation norm.
+
+    Call :meth:`update` with each batch's activations ``[n, d]`` at labelled positions
+    and their ``current`` / ``following`` concept indices ``[n]`` (-1: none), then
+    :meth:`directions`.
+    """
+
+    def __init__(self, concepts: list[str], dictionaries: list[Any], names: list[str], select_by: list[str],
+                 width: int, n_random: int, random_kind: str = "isotropic", seed: int = 0):
+        from saekit.compare import ConceptCounts
+
+        self.concepts, self.dictionaries, self.names, self.select_by = concepts, dictionaries, names, select_by
+        self.n_random, self.random_kind = n_random, random_kind
+        C = len(concepts)
+        self.counts = [{m: ConceptCounts(d.cfg.d_dict, C, d.W_dec.device) for m in select_by} for d in dictionaries]
+        self.sums = {m: torch.zeros(C, width, dtype=torch.float64) for m in select_by}
+        self.positions = {m: torch.zeros(C, dtype=torch.long) for m in select_by}
+        self.neutral_sum, self.neutral_n = torch.zeros(width, dtype=torch.float64), 0
+        self.total_sum, self.n = torch.zeros(width, dtype=torch.float64), 0
+        # Covariance-shaped random directions Σ_i g_i (a_i − μ) = Σ_i g_i a_i − (Σ_i g_i) μ, streamed.
+        self.gen = torch.Generator().manual_seed(seed)
+        self.g_acts = torch.zeros(n_random, width, dtype=torch.float64)
+        self.g_sum = torch.zeros(n_random, 1, dtype=torch.float64)
+        self.norms: list[Tensor] = []
+
+    @torch.no_grad()
+    def update(self, acts: Tensor, current: Tensor, following: Tensor) -> None:
+        labels = {"input": current, "output": following}
+        for d, counts in zip(self.dictionaries, self.counts, strict=True):
+            active = d.active(d.encode(acts.to(d.W_dec.device, d.W_dec.dtype)))
+            for m in self.select_by:
+                counts[m].update(active, labels[m])
+        x = acts.double().cpu()
+        for m in self.select_by:
+            lab = labels[m].cpu()
+            onehot = torch.nn.functional.one_hot(lab.clamp_min(0), len(self.concepts)).double() * (lab >= 0)[:, None]
+            self.sums[m] += onehot.T @ x
+            self.positions[m] += onehot.sum(0).long()
+        neutral = ((current < 0) & (following < 0)).cpu()
+        self.neutral_sum += x[neutral].sum(0)
+        self.neutral_n += int(neutral.sum())
+        self.total_sum += x.sum(0)
+        self.n += len(x)
+        if self.random_kind == "covariance" and self.n_random:
+            g = torch.randn(self.n_random, len(x), generator=self.gen, dtype=torch.float64)
+            self.g_acts += g @ x
+            self.g_sum += g.sum(1, keepdim=True)
+        self.norms.append(acts.float().norm(dim=-1).cpu())
+
+    def median_norm(self) -> float:
+        """Median L2 norm of the activations seen (the unit of ``strength_unit = "median_norm"``)."""
+        return float(torch.cat(self.norms).median())
+
+    def directions(self, signs: tuple[int, ...] | list[int] = (1,)) -> list[Direction]:
+        """The directions, each once per sign."""
+        for m in self.select_by:
+            few = {c: int(n) for c, n in zip(self.concepts, self.positions[m], strict=True) if n < MIN_CONCEPT_POSITIONS}
+            if few:
+                raise ValueError(f"concept position counts ({m}) {few} are below {MIN_CONCEPT_POSITIONS} in the "
+                                 "selection tokens: raise n_tokens, change data, or drop those concepts")
+        if self.neutral_n == 0:
+            raise ValueError("no neutral positions (no concept word at or after them) in the selection tokens")
+        out: list[Direction] = []
+        for d, name, counts in zip(self.dictionaries, self.names, self.counts, strict=True):
+            W = _unit(d.W_dec.detach().float().cpu())
+            for m in self.select_by:
+                f1 = counts[m].scores()["f1"].cpu()
+                for c, concept in enumerate(self.concepts):
+                    f = int(f1[:, c].argmax())
+                    out.append(Direction(f"{name}/{m}", name, m, concept, f, float(f1[f, c]), 1, W[f]))
+        base = self.neutral_sum / self.neutral_n
+        for m in self.select_by:
+            means = self.sums[m] / self.positions[m][:, None]
+            for c, concept in enumerate(self.concepts):
+                out.append(Direction(f"diffmean/{m}", "diffmean", m, concept, -1, math.nan, 1,
+                                     _unit((means[c] - base).float())))
+        if self.random_kind == "isotropic":
+            rand = torch.randn(self.n_random, len(base), generator=self.gen)
+        else:
+            rand = (self.g_acts - self.g_sum * (self.total_sum / self.n)).float()
+        out += [Direction("random", "random", "", None, r, math.nan, 1, v) for r, v in enumerate(_unit(rand))]
+        return [d._replace(sign=s, vector=d.vector * s) for s in signs for d in out]
+
+
+def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
+    """Top-``k`` token ids of ``W_U · LN_final(r)`` for each direction ``[n, d]``, with
+    ``r`` the direction in the residual stream (via ``W_out`` for ``mlp.hook_post``,
+    ``W_O`` for ``attn.hook_z``). LN_final's bias is dropped: it adds the same logits
+    to every direction."""
+    from saekit.models import W_out, validate_hook
+
+    layer, kind = validate_hook(model, hook)
+    W_U = model.W_U.detach()
+    v = vectors.to(W_U.device, W_U.dtype)
+    if kind == "mlp.hook_post":
+        v = v @ W_out(model, layer).to(v.dtype)
+    elif kind == "attn.hook_z":
+        W_O = model.blocks[layer].attn.W_O.detach()  # [n_heads, d_head, d_model]
+        v = torch.einsum("nhd,hdm->nm", v.view(len(v), *W_O.shape[:2]), W_O.to(v.dtype))
+    with torch.no_grad():
+        ln = getattr(model, "ln_final", None)
+        if ln is not None:
+            v = ln(v) - ln(torch.zeros_like(v[:1]))
+        return (v @ W_U).topk(k, dim=-1).indices.cpu()
+
+
+# --------------------------------------------------------------------------- judge
+
+
+class JudgeScore(NamedTuple):
+    """The judge's ratings of one text."""
+
+    concept: float | None
+    """Concept rating 0–2 (None: no readable rating)."""
+    fluency: float | None
+    """Fluency rating 0–2 (None: no readable rating)."""
+
+    @property
+    def score(self) -> float | None:
+        """Harmonic mean of the two, 0 if either is 0; None if either is unreadable."""
+        if self.concept is None or self.fluency is None:
+            return None
+        if self.concept == 0 or self.fluency == 0:
+            return 0.0
+        return 2 * self.concept * self.fluency / (self.concept + self.fluency)
+
+
+def judge(client: Any, items: list[tuple[str, str]], max_tokens: int = 512,
+          progress: bool = False) -> list[JudgeScore]:
+    """AxBench concept and fluency ratings of ``(concept description, text)`` pairs at
+    temperature 0; a fluency prompt shared by several pairs is sent once."""
+    from saekit.interp.llm import parse_rating
+
+    prompts = [CONCEPT_PROMPT.format(concept=c, sentence=t) for c, t in items]
+    prompts += [FLUENCY_PROMPT.format(sentence=t) for _, t in items]
+    answers = client.chat_many(prompts, temperature=0.0, max_tokens=max_tokens, progress=progress)
+    m = len(items)
+    return [JudgeScore(parse_rating(a), parse_rating(b)) for a, b in zip(answers[:m], answers[m:], strict=True)]
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _validate(cfg: Config) -> None:
+    def bad(name: str, expected: str) -> ValueError:
+        return ValueError(f"steering config field {name!r}: expected {expected}, got {getattr(cfg, name)!r}")
+
+    if not cfg.target_kls or not all(isinstance(t, (int, float)) and t > 0 for t in cfg.target_kls):
+        raise bad("target_kls", "a non-empty list of positive KL values (nats)")
+    if not cfg.signs or not set(cfg.signs) <= {1, -1}:
+        raise bad("signs", "a non-empty list of 1 and/or -1")
+    if not cfg.select_by or not set(cfg.select_by) <= set(SELECT_MODES):
+        raise bad("select_by", f"a non-empty list of {SELECT_MODES}")
+    if not isinstance(cfg.n_random, int) or cfg.n_random < 0:
+        raise bad("n_random", "a non-negative integer")
+    if cfg.random_kind not in RANDOM_KINDS:
+        raise bad("random_kind", f"one of {RANDOM_KINDS}")
+    if not cfg.prompts or not all(isinstance(p, str) and p.strip() for p in cfg.prompts):
+        raise bad("prompts", "a non-empty list of non-empty strings")
+    r = cfg.strength_range
+    if not (isinstance(r, (list, tuple)) and len(r) == 2 and 0 < r[0] < r[1]):
+        raise bad("strength_range", "[low, high] with 0 < low < high")
+    if cfg.strength_unit not in STRENGTH_UNITS:
+        raise bad("strength_unit", f"one of {STRENGTH_UNITS}")
+    for name in ("search_steps", "n_new_tokens", "lens_k", "repetition_n", "max_rows", "llm_max_concurrency",
+                 "llm_max_tokens"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise bad(name, "a positive integer")
+    if not isinstance(cfg.n_samples, int) or cfg.n_samples < 0:
+        raise bad("n_samples", "a non-negative integer")
+    if not 0 < cfg.kl_rtol < 1:
+        raise bad("kl_rtol", "a number in (0, 1)")
+    if not cfg.temperature > 0:
+        raise bad("temperature", "a positive number")
+    if not isinstance(cfg.top_k, int) or cfg.top_k < 0:
+        raise bad("top_k", "a non-negative integer (0: off)")
+    if not 0 < cfg.top_p <= 1:
+        raise bad("top_p", "a number in (0, 1] (1: off)")
+    if cfg.concept_descriptions is not None:
+        names = set(cfg.concepts) if cfg.concepts is not None else set(_planted())
+        unknown = sorted(set(cfg.concept_descriptions) - names)
+        if unknown:
+            raise bad("concept_descriptions", f"descriptions of concepts among {sorted(names)} (unknown: {unknown})")
+
+
+def _load_dictionaries(cfg: Config, model: Any) -> tuple[list[Any], list[str]]:
+    """The dictionaries (paths, registry ids or Dictionary objects) on the model's device,
+    checked against ``cfg.hook``, with unique short names."""
+    from saekit.activations.harvest import model_device
+    from saekit.dictionaries import load_dictionary
+    from saekit.models import _check_dictionary_fits
+
+    dicts, names = [], []
+    for spec in cfg.dictionaries or []:
+        is_spec = isinstance(spec, (str, Path))
+        d = load_dictionary(spec) if is_spec else spec
+        if d.cfg.hook != cfg.hook:
+            raise ValueError(f"steering config field 'dictionaries': {spec} is fitted on {d.cfg.hook!r}, but "
+                             f"hook is {cfg.hook!r}; every dictionary must be on the steered hook")
+        _check_dictionary_fits(model, d)
+        name = (Path(str(spec)).name or str(spec)) if is_spec else d.cfg.kind
+        while name in names or name in ("diffmean", "random", "clean"):
+            name += "'"
+        dicts.append(d.to(model_device(model)))
+        names.append(name)
+    return dicts, names
+
+
+def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
+    """Steer every direction at every target KL and measure the concept's rise, the
+    continuations and (when an endpoint is configured) the LLM judge's scores.
+
+    Parameters
+    ----------
+    cfg
+        The settings (:class:`Config`).
+    model
+        An already-loaded model (else ``cfg.model`` is loaded).
+    progress
+        Show progress bars.
+
+    Returns
+    -------
+    An :class:`~saekit.evals.common.EvalResult` with one row per (concept, direction,
+    target KL), plus a ``clean`` row per concept (no steering), and the figure
+    ``steering.png``. Columns:
+
+    - ``concept``, ``method``, ``source``, ``select_by``, ``feature``, ``selection_f1``,
+      ``sign``: the direction (:class:`Direction`); random directions get one row per
+      concept, measured against that concept;
+    - ``target_kl``, ``strength`` (α), ``strength_rel`` (α / median norm), ``kl``
+      (reached), ``calibrated``;
+    - ``lens_tokens`` (the top 10 logit-lens tokens), ``lens_concept_hits`` (concept
+      tokens among the top ``lens_k``);
+    - ``delta_logprob`` (steered minus clean log of the concept's next-token mass after the
+      prompts, mean over prompts), ``concept_prob`` (that mass, steered);
+    - ``success_greedy`` (share of prompts whose greedy continuation holds a concept
+      token), ``success_at_k`` (share with one in any of the k = ``n_samples`` sampled
+      ones), ``concept_tokens_per_gen`` and ``lens_success`` (Arad et al.'s success@k:
+      concept tokens, and the direction's top-``lens_k`` lens tokens, per sampled
+      continuation);
+    - ``perplexity`` (exp of the clean model's mean per-token NLL of a continuation,
+      geometric mean over all continuations), ``repetition`` (mean repeated n-gram share);
+    - ``judge_concept``, ``judge_fluency``, ``judge_score`` (means over the judged
+      continuations; NaN without a judge), ``judge_unparsed``;
+    - ``example``: the first prompt and its greedy continuation.
+    """
+    import saekit
+    from saekit.data import get_tokenizer, load_tokens, token_mask
+    from saekit.interp.llm import client_from_config
+    from saekit.models import hook_width, load_model, model_name
+
+    _validate(cfg)
+    t_start = time.perf_counter()
+    model = load_model(model if model is not None else cfg.model, device=cfg.device)
+    width = hook_width(model, cfg.hook)
+    dicts, names = _load_dictionaries(cfg, model)
+    vocab = concept_vocabulary(model, cfg.concepts)
+    concepts = list(vocab)
+    concept_ids = [torch.tensor(vocab[c]) for c in concepts]
+    prompts = tokenize_prompts(model, cfg.prompts)
+    n_ctx = int(getattr(model.cfg, "n_ctx", 1 << 30))
+    if prompts.tokens.shape[1] + cfg.n_new_tokens > n_ctx:
+        raise ValueError(f"steering config: the longest prompt ({prompts.tokens.shape[1]} tokens with BOS) plus "
+                         f"n_new_tokens={cfg.n_new_tokens} exceeds the model's context of {n_ctx}")
+    client = client_from_config(cfg.llm_base_url, cfg.llm_model, cfg.llm_api_key, cache_dir=cfg.llm_cache_dir,
+                                max_concurrency=cfg.llm_max_concurrency) if cfg.judge else None
+
+    # Directions: features and DiffMeans chosen on held-out text, random controls; the
+    # activations stream batch by batch, so n_tokens is bounded by time, not memory.
+    tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
+    mask = token_mask(tokens, model)
+    current, following = concept_positions(tokens, vocab)
+    selector = DirectionSelector(concepts, dicts, names, cfg.select_by, width, cfg.n_random, cfg.random_kind,
+                                 cfg.seed)
+    batches = saekit.harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, stream=True, progress=progress)
+    for lo, batch in zip(range(0, len(tokens), cfg.batch_size), batches, strict=True):
+        keep = mask[lo:lo + cfg.batch_size]
+        selector.update(batch[cfg.hook], current[lo:lo + cfg.batch_size][keep], following[lo:lo + cfg.batch_size][keep])
+    scale = selector.median_norm()
+    directions = selector.directions(cfg.signs)
+    vectors = torch.stack([d.vector for d in directions])
+    lens = logit_lens(model, cfg.hook, vectors, cfg.lens_k)
+
+    fw = SteeredForwards(model, cfg.hook, cfg.max_rows)
+    _, clean_lp, clean_logp = fw.next_token(prompts, torch.zeros(1, width), None, concept_ids)
+    clean_lp, clean_logp = clean_lp[0], clean_logp[0]
+    unit = scale if cfg.strength_unit == "median_norm" else 1.0
+    bracket = (cfg.strength_range[0] * unit, cfg.strength_range[1] * unit)
+    cal = calibrate(fw, prompts, vectors, list(cfg.target_kls), clean_logp, concept_ids, bracket, cfg.search_steps,
+                    cfg.kl_rtol, progress)
+
+    # Continuations: the clean model first, then every (direction, target) at its strength.
+    T = len(cfg.target_kls)
+    deltas = torch.cat([torch.zeros(1, width), (vectors[:, None, :] * cal.strength[..., None]).flatten(0, 1)])
+    gens, nll = generate(fw, prompts, deltas, cfg.n_new_tokens, cfg.n_samples, cfg.temperature, cfg.top_k,
+                         cfg.top_p, cfg.seed, progress)
+    rep = repetition_rate(gens, cfg.repetition_n)
+    tok = get_tokenizer(model)
+    sampled = slice(1, None) if cfg.n_samples else slice(0, 1)
+
+    def config_metrics(g: int) -> dict[str, Any]:  # concept-independent metrics of generation config g
+        return {"perplexity": float(nll[g].mean().exp()), "repetition": float(rep[g].mean()),
+                "example": prompts.texts[0] + tok.decode(gens[g, 0, 0].tolist(), skip_special_tokens=True)}
+
+    def concept_metrics(g: int, c: int, lp: Tensor, lens_ids: Tensor | None) -> dict[str, Any]:
+        hits = torch.isin(gens[g], concept_ids[c])  # [P, S, n_new]
+        has = hits.any(-1)
+        out = {"delta_logprob": float((lp[:, c] - clean_lp[:, c]).mean()),
+               "concept_prob": float(lp[:, c].exp().mean()),
+               "lens_concept_hits": int(torch.isin(lens_ids, concept_ids[c]).sum()) if lens_ids is not None else None,
+               "success_greedy": float(has[:, 0].float().mean()),
+               "success_at_k": float(has[:, 1:].any(-1).float().mean()) if cfg.n_samples else math.nan,
+               "concept_tokens_per_gen": float(hits[:, sampled].sum(-1).float().mean()),
+               "lens_success": (float(torch.isin(gens[g][:, sampled], lens_ids).sum(-1).float().mean())
+                                if lens_ids is not None else math.nan)}
+        return out
+
+    rows: list[dict[str, Any]] = []
+    row_config: list[int] = []  # generation config of each row, for the judge
+    clean_stats = config_metrics(0)
+    for c, concept in enumerate(concepts):
+        rows.append({"concept": concept, "method": "clean", "source": "clean", "select_by": "", "feature": -1,
+                     "selection_f1": math.nan, "sign": 0, "target_kl": 0.0, "strength": 0.0, "strength_rel": 0.0,
+                     "kl": 0.0, "calibrated": True, "lens_tokens": "",
+                     **concept_metrics(0, c, clean_lp, None), **clean_stats})
+        row_config.append(0)
+    for j, d in enumerate(directions):
+        lens_text = ", ".join(tok.decode([i]).strip() or repr(tok.decode([i])) for i in lens[j, :10].tolist())
+        for t, target in enumerate(cfg.target_kls):
+            g = 1 + j * T + t
+            base = {"method": d.method, "source": d.source, "select_by": d.select_by, "feature": d.feature,
+                    "selection_f1": d.selection_f1, "sign": d.sign, "target_kl": float(target),
+                    "strength": float(cal.strength[j, t]), "strength_rel": float(cal.strength[j, t]) / scale,
+                    "kl": float(cal.kl[j, t]), "calibrated": bool(cal.calibrated[j, t]), "lens_tokens": lens_text}
+            stats = config_metrics(g)
+            for c, concept in enumerate(concepts):
+                if d.concept is not None and d.concept != concept:
+                    continue
+                rows.append({"concept": concept, **base, **concept_metrics(g, c, cal.concept_logprob[j, t], lens[j]),
+                             **stats})
+                row_config.append(g)
+    judge_info: dict[str, Any] = {}
+    if client is not None:
+        judge_info = _judge_rows(client, rows, row_config, gens, prompts, concepts, cfg, tok, progress)
+    else:
+        for r in rows:
+            r.update(judge_concept=math.nan, judge_fluency=math.nan, judge_score=math.nan, judge_unparsed=0)
+    for r in rows:  # fixed column order: the example text last
+        r["example"] = r.pop("example")
+
+    summary = _summary(rows, cfg, scale, cal, fw, time.perf_counter() - t_start, judge_info)
+    config = {k: v for k, v in asdict(cfg).items() if k != "llm_api_key"}
+    config.update(model_name=model_name(model), median_norm=scale, strength_bracket=list(bracket),
+                  concept_tokens={c: vocab[c] for c in concepts}, n_selection_tokens=int(mask.sum()),
+                  prompt_tokens=prompts.lengths.tolist(), llm=repr(client) if client else None)
+    return EvalResult("steering", rows, summary, config, {"steering.png": _figure(rows, cfg)})
+
+
+def _judge_rows(client: Any, rows: list[dict], row_config: list[int], gens: Tensor, prompts: Prompts,
+                concepts: list[str], cfg: Config, tok: Any, progress: bool) -> dict[str, Any]:
+    """Fill the judge columns: the sampled continuations (the greedy one when there are
+    none) of each row, prompt + continuation, against the row's concept description."""
+    descriptions = {}
+    for c, words in zip(concepts, _concept_words(cfg, concepts), strict=True):
+        descriptions[c] = (cfg.concept_descriptions or {}).get(c) or f"{c} (words such as {', '.join(words[:6])})"
+    which = list(range(1, gens.shape[2])) if cfg.n_samples else [0]
+    texts: dict[tuple[int, int, int], str] = {}
+    items, owners = [], []
+    for i, (r, g) in enumerate(zip(rows, row_config, strict=True)):
+        for p in range(gens.shape[1]):
+            for s in which:
+                key = (g, p, s)
+                if key not in texts:
+                    texts[key] = prompts.texts[p] + tok.decode(gens[g, p, s].tolist(), skip_special_tokens=True)
+                items.append((descriptions[r["concept"]], texts[key]))
+                owners.append(i)
+    scores = judge(client, items, cfg.llm_max_tokens, progress)
+    per_row: list[list[JudgeScore]] = [[] for _ in rows]
+    for i, s in zip(owners, scores, strict=True):
+        per_row[i].append(s)
+
+    def mean(xs: list[float | None]) -> float:
+        xs = [x for x in xs if x is not None]
+        return sum(xs) / len(xs) if xs else math.nan
+
+    for r, ss in zip(rows, per_row, strict=True):
+        r.update(judge_concept=mean([s.concept for s in ss]), judge_fluency=mean([s.fluency for s in ss]),
+                 judge_score=mean([s.score for s in ss]), judge_unparsed=sum(s.score is None for s in ss))
+    return {"judge_requests": client.stats.requests, "judge_cache_hits": client.stats.cache_hits,
+            "judge_unparsed": sum(s.score is None for s in scores), "judge_model": client.model}
+
+
+def _planted() -> dict[str, list[str]]:
+    """The demo corpus's planted families as concept name -> words."""
+    from saekit.data import CONCEPTS
+
+    return {fam: [w for words in groups.values() for w in words] for fam, groups in CONCEPTS.items()}
+
+
+def _concept_words(cfg: Config, concepts: list[str]) -> list[list[str]]:
+    words = cfg.concepts if cfg.concepts is not None else _planted()
+    return [list(words[c]) for c in concepts]
+
+
+def _methods(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in rows if r["method"] != "clean"))
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    xs = [r[key] for r in rows if r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _summary(rows: list[dict], cfg: Config, scale: float, cal: Calibration, fw: SteeredForwards, seconds: float,
+             judge_info: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers: per method and target KL the mean over concepts (and random
+    directions) of the concept's Δ log-prob and success; the forward throughput."""
+    out: dict[str, Any] = {"median_norm": scale, "directions": int(cal.strength.shape[0]),
+                           "calibrated_fraction": float(cal.calibrated.float().mean()),
+                           "calibration_steps": cal.steps}
+    clean = [r for r in rows if r["method"] == "clean"]
+    out["clean: success_at_k"] = _mean(clean, "success_at_k")
+    out["clean: perplexity"] = _mean(clean, "perplexity")
+    judged = bool(judge_info)
+    for m in _methods(rows):
+        for sign in cfg.signs:
+            for t in cfg.target_kls:
+                sel = [r for r in rows if r["method"] == m and r["target_kl"] == t and r["sign"] == sign]
+                tag = f"{m}{'' if len(cfg.signs) == 1 else ' ' + '+-'[sign < 0]} @KL {t:g}"
+                out[f"{tag}: delta_logprob"] = _mean(sel, "delta_logprob")
+                out[f"{tag}: success_at_k"] = _mean(sel, "success_at_k")
+                if judged:
+                    out[f"{tag}: judge_score"] = _mean(sel, "judge_score")
+    out.update(judge_info)
+    out.update(lm_rows=fw.rows, lm_tokens=fw.tokens, lm_tokens_per_s=fw.tokens / max(fw.seconds, 1e-9),
+               seconds=seconds)
+    return out
+
+
+def _figure(rows: list[dict], cfg: Config) -> bytes:
+    """Δ log-prob of the concept, success@k and perplexity against the target KL, one
+    line per method (mean over concepts; random: over concepts and directions)."""
+    from matplotlib.figure import Figure
+
+    from saekit.report import figure_png
+
+    panels = [("delta_logprob", "Δ log-prob of concept tokens"), ("success_at_k" if cfg.n_samples else
+              "success_greedy", f"success@{cfg.n_samples}" if cfg.n_samples else "success (greedy)"),
+              ("perplexity", "perplexity under the clean model")]
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels))
+    clean = [r for r in rows if r["method"] == "clean"]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for m in _methods(rows):
+            for sign in sorted({r["sign"] for r in rows if r["method"] == m}, reverse=True):
+                ys = [_mean([r for r in rows if r["method"] == m and r["sign"] == sign and r["target_kl"] == t], key)
+                      for t in cfg.target_kls]
+                label = m + ("" if sign == 1 else " (−)")
+                ax.plot(cfg.target_kls, ys, marker="o", label=label, linestyle="--" if m == "random" else "-",
+                        color="grey" if m == "random" else None)
+        ax.axhline(_mean(clean, key), color="black", linestyle=":", linewidth=1, label="clean")
+        ax.set_xscale("log")
+        ax.set_xticks(cfg.target_kls, [f"{t:g}" for t in cfg.target_kls])
+        ax.minorticks_off()
+        ax.set_xlabel("target KL (nats)")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"steering at {cfg.hook}", fontsize=11)
+    return figure_png(fig)

@@ -1,0 +1,1 @@
+"""Auto-interp; more comes with the auto-interp issue."""

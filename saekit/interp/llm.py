@@ -1,0 +1,417 @@
+"""An OpenAI-compatible chat client: bounded concurrency, retries, a content-addressed cache.
+
+LLM work in saekit (auto-interp describers and scorers, the steering evaluator's judge)
+goes to any server that speaks OpenAI's chat-completions protocol (vLLM, Ollama,
+llama.cpp's server, a hosted API) through :class:`LLMClient`:
+
+- one request is one POST of ``{"model", "messages", "temperature", "max_tokens", ...}``
+  to ``{base_url}/chat/completions``, with ``Authorization: Bearer KEY`` when a key is set;
+- a batch (:meth:`LLMClient.chat_many`) runs on at most ``max_concurrency`` threads, and
+  a semaphore holds requests from any thread to that bound; identical requests in a
+  batch are sent once;
+- HTTP 408, 429 and 5xx answers, timeouts and dropped connections are retried with
+  exponential backoff and jitter (a numeric ``Retry-After`` header wins); any other error
+  raises :class:`LLMError` at once, with the server's own message;
+- every answer is cached on disk under the sha256 of the canonical request JSON
+  (``{cache_dir}/{key[:2]}/{key}.json``, written atomically), so a rerun costs nothing.
+  The key covers the model name, the messages and every sampling parameter, not the
+  server URL or the API key: the same model name on two servers shares entries (give
+  each server its own ``cache_dir`` when that matters). Sampled answers (temperature > 0)
+  are cached too, which makes reruns reproducible.
+
+Configuration: the constructor, or :func:`client_from_config`, where config fields win
+over the environment variables ``SAEKIT_LLM_BASE_URL``, ``SAEKIT_LLM_MODEL``,
+``SAEKIT_LLM_API_KEY`` and ``SAEKIT_LLM_CACHE_DIR``. Only the standard library is used
+(``urllib`` and threads), so the client adds no dependency. Requests to a loopback host
+bypass proxy settings (a local server is never behind the proxy); others follow the
+usual ``*_proxy`` environment variables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_BASE_URL = "SAEKIT_LLM_BASE_URL"
+ENV_MODEL = "SAEKIT_LLM_MODEL"
+ENV_API_KEY = "SAEKIT_LLM_API_KEY"
+ENV_CACHE_DIR = "SAEKIT_LLM_CACHE_DIR"
+#: Where answers are cached unless ``cache_dir`` or ``SAEKIT_LLM_CACHE_DIR`` says otherwise.
+DEFAULT_CACHE_DIR = Path("~/.cache/saekit/llm")
+#: ``cache_dir`` value (config or environment) that turns the cache off.
+CACHE_OFF = "off"
+
+Messages = str | Sequence[dict[str, str]]
+
+
+class LLMError(RuntimeError):
+    """A request that failed for good: an error answer, or a server out of reach after
+    every retry. ``status`` is the HTTP status when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class LLMStats:
+    """Counters of one client (thread-safe through the client's lock)."""
+
+    requests: int = 0
+    """HTTP requests sent, retries included."""
+    answered: int = 0
+    """Requests that came back with a usable answer."""
+    retries: int = 0
+    """Requests sent again after a 408/429/5xx answer, a timeout or a dropped connection."""
+    cache_hits: int = 0
+    """Answers read from the cache (no request sent)."""
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+def chat_completions_url(base_url: str) -> str:
+    """The chat-completions endpoint of a base URL.
+
+    ``http://host:8000`` (no path) gets ``/v1/chat/completions``; anything with a path
+    (``http://host:8000/v1``, OpenAI's ``https://api.openai.com/v1``, a gateway prefix)
+    gets ``/chat/completions``; a URL that already ends in ``/chat/completions`` is kept.
+    """
+    parts = urllib.parse.urlsplit(str(base_url).strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"LLM base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+                         f"got {base_url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path = (path or "/v1") + "/chat/completions"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_messages(messages: Messages) -> list[dict[str, str]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    out = list(messages)
+    if not out:
+        raise ValueError("messages is empty; expected a prompt string or a list of "
+                         "{'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(out):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
+    return out
+
+
+def _error_message(raw: bytes) -> str:
+    """The server's error text: OpenAI's ``{"error": {"message": ...}}``, else the body."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text[:300] or "(empty body)"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return text[:300]
+
+
+def answer_text(response: Any, where: str = "LLM answer") -> str:
+    """``choices[0].message.content`` of a chat-completions answer, or LLMError."""
+    try:
+        content = response["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        content = None
+    if not isinstance(content, str):
+        raise LLMError(f"{where} has no choices[0].message.content string: "
+                       f"{json.dumps(response)[:300]}")
+    return content
+
+
+class LLMClient:
+    """Chat completions from an OpenAI-compatible server.
+
+    Parameters
+    ----------
+    base_url
+        The server, e.g. ``http://127.0.0.1:8000/v1`` (vLLM), ``http://127.0.0.1:11434/v1``
+        (Ollama), ``https://api.openai.com/v1``; see :func:`chat_completions_url`.
+    model
+        The model name the server expects in each request.
+    api_key
+        Sent as ``Authorization: Bearer KEY``; never written to the cache or to errors.
+    max_concurrency
+        Requests in flight at once, across all threads using this client.
+    cache_dir
+        Folder of the content-addressed answer cache; ``None`` turns caching off.
+    timeout
+        Seconds to wait for one answer before the attempt counts as failed (and is retried).
+    max_retries
+        Retries after the first attempt, for 408/429/5xx answers, timeouts and dropped
+        connections.
+    backoff, max_backoff
+        The first retry waits ``backoff`` seconds, each later one twice as long (plus up
+        to 25% jitter), never more than ``max_backoff``; a numeric ``Retry-After`` header
+        replaces the computed wait (still capped).
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 4,
+                 cache_dir: str | Path | None = DEFAULT_CACHE_DIR, timeout: float = 120.0,
+                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0):
+        self.url = chat_completions_url(base_url)
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"LLM model must be a non-empty string (the name the server serves), got {model!r}")
+        if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        self.base_url, self.model, self.api_key = str(base_url), model, api_key or None
+        self.max_concurrency, self.timeout, self.max_retries = max_concurrency, float(timeout), max_retries
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.stats = LLMStats()
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._jitter = random.Random()
+        host = urllib.parse.urlsplit(self.url).hostname
+        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:
+        key = ", api_key=***" if self.api_key else ""
+        return (f"LLMClient(url={self.url!r}, model={self.model!r}{key}, "
+                f"max_concurrency={self.max_concurrency}, cache_dir={self.cache_dir})")
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request_body(self, messages: Messages, temperature: float = 0.0, max_tokens: int = 512,
+                     **params: Any) -> dict[str, Any]:
+        """The JSON body of one chat-completions request (extra OpenAI parameters such as
+        ``seed``, ``top_p`` or ``stop`` go in ``params``)."""
+        body = {"model": self.model, "messages": _check_messages(messages),
+                "temperature": float(temperature), "max_tokens": int(max_tokens), **params}
+        try:
+            json.dumps(body)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"request parameters must be JSON-serialisable: {e}") from e
+        return body
+
+    @staticmethod
+    def cache_key(body: dict[str, Any]) -> str:
+        """sha256 of the canonical request JSON (sorted keys, no whitespace)."""
+        canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+    def chat(self, messages: Messages, *, temperature: float = 0.0, max_tokens: int = 512,
+             **params: Any) -> str:
+        """The answer text to one conversation (a prompt string is one user message)."""
+        return answer_text(self.complete(self.request_body(messages, temperature, max_tokens, **params)))
+
+    def chat_many(self, batch: Sequence[Messages], *, temperature: float = 0.0, max_tokens: int = 512,
+                  progress: bool = False, **params: Any) -> list[str]:
+        """Answer texts to many conversations, in order, with at most ``max_concurrency``
+        requests in flight; identical requests are sent once."""
+        bodies = [self.request_body(m, temperature, max_tokens, **params) for m in batch]
+        keys = [self.cache_key(b) for b in bodies]
+        unique = dict(zip(keys, bodies, strict=True))
+        if not unique:
+            return []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(unique), desc="LLM", unit="request")
+
+        def one(key: str) -> tuple[str, str]:
+            text = answer_text(self.complete(unique[key], key=key))
+            if bar is not None:
+                bar.update(1)
+            return key, text
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
+                answers = dict(pool.map(one, unique))
+        finally:
+            if bar is not None:
+                bar.close()
+        return [answers[k] for k in keys]
+
+    def complete(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        """The raw answer JSON to a request body, from the cache or the server."""
+        key = key or self.cache_key(body)
+        cached = self._cache_read(key, body)
+        if cached is not None:
+            self.stats.add("cache_hits")
+            return cached
+        response = self._send(body)
+        answer_text(response, where=f"answer from {self.url}")  # never cache an unusable answer
+        self._cache_write(key, body, response)
+        return response
+
+    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            wait: float | None = None
+            try:
+                with self._slots:  # released before any backoff sleep
+                    self.stats.add("requests")
+                    with self._opener.open(request, timeout=self.timeout) as r:
+                        raw = r.read()
+            except urllib.error.HTTPError as e:
+                message = _error_message(e.read() or b"")
+                if (e.code in (408, 429) or e.code >= 500) and not last:
+                    wait = _retry_after(e.headers)
+                else:
+                    tried = f" after {attempt + 1} attempts" if attempt else ""
+                    raise LLMError(f"{self.url} answered HTTP {e.code}{tried}: {message}"
+                                   + _hint(e.code, self.model), status=e.code) from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                if last:
+                    reason = getattr(e, "reason", None) or e
+                    raise LLMError(f"could not get an answer from {self.url} after {attempt + 1} attempts "
+                                   f"({reason}); is the server running? The URL comes from the config "
+                                   f"field llm_base_url or ${ENV_BASE_URL}") from None
+            else:
+                try:
+                    response = json.loads(raw)
+                except ValueError:
+                    raise LLMError(f"{self.url} answered with something that is not JSON: "
+                                   f"{raw[:200].decode('utf-8', errors='replace')!r}") from None
+                self.stats.add("answered")
+                return response
+            self.stats.add("retries")
+            delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (1 + 0.25 * self._jitter.random())
+            time.sleep(min(self.max_backoff, wait) if wait is not None else delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    # -- cache -------------------------------------------------------------------------
+
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_read(self, key: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # unreadable (a foreign or damaged file): ask again, then overwrite
+        if not isinstance(entry, dict) or entry.get("request") != json.loads(json.dumps(body)):
+            return None
+        return entry.get("response")
+
+    def _cache_write(self, key: str, body: dict[str, Any], response: dict[str, Any]) -> None:
+        path = self._cache_path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A unique temporary name per writer: two threads may write the same key at once.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps({"request": body, "response": response}, ensure_ascii=False).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to exponential backoff
+
+
+def _hint(status: int, model: str) -> str:
+    if status in (401, 403):
+        return f" (check the API key: config field llm_api_key or ${ENV_API_KEY})"
+    if status == 404:
+        return (f" (check the URL, which should end in /v1 for most servers, and that the server serves "
+                f"model {model!r})")
+    return ""
+
+
+def client_from_config(base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+                       *, cache_dir: str | Path | None = None, **kwargs: Any) -> LLMClient | None:
+    """An :class:`LLMClient` from config fields, falling back on the environment; ``None``
+    when no endpoint is configured anywhere.
+
+    Fields win over ``SAEKIT_LLM_BASE_URL``, ``SAEKIT_LLM_MODEL``, ``SAEKIT_LLM_API_KEY``
+    and ``SAEKIT_LLM_CACHE_DIR``. ``cache_dir``: ``None`` takes the environment variable,
+    else :data:`DEFAULT_CACHE_DIR`; ``"off"`` turns the cache off. ``kwargs`` go to
+    :class:`LLMClient` (``max_concurrency``, ``timeout``, ...).
+    """
+    base_url = base_url or os.environ.get(ENV_BASE_URL) or None
+    if base_url is None:
+        return None
+    model = model or os.environ.get(ENV_MODEL) or None
+    if model is None:
+        raise ValueError(f"an LLM endpoint is configured ({base_url}) but no model: set the config field "
+                         f"llm_model or the environment variable {ENV_MODEL}")
+    api_key = api_key or os.environ.get(ENV_API_KEY) or None
+    where = cache_dir if cache_dir is not None else os.environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR
+    return LLMClient(base_url, model, api_key, cache_dir=None if str(where) == CACHE_OFF else where, **kwargs)
+
+
+# --------------------------------------------------------------------------- parsing answers
+
+_RATING_BRACKETS = re.compile(r"rating\W{0,6}\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]", re.IGNORECASE)
+_RATING_BARE = re.compile(r"rating\W{0,6}(-?\d+(?:\.\d+)?)\b", re.IGNORECASE)
+_BRACKETS = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
+
+
+def parse_rating(text: str, low: float = 0, high: float = 2) -> float | None:
+    """A judge's rating in ``[low, high]`` from its answer, or ``None`` if there is none.
+
+    Tries, in order, the last ``Rating: [[n]]`` (any case, with markdown such as
+    ``**Rating:** [[n]]``), the last ``Rating: n``, and the last bare ``[[n]]``; a
+    template placeholder echoed back (``Rating: [[score]]``) is skipped because it is not
+    a number. A number outside ``[low, high]`` counts as no rating.
+    """
+    if not isinstance(text, str):
+        return None
+    for pattern in (_RATING_BRACKETS, _RATING_BARE, _BRACKETS):
+        found = pattern.findall(text)
+        if found:
+            value = float(found[-1])
+            return value if low <= value <= high else None
+    return None
