@@ -62,11 +62,12 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 def read_pt(path: Path) -> dict[str, Any]:
     """A ``.pt`` state dict through ``torch.load(weights_only=True)`` only: a pickle that
     needs anything beyond tensors and plain containers is refused and never runs."""
-    import pickle
-
+    # torch's weights-only unpickler raises pickle's UnpicklingError; reached through
+    # torch.serialization so that saekit itself never imports pickle.
+    refused = torch.serialization.pickle.UnpicklingError
     try:
         out = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except refused as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         raise FormatError(f"{path}: refused: this pickle needs more than tensors to load, and saekit "
                           f"only reads .pt files with torch.load(weights_only=True) ({first})") from e
