@@ -4,7 +4,8 @@ Load the demo LM, pack demo text, harvest several hooks in one early-stopping pa
 and show what the activations hold; then train a TopK SAE on the middle MLP layer and
 fit an SNMF beside it; report FVU, L0, dead features and CE/KL recovered on held-out
 text, and compare how well single SAE features, SNMF features and single neurons pick
-out the planted concepts.
+out the planted concepts; end with a short sensitivity and steering comparison of the
+two dictionaries' features against baseline directions.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
 
     sae, snmf, sae_rows, (sae_concepts, snmf_concepts), sae_freq = train_demo_sae(
         model, mid, acts[mid], tokens, labels, n_tokens)
+    effect_rows = perturbation_effects(model, mid, sae, snmf)
     shipped = DEMO_LM.parent / "demo-topk"
     if shipped.is_dir() and Path(model_path).resolve() == DEMO_LM.resolve():
         # A dictionary loaded from disk (checkpoints/, made by `make checkpoints`) runs
@@ -119,6 +121,8 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
     print(f"\nTopK SAE and SNMF on {mid}, evaluated on held-out text\n" + report.text_table(sae_rows))
     print(f"\nPlanted concepts in {mid}: the single neuron / SAE / SNMF feature that best detects each family\n"
           + report.text_table(concept_rows))
+    print(f"\nPerturbing {mid} along each kind of direction (saekit eval sensitivity / steering)\n"
+          + report.text_table(effect_rows))
     sae.save(out / "sae")
     snmf.save(out / "snmf")
     from saekit.formats import export
@@ -126,11 +130,13 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
     export(sae, out / "sae-saelens", to="saelens")  # sae_lens.SAE.load_from_disk reads it
 
     summary = {"model": str(model_path), "n_tokens": n, "harvest_seconds": round(dt, 2),
-               "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows, "model_card": card}
+               "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows, "effects": effect_rows,
+               "model_card": card}
     report.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     report.write_csv(out / "hooks.csv", hook_rows)
     report.write_csv(out / "concepts.csv", concept_rows)
     report.write_csv(out / "sae.csv", sae_rows)
+    report.write_csv(out / "effects.csv", effect_rows)
     report.atomic_write_text(out / "index.html", report.html_page("saekit demo", [
         ("Demo LM", f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
                     f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
@@ -138,12 +144,45 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
         ("Activations per hook", report.html_table(hook_rows)),
         (f"TopK SAE and SNMF on {mid}", report.html_table(sae_rows)),
         (f"Planted concepts in {mid}", report.html_table(concept_rows)),
+        (f"Sensitivity and steering at {mid}", report.html_table(effect_rows)),
         ("Plots", report.html_img(png, "activation norms and concept AUROC")),
     ]))
     print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, sae.csv, activations.png, sae/, snmf/, "
           "sae-saelens/ (strict SAELens layout) "
           f"({time.time() - t0:.0f}s in all)")
     return summary
+
+
+def perturbation_effects(model, hook: str, sae, snmf) -> list[dict]:
+    """A short sensitivity and steering comparison of the two dictionaries' features
+    against the baseline directions (small versions of ``eval/sensitivity_demo.toml``
+    and ``eval/steering_demo.toml``): per kind of direction, the next-token KL of moving
+    every token 0.3 median norms along it; for the dictionaries, KL of splicing the
+    reconstruction over KL of a cov-mixture step of the same size (< 1: not
+    pathological); and the log-probability gain of a concept's tokens when steering
+    along its direction at KL 0.25 (mean over the planted concepts)."""
+    from saekit.evals import sensitivity, steering
+
+    sens = sensitivity.run(sensitivity.Config(hook=hook, dictionaries=[sae, snmf], n_tokens=2048, radii=[0.3],
+                                              feature_classes=["active"]), model=model).summary
+    steer = steering.run(steering.Config(hook=hook, dictionaries=[sae, snmf], select_by=["output"], target_kls=[0.25],
+                                         n_random=2, n_new_tokens=8, n_samples=1, judge=False), model=model).summary
+
+    def pick(summary: dict, prefix: str, suffix: str = "") -> float | str:
+        return next((v for k, v in summary.items() if k.startswith(prefix) and k.endswith(suffix)), "-")
+
+    rows = []
+    for label, d in (("TopK SAE features", sae), ("SNMF features", snmf)):
+        name = f"{d.cfg.kind}-{d.cfg.d_dict}"
+        rows.append({"direction": label, "KL at 0.3 median norms": pick(sens, f"kl_mean/{name}/feature_active"),
+                     "reconstruction KL / cov-mixture KL": pick(sens, f"pathology_ratio/{name}/cov_mixture"),
+                     "concept log-prob gain at KL 0.25": pick(steer, f"{d.cfg.kind}/output @KL 0.25: delta_logprob")})
+    for label, fam, method in (("difference in means", None, "diffmean/output"), ("cov-mixture", "cov_mixture", None),
+                               ("isotropic / random", "isotropic", "random")):
+        rows.append({"direction": label, "KL at 0.3 median norms": pick(sens, f"kl_mean/{fam}") if fam else "-",
+                     "reconstruction KL / cov-mixture KL": "-",
+                     "concept log-prob gain at KL 0.25": pick(steer, f"{method} @KL 0.25: delta_logprob") if method else "-"})
+    return rows
 
 
 def train_demo_sae(model, hook: str, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor,

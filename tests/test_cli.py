@@ -80,6 +80,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert snmf["kind"] == "snmf" and snmf["FVU"] < 0.8 and 0 < snmf["L0"] <= 16
     assert snmf["neurons per feature"] <= 26 and snmf["CE recovered (zero abl.)"] > 0.3
     assert all(r["best SNMF feature AUROC"] > 0.5 for r in summary["concepts"])
+    effects = {r["direction"]: r for r in summary["effects"]}
+    for kind in ("TopK SAE features", "SNMF features"):
+        assert effects[kind]["concept log-prob gain at KL 0.25"] > effects["isotropic / random"]["concept log-prob gain at KL 0.25"]
+    assert effects["isotropic / random"]["KL at 0.3 median norms"] < effects["cov-mixture"]["KL at 0.3 median norms"]
     shipped = summary["sae"][2]  # checkpoints/demo-topk, loaded and evaluated the same way
     assert shipped["kind"] == "topk (checkpoints/demo-topk)" and shipped["FVU"] < 0.5
     assert "saekit" not in json.loads((tmp_path / "sae-saelens" / "cfg.json").read_text())
