@@ -11,7 +11,10 @@ one forward pass serves them all. This measures, side by side in interleaved rou
   ``max_rows``, no hooks, logits discarded (the bound);
 - ``perturbation_kl``: the shared path of the perturbation evaluators: x + δ at a hook
   for every variant, and KL(P‖Q) per token against the clean distribution;
-- each evaluator's own batched path, where it has one (``--evaluators``).
+- ``steering``: ``steered_logits``, every row with its own vector at the hook (what
+  the KL calibration and generation run);
+- ``stable regions``: ``interpolation_curves`` (pairs × 30 α per forward, stopping at
+  the final norm), against a plain forward of the same interpolation rows.
 
 Target (issue 7): every evaluator ≥ 0.8 of the plain forward.
 """
@@ -64,7 +67,34 @@ def main() -> None:
     def perturb() -> None:
         perturbation_kl(model, tokens, args.hook, deltas, clean_logp=clean, max_rows=args.max_rows)
 
-    cases = {"plain forward": plain, "perturbation_kl": perturb}
+    # stable regions: pairs × n_steps interpolation rows per forward, read after the final norm
+    from saekit.evals.stable_regions import interpolation_curves
+    from saekit.evals.steer import steered_logits
+
+    prompts = tokens[:, :16]
+    n_steps = 30
+    pair_rows = (len(prompts) - 1) * n_steps
+    interp_tokens = prompts[:-1].repeat_interleave(n_steps, 0)
+
+    @torch.no_grad()
+    def plain_interp() -> None:
+        for i in range(0, pair_rows, 2 * n_steps):
+            model(interp_tokens[i:i + 2 * n_steps])
+
+    def interp() -> None:
+        interpolation_curves(model, prompts, "blocks.0.hook_resid_post", "ln_final.hook_out", n_steps, batch_size=2)
+
+    # steering: every row its own vector at the hook (calibration and generation use this)
+    steer_deltas = torch.randn(rows, d)
+
+    def steer() -> None:
+        for i in range(0, rows, args.max_rows):
+            steered_logits(model, args.hook, stacked[i:i + args.max_rows], steer_deltas[i:i + args.max_rows])
+
+    cases = {"plain forward": plain, "perturbation_kl": perturb, "steering (steered_logits)": steer,
+             "plain forward, interpolation rows": plain_interp, "stable regions (interpolation_curves)": interp}
+    bases = {"perturbation_kl": "plain forward", "steering (steered_logits)": "plain forward",
+             "stable regions (interpolation_curves)": "plain forward, interpolation rows"}
     times: dict[str, list[float]] = {k: [] for k in cases}
     plain()  # warm-up
     for _ in range(args.rounds):
@@ -72,10 +102,10 @@ def main() -> None:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    n_tok = rows * args.ctx
-    base = statistics.median(times["plain forward"])
-    table = [{"case": k, "seconds": statistics.median(v), "tokens/s": n_tok / statistics.median(v),
-              "vs plain forward": base / statistics.median(v)} for k, v in times.items()]
+    n_tok = {k: (pair_rows * prompts.shape[1] if "interp" in k else rows * args.ctx) for k in cases}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    table = [{"case": k, "seconds": med[k], "tokens/s": n_tok[k] / med[k],
+              "vs plain forward": med[bases.get(k, k)] / med[k]} for k in cases]
     print(f"{rows} rows x {args.ctx} tokens per case ({args.variants} variants x {len(tokens)} windows), "
           f"{args.max_rows} rows per forward, {torch.get_num_threads()} threads, medians of {args.rounds}")
     print("| case | seconds | tokens/s | vs plain forward |\n|---|---|---|---|")
