@@ -13,6 +13,8 @@ one forward pass serves them all. This measures, side by side in interleaved rou
   for every variant, and KL(P‖Q) per token against the clean distribution;
 - ``steering``: ``steered_logits``, every row with its own vector at the hook (what
   the KL calibration and generation run);
+- ``synthetic``: ``run_trajectories``, (walk, step) rows replacing the last position,
+  against a plain forward of the same rows;
 - ``stable regions``: ``interpolation_curves`` (pairs × 30 α per forward, stopping at
   the final norm), against a plain forward of the same interpolation rows.
 
@@ -91,10 +93,32 @@ def main() -> None:
         for i in range(0, rows, args.max_rows):
             steered_logits(model, args.hook, stacked[i:i + args.max_rows], steer_deltas[i:i + args.max_rows])
 
+    # synthetic activations: (walk, step) rows at the last position, L2 and KL read-outs
+    from saekit.evals.synthetic import run_trajectories, walks
+
+    short = tokens[:, :10]
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(len(short), model.cfg.d_model, generator=g)
+    walk = walks(torch.arange(len(short)), start, start + 25.0 * torch.randn(len(short), model.cfg.d_model, generator=g),
+                 step=0.5, n_steps=50)
+    walk_rows = int(walk.n_valid.sum())
+    walk_tokens = short[torch.repeat_interleave(walk.prompt, walk.n_valid)]
+
+    def walk_fn() -> None:
+        run_trajectories(model, short, walk, "blocks.1.hook_resid_pre", "blocks.3.hook_resid_post", True, 0.5, 50,
+                         args.max_rows)
+
+    @torch.no_grad()
+    def plain_walk() -> None:
+        for i in range(0, walk_rows, args.max_rows):
+            model(walk_tokens[i:i + args.max_rows])
+
     cases = {"plain forward": plain, "perturbation_kl": perturb, "steering (steered_logits)": steer,
+             "plain forward, walk rows": plain_walk, "synthetic (run_trajectories)": walk_fn,
              "plain forward, interpolation rows": plain_interp, "stable regions (interpolation_curves)": interp}
     bases = {"perturbation_kl": "plain forward", "steering (steered_logits)": "plain forward",
-             "stable regions (interpolation_curves)": "plain forward, interpolation rows"}
+             "stable regions (interpolation_curves)": "plain forward, interpolation rows",
+             "synthetic (run_trajectories)": "plain forward, walk rows"}
     times: dict[str, list[float]] = {k: [] for k in cases}
     plain()  # warm-up
     for _ in range(args.rounds):
@@ -102,7 +126,8 @@ def main() -> None:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    n_tok = {k: (pair_rows * prompts.shape[1] if "interp" in k else rows * args.ctx) for k in cases}
+    n_tok = {k: (pair_rows * prompts.shape[1] if "interp" in k else walk_rows * short.shape[1] if "walk" in k
+                 or "trajector" in k else rows * args.ctx) for k in cases}
     med = {k: statistics.median(v) for k, v in times.items()}
     table = [{"case": k, "seconds": med[k], "tokens/s": n_tok[k] / med[k],
               "vs plain forward": med[bases.get(k, k)] / med[k]} for k in cases]
