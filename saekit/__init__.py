@@ -35,8 +35,8 @@ _API = {
     "DictionaryConfig": "saekit.dictionaries",
 }
 
-_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "hierarchy", "metrics", "models", "report",
-               "toy", "training"}
+_SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "evals", "formats", "ground_truth", "hierarchy",
+               "interp", "metrics", "models", "report", "superposition", "toy", "toy_report", "training"}
 
 # Eager on purpose: a lazy entry would be replaced by the submodule as soon as anything
 # runs `from saekit.compare import ...` (the import system binds submodules on the
