@@ -94,7 +94,7 @@ def main() -> None:
             steered_logits(model, args.hook, stacked[i:i + args.max_rows], steer_deltas[i:i + args.max_rows])
 
     # synthetic activations: (walk, step) rows at the last position, L2 and KL read-outs
-    from saekit.evals.synthetic import run_trajectories, walks
+    from saekit.evals.trajectories import run_trajectories, walks
 
     short = tokens[:, :10]
     g = torch.Generator().manual_seed(0)

@@ -17,7 +17,7 @@ from test_llm_client import ScriptedServer
 import saekit
 from saekit.config import load_config
 from saekit.data import CONCEPTS, FAMILIES, concept_labels, concept_token_ids
-from saekit.evals import steer, steering
+from saekit.evals import judge, steer, steering
 from saekit.interp.llm import ENV_BASE_URL, LLMClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,10 +257,10 @@ def test_judge_parsing(monkeypatch):
     answers = iter(["Rating: [[2]]", "I cannot rate this.", "Rating: [[2]]", "**Rating:** [[1]]"])
     with ScriptedServer(lambda body: next(answers)) as server:
         client = LLMClient(server.url, "m", cache_dir=None, max_concurrency=1)  # one at a time: in order
-        scores = steering.judge(client, [("colour", "The red light"), ("colour", "The blue sea")])
-    assert scores == [steering.JudgeScore(2.0, 2.0), steering.JudgeScore(None, 1.0)]
+        scores = judge.judge(client, [("colour", "The red light"), ("colour", "The blue sea")])
+    assert scores == [judge.JudgeScore(2.0, 2.0), judge.JudgeScore(None, 1.0)]
     assert scores[0].score == 2.0 and scores[1].score is None  # unreadable: left out, not 0
-    assert steering.JudgeScore(0.0, 2.0).score == 0.0 and steering.JudgeScore(2.0, 1.0).score == pytest.approx(4 / 3)
+    assert judge.JudgeScore(0.0, 2.0).score == 0.0 and judge.JudgeScore(2.0, 1.0).score == pytest.approx(4 / 3)
 
 
 def test_without_endpoint_dictionaries_or_samples(demo_model, monkeypatch):

@@ -10,6 +10,7 @@ import torch
 import saekit
 from saekit.config import load_config
 from saekit.evals import synthetic as Y
+from saekit.evals import trajectories as T
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = "blocks.2.mlp.hook_post"
@@ -162,16 +163,16 @@ def test_max_slope_and_plateau_length():
     sig = 20 / (1 + torch.exp(-(n - 39.5) / 2))  # blows up at step 40
     d = torch.stack([sig, torch.zeros(100), sig, n * 0.5])
     n_valid = torch.tensor([100, 100, 30, 100])
-    ms = Y.max_slope_step(d, n_valid, 0.02, 100)
+    ms = T.max_slope_step(d, n_valid, 0.02, 100)
     assert ms.tolist()[:3] == [40, 99, 29]  # flat: n_steps − 1; truncated at 30: the last valid step
-    ap = Y.plateau_length(d.masked_fill(torch.arange(100) >= n_valid.unsqueeze(1), math.nan), 10.0, 100)
+    ap = T.plateau_length(d.masked_fill(torch.arange(100) >= n_valid.unsqueeze(1), math.nan), 10.0, 100)
     assert ap.tolist() == [40, 100, 100, 20]
 
 
 def test_walks_truncate_at_the_target():
     start = torch.zeros(3, 4)
     end = torch.tensor([[3.0, 4, 0, 0], [0.1, 0, 0, 0], [100, 0, 0, 0]])
-    tr = Y.walks(torch.arange(3), start, end, 0.5, 100)
+    tr = T.walks(torch.arange(3), start, end, 0.5, 100)
     assert tr.n_valid.tolist() == [10, 1, 100]
     torch.testing.assert_close(tr.direction.norm(dim=-1), torch.ones(3))
 
@@ -182,7 +183,7 @@ def test_batched_walks_equal_single_forwards(demo_model, monkeypatch):
     tokens = saekit.load_tokens("demo:heldout", demo_model, 6 * 10, ctx_len=10)[:6]
     hook, read = "blocks.1.hook_resid_pre", "blocks.3.hook_resid_post"
     g = torch.Generator().manual_seed(0)
-    tr = Y.walks(torch.arange(6) % 3, torch.randn(6, 128, generator=g) * 5, torch.randn(6, 128, generator=g) * 5,
+    tr = T.walks(torch.arange(6) % 3, torch.randn(6, 128, generator=g) * 5, torch.randn(6, 128, generator=g) * 5,
                  1.0, 8)
     sizes = []
     real = demo_model.run_with_hooks
@@ -192,7 +193,7 @@ def test_batched_walks_equal_single_forwards(demo_model, monkeypatch):
         return real(tokens, **kw)
 
     monkeypatch.setattr(demo_model, "run_with_hooks", spy)
-    l2, kl = Y.run_trajectories(demo_model, tokens, tr, hook, read, True, 1.0, 8, batch_size=16)
+    l2, kl = T.run_trajectories(demo_model, tokens, tr, hook, read, True, 1.0, 8, batch_size=16)
     monkeypatch.undo()
     rows = int((tr.n_valid - 1).sum())
     assert sizes == [6] + [16] * (rows // 16) + ([rows % 16] if rows % 16 else [])
