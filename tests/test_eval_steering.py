@@ -17,7 +17,7 @@ from test_llm_client import ScriptedServer
 import saekit
 from saekit.config import load_config
 from saekit.data import CONCEPTS, FAMILIES, concept_labels, concept_token_ids
-from saekit.evals import judge, steer, steering
+from saekit.evals import directions, judge, steer, steering
 from saekit.interp.llm import ENV_BASE_URL, LLMClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,16 +100,16 @@ def test_bad_config_names_the_field(demo_model, tmp_path):
 
 
 def test_concept_vocabulary(demo_model, demo_tokens):
-    vocab = steering.concept_vocabulary(demo_model)
+    vocab = directions.concept_vocabulary(demo_model)
     assert list(vocab) == FAMILIES
-    current, following = steering.concept_positions(demo_tokens, vocab)
+    current, following = directions.concept_positions(demo_tokens, vocab)
     assert torch.equal(current, concept_labels(demo_tokens, demo_model))  # the planted labels, exactly
     assert torch.equal(following[:, :-1], current[:, 1:]) and (following[:, -1] == -1).all()
     with pytest.warns(UserWarning, match="skipped.*Supercalifragilistic"):
-        custom = steering.concept_vocabulary(demo_model, {"wd": ["Monday", "Supercalifragilistic"]})
+        custom = directions.concept_vocabulary(demo_model, {"wd": ["Monday", "Supercalifragilistic"]})
     assert custom == {"wd": [concept_token_ids(demo_model)["Monday"]]}
     with pytest.raises(ValueError, match="both"):
-        steering.concept_vocabulary(demo_model, {"a": ["red"], "b": ["red"]})
+        directions.concept_vocabulary(demo_model, {"a": ["red"], "b": ["red"]})
 
 
 # --------------------------------------------------------------------------- the intervention
@@ -286,11 +286,11 @@ def test_without_endpoint_dictionaries_or_samples(demo_model, monkeypatch):
 def test_unreachable_target_is_reported_not_hidden(demo_model):
     """A bracket too narrow to reach the target: the closest strength is kept and flagged."""
     prompts = steer.tokenize_prompts(demo_model, ["The", "Then"])
-    vocab = steering.concept_vocabulary(demo_model)
+    vocab = directions.concept_vocabulary(demo_model)
     ids = [torch.tensor(v) for v in vocab.values()]
     fw = steer.SteeredForwards(demo_model, HOOK, 64)
     _, _, clean = fw.next_token(prompts, torch.zeros(1, 512), None, ids)
-    vectors = steering._unit(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)))
+    vectors = directions._unit(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)))
     cal = steer.calibrate(fw, prompts, vectors, [0.1, 0.5], clean[0], ids, (1e-3, 1.0), 10, 0.05)
     assert not cal.calibrated.any() and (cal.kl < 0.1).all()
     assert torch.allclose(cal.strength, torch.ones(2, 2), rtol=1e-2)  # the top of the bracket
