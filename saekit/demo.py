@@ -176,7 +176,7 @@ def perturbation_effects(model, hook: str, sae, snmf) -> list[dict]:
         name = f"{d.cfg.kind}-{d.cfg.d_dict}"
         rows.append({"direction": label, "KL at 0.3 median norms": pick(sens, f"kl_mean/{name}/feature_active"),
                      "reconstruction KL / cov-mixture KL": pick(sens, f"pathology_ratio/{name}/cov_mixture"),
-                     "concept log-prob gain at KL 0.25": pick(steer, f"{d.cfg.kind}/output @KL 0.25: delta_logprob")})
+                     "concept log-prob gain at KL 0.25": pick(steer, f"{name}/output @KL 0.25: delta_logprob")})
     for label, fam, method in (("difference in means", None, "diffmean/output"), ("cov-mixture", "cov_mixture", None),
                                ("isotropic / random", "isotropic", "random")):
         rows.append({"direction": label, "KL at 0.3 median norms": pick(sens, f"kl_mean/{fam}") if fam else "-",

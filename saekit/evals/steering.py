@@ -76,14 +76,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from saekit.evals import EvalConfig
-from saekit.evals.common import EvalResult
+from saekit.evals.common import EvalResult, load_dictionaries
 from saekit.evals.directions import (
     RANDOM_KINDS,
     SELECT_MODES,
@@ -227,29 +226,6 @@ def _validate(cfg: Config) -> None:
             raise bad("concept_descriptions", f"descriptions of concepts among {sorted(names)} (unknown: {unknown})")
 
 
-def _load_dictionaries(cfg: Config, model: Any) -> tuple[list[Any], list[str]]:
-    """The dictionaries (paths, registry ids or Dictionary objects) on the model's device,
-    checked against ``cfg.hook``, with unique short names."""
-    from saekit.activations.harvest import model_device
-    from saekit.dictionaries import load_dictionary
-    from saekit.models import _check_dictionary_fits
-
-    dicts, names = [], []
-    for spec in cfg.dictionaries or []:
-        is_spec = isinstance(spec, (str, Path))
-        d = load_dictionary(spec) if is_spec else spec
-        if d.cfg.hook != cfg.hook:
-            raise ValueError(f"steering config field 'dictionaries': {spec} is fitted on {d.cfg.hook!r}, but "
-                             f"hook is {cfg.hook!r}; every dictionary must be on the steered hook")
-        _check_dictionary_fits(model, d)
-        name = (Path(str(spec)).name or str(spec)) if is_spec else d.cfg.kind
-        while name in names or name in ("diffmean", "random", "clean"):
-            name += "'"
-        dicts.append(d.to(model_device(model)))
-        names.append(name)
-    return dicts, names
-
-
 def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """Steer every direction at every target KL and measure the concept's rise, the
     continuations and (when an endpoint is configured) the LLM judge's scores.
@@ -298,7 +274,9 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     t_start = time.perf_counter()
     model = load_model(model if model is not None else cfg.model, device=cfg.device)
     width = hook_width(model, cfg.hook)
-    dicts, names = _load_dictionaries(cfg, model)
+    loaded = load_dictionaries(cfg.dictionaries, model, cfg.hook)
+    names = [n + "'" if n in ("diffmean", "random", "clean") else n for n, _ in loaded]
+    dicts = [d for _, d in loaded]
     vocab = concept_vocabulary(model, cfg.concepts)
     concepts = list(vocab)
     concept_ids = [torch.tensor(vocab[c]) for c in concepts]
