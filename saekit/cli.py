@@ -344,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     from saekit.evals import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+    from saekit.interp.pipeline import add_parser as add_interp_parser
+
+    add_interp_parser(sub)
 
     p = sub.add_parser("convert", help="write a dictionary (any format read) as saekit, saelens or sparsify")
     p.add_argument("src", help="dictionary: a path in any format saekit reads, RELEASE/ID or hf://")

@@ -189,9 +189,9 @@ class DirectionSelector:
         return [d._replace(sign=s, vector=d.vector * s) for s in signs for d in out]
 
 
-def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
-    """Top-``k`` token ids of ``W_U · LN_final(r)`` for each direction ``[n, d]``, with
-    ``r`` the direction in the residual stream (via ``W_out`` for ``mlp.hook_post``,
+def direction_logits(model: Any, hook: str, vectors: Tensor) -> Tensor:
+    """``W_U · LN_final(r)`` for each direction ``[n, d]`` at ``hook``: ``[n, d_vocab]``,
+    with ``r`` the direction in the residual stream (via ``W_out`` for ``mlp.hook_post``,
     ``W_O`` for ``attn.hook_z``). LN_final's bias is dropped: it adds the same logits
     to every direction."""
     from saekit.models import W_out, validate_hook
@@ -208,7 +208,12 @@ def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
         ln = getattr(model, "ln_final", None)
         if ln is not None:
             v = ln(v) - ln(torch.zeros_like(v[:1]))
-        return (v @ W_U).topk(k, dim=-1).indices.cpu()
+        return (v @ W_U).cpu()
+
+
+def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
+    """Top-``k`` token ids of :func:`direction_logits` for each direction."""
+    return direction_logits(model, hook, vectors).topk(k, dim=-1).indices
 
 
 def planted_concepts() -> dict[str, list[str]]:
