@@ -91,6 +91,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert saekit.load_dictionary(tmp_path / "snmf").cfg.kind == "snmf"
     html = (tmp_path / "index.html").read_text()
     assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
+    interp = {(r["dictionary"], r["description"]): r for r in summary["interp"]}
+    assert {("TopK SAE", "offline"), ("SNMF", "offline"), ("TopK SAE", "prism")} <= set(interp)
+    assert all(0 <= r["CoSy AUC"] <= 1 for r in summary["interp"])
+    for name, label in (("sae", "TopK SAE"), ("snmf", "SNMF")):
+        index = tmp_path / "interp" / name / "index.html"
+        assert f"feature dashboard ({label}): {index.resolve()}" in out
+        records = json.loads((index.parent / "features.json").read_text())["features"]
+        assert len(records) > 10 and all(r["examples"] for r in records)
+    assert 'href="interp/sae/index.html"' in html
 
 
 def test_info_on_a_dictionary(tmp_path, capsys):

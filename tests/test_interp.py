@@ -143,9 +143,7 @@ def test_cosy_statistics_match_their_definitions():
         score.cosy([1.0], [0.0])
 
 
-def test_highlight_and_polysemanticity():
-    assert prism.highlight([" a", " b", " c"], [0.0, 2.0, 0.0]) == " a[ b] c"
-    assert prism.highlight([" a", " b"], [0.0, 0.0]) == " a b"
+def test_polysemanticity():
     same = prism.polysemanticity(["days of the week", "days of the week"])
     mixed = prism.polysemanticity(["days of the week", "Python file handling functions"])
     assert same == pytest.approx(1.0, abs=1e-5) and mixed < 0.5
@@ -164,22 +162,26 @@ def test_minilm_weights_are_checked(tmp_path):
         prism.verified_minilm(bad)
 
 
+def concept_features(model, d, tokens) -> dict[str, int]:
+    """The feature with the best F1 for each planted concept family on ``tokens``."""
+    from saekit.compare import ConceptCounts
+    from saekit.data import FAMILIES, concept_labels
+
+    dense, mask = dense_codes(model, d, tokens)
+    counts = ConceptCounts(d.cfg.d_dict, len(FAMILIES))
+    counts.update(dense[mask] > 0, concept_labels(tokens, model)[mask])
+    f1 = counts.scores()["f1"]
+    return {fam: int(f1[:, i].argmax()) for i, fam in enumerate(FAMILIES)}
+
+
 @pytest.fixture(scope="module")
 def concept_run(demo_model, topk, vocab):
     """The demo SAE's best feature for each planted concept family (F1 on the describing
     tokens), described from one store and scored on held-out demo text."""
-    from saekit.data import CONCEPTS, FAMILIES, concept_labels
+    from saekit.data import CONCEPTS, FAMILIES
 
     tokens = saekit.load_tokens("demo", demo_model, n_tokens=160 * 128, seed=5)
-    dense, mask = dense_codes(demo_model, topk, tokens)
-    labels = concept_labels(tokens, demo_model)[mask]
-    act = dense[mask] > 0
-    best = {}
-    for i, fam in enumerate(FAMILIES):
-        on = labels == i
-        tp = (act & on[:, None]).sum(0).float()
-        f1 = 2 * tp / (act.sum(0) + on.sum()).clamp(min=1)
-        best[fam] = int(f1.argmax())
+    best = concept_features(demo_model, topk, tokens)
     store = collect(demo_model, topk, tokens, features=sorted(set(best.values())), top_k=50, n_samples=50)
     desc = describe.describe(store, vocab, model=demo_model, dictionary=topk)
     held = saekit.load_tokens("demo:heldout", demo_model, n_tokens=200 * 128, seed=0)

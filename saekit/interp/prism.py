@@ -7,7 +7,7 @@ Per feature (:func:`clusters`):
    the store's top windows are exact and de-duplicated, where PRISM's P² markers over
    ~2,000 texts collapse onto few distinct texts);
 2. highlight, as PRISM does, the tokens above their window's own 90th percentile and
-   above 0 with ``[ ]``;
+   above 0 with ``[ ]`` (:func:`saekit.interp.prompts.highlight_percentile`);
 3. embed the highlighted texts with all-MiniLM-L6-v2 (PRISM uses gte-Qwen2-1.5B; MiniLM
    is what runs offline here, and delphi's embedding scorer uses it too);
 4. cluster with k-means, k from 1..``max_k`` by silhouette (``k=`` fixes it: 5 is
@@ -100,13 +100,6 @@ def embed(texts: Sequence[str], batch_size: int = 64, device: str | None = None,
     return e.float().cpu()
 
 
-def highlight(tokens: Sequence[str], acts: Sequence[float], q: float = 0.9) -> str:
-    """PRISM's marking: tokens above the window's own ``q`` quantile and above 0 in ``[ ]``."""
-    a = np.asarray(acts, dtype=np.float64)
-    cut = max(float(np.quantile(a, q)) if len(a) else 0.0, 0.0)
-    return "".join(f"[{t}]" if v > cut or (v > 0 and v == a.max()) else t for t, v in zip(tokens, a, strict=True))
-
-
 def band(store: FeatureStore, feature: int, percentile: float = 0.99, min_windows: int = 5,
          max_windows: int = 20) -> list[Example]:
     """The feature's windows in the top ``1 - percentile`` of its activating windows."""
@@ -152,9 +145,10 @@ def clusters(store: FeatureStore, features: Sequence[int], vocab: Sequence[str],
     from sklearn.cluster import KMeans
 
     from saekit.interp.describe import template
+    from saekit.interp.prompts import highlight_percentile
 
     bands = {f: band(store, f, percentile, min_windows, max_windows) for f in features}
-    texts = [highlight([vocab[i] for i in e.tokens], e.acts) for f in features for e in bands[f]]
+    texts = [highlight_percentile(t) for f in features for t in store.text(bands[f], vocab)]
     emb = embed(texts, progress=progress).numpy()
     out, at = {}, 0
     for f in features:

@@ -239,25 +239,29 @@ def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple
 
     Returns ``{feature: [{"method", "text", "scores": {...}}]}`` where scores hold
     ``cosy_auc, cosy_mad, cosy_p, embedding_auroc`` and the same four of a random
-    description (``random_*``: the same method's description of another feature, see
-    :func:`random_partners`, scored on this feature's data).
+    description (``random_*``: the same method's description of another feature that
+    has one, see :func:`random_partners`, scored on this feature's data).
     """
     from saekit.interp.prism import embed
 
-    partners = random_partners(list(descriptions), seed)
+    # Donors are drawn per method among the features that have a description of it, so
+    # every method gets its baseline (PRISM labels exist only for some features).
+    methods = sorted({m for rows in descriptions.values() for m, _ in rows})
+    donor_of = {m: random_partners([f for f, rows in descriptions.items() if any(r[0] == m for r in rows)], seed)
+                for m in methods}
     # One embedding call for every text: the embedder's per-call overhead dominates short texts.
     uniq = sorted({t for rows in descriptions.values() for _, t in rows})
     table = dict(zip(uniq, embed(uniq), strict=True))
     out: dict[int, list[dict[str, Any]]] = {}
     for f, rows in descriptions.items():
-        donor = descriptions.get(partners.get(f, -1), [])
         texts = [t for _, t in rows]
         # The i-th description of a method gets the donor's i-th of that method (cycling),
         # so best-of-k over PRISM's k labels has k different random labels beside it.
         seen: dict[str, int] = {}
         rand = []
         for m, _ in rows:
-            pool = [t for m2, t in donor if m2 == m]
+            donor = donor_of[m].get(f)
+            pool = [t for m2, t in descriptions[donor] if m2 == m] if donor is not None else []
             i = seen[m] = seen.get(m, -1) + 1
             rand.append(pool[i % len(pool)] if pool else None)
         rand_texts = [t for t in rand if t is not None]
