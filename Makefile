@@ -39,6 +39,7 @@ bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_train.py --peers $(PEERS) --out eval/results/bench_train.json
 	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
+	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
 
 # The format fixtures are written by the real libraries, in the peer venv. dictionary_learning
 # 0.1.0 goes in with --no-deps: its nnsight<0.4 would pull torchvision, diffusers, numba, ...

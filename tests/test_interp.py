@@ -108,6 +108,10 @@ def test_store_resumes_exactly_after_an_interruption(demo_model, topk, small_tok
     other = collect(demo_model, topk, small_tokens, top_k=4, n_samples=6, batch_size=4, seed=4,
                     out=tmp_path / "s", on_batch=seen.append)
     assert seen[-len(range(0, 24, 4))] == 4 and other.complete
+    again: list[int] = []  # the same finished pass is read back, not run again
+    same = collect(demo_model, topk, small_tokens, top_k=4, n_samples=6, batch_size=4, seed=4,
+                   out=tmp_path / "s", on_batch=again.append)
+    assert again == [] and torch.equal(same.t["top_win"], other.t["top_win"])
 
 
 def test_store_rejects_bad_files(demo_model, topk, small_tokens, tmp_path):

@@ -361,7 +361,7 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         Tokens kept left and right of each example's maximum (delphi: 24 and 7 of 32).
     out
         Directory to save the store in; with ``resume`` an incomplete store there from
-        the same arguments is continued.
+        the same arguments is continued, and a complete one is returned as it is.
     checkpoint_every
         Batches between saves of the incomplete state (only with ``out``).
     dataset
@@ -392,11 +392,12 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         "dictionary": {"kind": dictionary.cfg.kind, "d_dict": d_dict, "k": dictionary.cfg.k,
                        "sha256": dictionary_fingerprint(dictionary)},
         "n_windows": len(tokens), "ctx_len": T, "tokens_sha256": _tokens_sha256(tokens),
+        "features_sha256": _tokens_sha256(feats),
         "dataset": dataset, "seed": seed, "top_k": top_k, "n_samples": n_samples,
         "context": list(context), "histogram": [*HIST_RANGE, HIST_BINS],
     }
-    identity = {k: manifest[k] for k in ("model", "hook", "dictionary", "tokens_sha256", "seed", "top_k",
-                                         "n_samples", "context")}
+    identity = {k: manifest[k] for k in ("model", "hook", "dictionary", "tokens_sha256", "features_sha256",
+                                         "seed", "top_k", "n_samples", "context")}
     top, smp = _Examples(n_f, top_k, width), _Examples(n_f, max(n_samples, 1), width)
     stats = {"count": torch.zeros(n_f, dtype=torch.int64), "sum": torch.zeros(n_f, dtype=torch.float64),
              "max": torch.zeros(n_f), "hist": torch.zeros(n_f, HIST_BINS, dtype=torch.int64),
@@ -408,7 +409,10 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
     start = 0
     if out is not None and resume and (Path(out) / MANIFEST).exists():
         old = FeatureStore.load(out)
-        if not old.complete and {k: old.manifest.get(k) for k in identity} == identity:
+        same = {k: old.manifest.get(k) for k in identity} == identity
+        if same and old.complete:
+            return old  # this exact pass is done already
+        if same and not old.complete:
             start, manifest["n_tokens"] = old.manifest["next_window"], old.manifest["n_tokens"]
             top, smp = _restore(old, "top", top), _restore(old, "smp", smp)
             stats = {k: old.t[k] for k in stats}
