@@ -106,25 +106,26 @@ class _Examples:
         self.pos = torch.zeros(n_features, k, dtype=torch.int64)
         self.ctx = torch.zeros(n_features, k, width, dtype=torch.float16)
 
-    def merge(self, score: Tensor, val: Tensor, pos: Tensor, first_window: int, dense: Tensor,
-              left: int) -> None:
-        """Merge one batch: ``score, val, pos`` are ``[n_features, batch]``; ``dense`` the
-        batch's activations ``[batch, T, n_features]``."""
+    def merge(self, score: Tensor, val: Tensor, first_window: int, dense: Tensor, left: int) -> None:
+        """Merge one batch: ``score, val`` are ``[n_features, batch]``; ``dense`` the
+        batch's activations ``[batch, T, n_features]``. The argmax position is found only
+        for the windows that enter the set (a max with indices over all of ``dense`` costs
+        8x a plain one)."""
         k, width = self.score.shape[1], self.ctx.shape[2]
-        allscore = torch.cat([self.score, score], dim=1)
-        top = allscore.topk(k, dim=1)
+        top = torch.cat([self.score, score], dim=1).topk(k, dim=1)
         sel, fresh = top.indices, top.indices >= k
         self.score = top.values
         old = sel.clamp(max=k - 1)
         self.val = torch.where(fresh, val.gather(1, (sel - k).clamp(min=0)), self.val.gather(1, old))
-        bpos = pos.gather(1, (sel - k).clamp(min=0))
-        self.pos = torch.where(fresh, bpos, self.pos.gather(1, old))
+        self.pos = self.pos.gather(1, old)
         self.win = torch.where(fresh, first_window + sel - k, self.win.gather(1, old))
         self.ctx = self.ctx.gather(1, old[..., None].expand(-1, -1, width))
         f, s = fresh.nonzero(as_tuple=True)
         if len(f):
             j = sel[f, s] - k
-            start = context_start(self.pos[f, s], dense.shape[1], left, width)
+            pos = dense[j, :, f].argmax(dim=1)
+            self.pos[f, s] = pos
+            start = context_start(pos, dense.shape[1], left, width)
             cols = start[:, None] + torch.arange(width)
             self.ctx[f, s] = dense[j[:, None], cols.clamp(max=dense.shape[1] - 1), f[:, None]].half()
         # Windows that never fired keep score -inf; mark them empty.
@@ -449,8 +450,7 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         fired = flat > 0
         manifest["n_tokens"] += int(keep.sum())
         stats["count"] += fired.sum(0)
-        stats["sum"] += flat.sum(0, dtype=torch.float64)
-        stats["max"] = torch.maximum(stats["max"], flat.max(0).values if len(flat) else stats["max"])
+        stats["sum"] += flat.sum(0).double()  # fp32 within a batch, fp64 across batches
         r, f = fired.nonzero(as_tuple=True)
         v = flat[r, f]
         b = ((v.log10() - lo) / (hi - lo) * HIST_BINS).floor().long().clamp(0, HIST_BINS - 1)
@@ -462,15 +462,15 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         if n_pending > _MERGE_EVERY:
             tok = _merge_token_stats(tok, pending)
             pending, n_pending = [], 0
-        wmax, wpos = dense.max(dim=1)                        # [B, n_f]
-        wmax, wpos = wmax.T.contiguous(), wpos.T.contiguous()
+        wmax = dense.amax(dim=1).T.contiguous()             # [n_f, B]
+        stats["max"] = torch.maximum(stats["max"], wmax.amax(dim=1))
         live = wmax > 0
         stats["windows"] += live.sum(1)
-        top.merge(torch.where(live, wmax, -math.inf), wmax, wpos, first, dense, context[0])
+        top.merge(torch.where(live, wmax, -math.inf), wmax, first, dense, context[0])
         if n_samples:
             gen = torch.Generator().manual_seed(seed * 1_000_003 + first)
             key = torch.rand(wmax.shape, generator=gen)
-            smp.merge(torch.where(live, -key, -math.inf), wmax, wpos, first, dense, context[0])
+            smp.merge(torch.where(live, -key, -math.inf), wmax, first, dense, context[0])
         batches += 1
         if out is not None and batches % checkpoint_every == 0 and first + B < len(tokens):
             snapshot(first + B, complete=False)
