@@ -17,19 +17,16 @@ from typing import Any, NamedTuple
 import pytest
 from llm_server import ScriptedServer
 
+from saekit.interp.detection import classification_metrics, detection, fuzzing, parse_binary_list
 from saekit.interp.llm import LLMClient, LLMError
 from saekit.interp.prompts import (
     PROMPT_VERSION,
-    classification_metrics,
-    detection,
     explain_maxact,
     explain_output,
-    fuzzing,
     generate_concept_texts,
     highlight_percentile,
     label_clusters,
     mark_example,
-    parse_binary_list,
     parse_explanation,
     parse_label,
     parse_lines,

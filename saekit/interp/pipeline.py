@@ -7,8 +7,8 @@ The steps, each in its own module:
    clusters (:mod:`saekit.interp.prism`) for the most frequent ``prism_features`` of them;
 3. with an LLM endpoint configured (``SAEKIT_LLM_BASE_URL`` and ``SAEKIT_LLM_MODEL``, or
    ``llm="on"``): MaxAct and output-centric explanations and PRISM cluster labels for the
-   first ``llm_features`` (:mod:`saekit.interp.prompts`), scored also by detection,
-   fuzzing and CoSy on LLM-written texts;
+   first ``llm_features`` (:mod:`saekit.interp.prompts`), scored also by detection and
+   fuzzing (:mod:`saekit.interp.detection`) and CoSy on LLM-written texts;
 4. scores on a :class:`~saekit.interp.score.ScoringCorpus` of *other* windows (the tokens
    after the describing ones), each beside a random-description baseline;
 5. :func:`saekit.interp.dashboard.write_dashboard`, plus ``interp.json`` (the summary)
@@ -176,7 +176,7 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
                 scored: dict[int, list[dict]], seed: int) -> None:
     """Detection, fuzzing and CoSy on LLM-written texts for the MaxAct explanations, and
     for a random feature's MaxAct explanation as the baseline."""
-    from saekit.interp import prompts, score
+    from saekit.interp import detection, score
 
     text = {f: next(d["text"] for d in scored[f] if d["method"] == "maxact") for f in feats}
     partner = score.random_partners(feats, seed)
@@ -187,8 +187,8 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
         on.append([corpus.example(i, f) for i in a])
         off.append([corpus.example(i, f) for i in b])
     descs = [t for _, t, _ in pairs]
-    det = prompts.detection(client, descs, on, off, seed=seed)
-    fuz = prompts.fuzzing(client, descs, on, off, seed=seed)
+    det = detection.detection(client, descs, on, off, seed=seed)
+    fuz = detection.fuzzing(client, descs, on, off, seed=seed)
     cos = score.llm_cosy(client, model, dictionary, corpus, [f for f, _, _ in pairs], descs)
     for (f, _, prefix), d, z, c in zip(pairs, det, fuz, cos, strict=True):
         row = next(r for r in scored[f] if r["method"] == "maxact")

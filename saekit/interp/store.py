@@ -403,10 +403,10 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
     stats = {"count": torch.zeros(n_f, dtype=torch.int64), "sum": torch.zeros(n_f, dtype=torch.float64),
              "max": torch.zeros(n_f), "hist": torch.zeros(n_f, HIST_BINS, dtype=torch.int64),
              "windows": torch.zeros(n_f, dtype=torch.int64)}
-    vocab = int(tokens.max()) + 1
+    n_vocab = int(tokens.max()) + 1
     tok = {"key": torch.zeros(0, dtype=torch.int64), "count": torch.zeros(0, dtype=torch.int64),
            "sum": torch.zeros(0, dtype=torch.float64), "max": torch.zeros(0)}
-    token_count = torch.zeros(vocab, dtype=torch.int64)
+    token_count = torch.zeros(n_vocab, dtype=torch.int64)
     start = 0
     if out is not None and resume and (Path(out) / MANIFEST).exists():
         old = FeatureStore.load(out)
@@ -456,7 +456,7 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         b = ((v.log10() - lo) / (hi - lo) * HIST_BINS).floor().long().clamp(0, HIST_BINS - 1)
         stats["hist"].view(-1).index_add_(0, f * HIST_BINS + b, torch.ones_like(b))
         ids = tokens[first:first + B][keep]
-        token_count += torch.bincount(ids, minlength=vocab)[:vocab]
+        token_count += torch.bincount(ids, minlength=n_vocab)[:n_vocab]
         pending.append((ids[r] * n_f + f, v))
         n_pending += len(v)
         if n_pending > _MERGE_EVERY:

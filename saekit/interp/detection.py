@@ -1,0 +1,221 @@
+"""delphi's LLM scorers: :func:`detection` and :func:`fuzzing`.
+
+Both ask the LLM, given a feature's description, to classify held-out examples (does
+the feature fire here; are these marks where it fires) and return balanced accuracy,
+precision, recall and F1 per feature. Prompts follow :mod:`saekit.interp.prompts`'
+conventions (:data:`~saekit.interp.prompts.PROMPT_VERSION` in every system message, one
+``chat_many`` batch per call) and are paraphrases written for saekit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from saekit.interp.llm import LLMClient
+from saekit.interp.prompts import (
+    MAXACT_THRESHOLD,
+    _maxact_mask,
+    _messages,
+    _numbered,
+    _render,
+    _strip_thinking,
+    _tokens_acts,
+)
+
+_BINARY_WORDS = {"1": 1, "0": 0, "yes": 1, "no": 0, "true": 1, "false": 0}
+_BRACKETED = re.compile(r"\[([^\[\]]*)\]")
+_NAMED_ANSWER = re.compile(r"\b(?:example|text)[\s_#]*(\d+)[\"'\s:=)\-–.]*\**\s*(yes|no|true|false|1|0)\b",
+                           re.IGNORECASE)
+_NUMBERED_ANSWER = re.compile(r"^\s*\(?#?(\d+)\s*[.):]\s*\**\s*(yes|no|true|false|1|0)\b",
+                              re.IGNORECASE | re.MULTILINE)
+_BARE_DIGIT = re.compile(r"(?<![\w.])[01](?![\w.])")
+_BARE_WORD = re.compile(r"(?<![\w.])(?:yes|no|true|false)(?![\w.])", re.IGNORECASE)
+
+
+def parse_binary_list(text: str, n: int) -> list[int] | None:
+    """Exactly ``n`` 0/1 judgements from an answer, or ``None`` when they cannot be found.
+
+    Tries, in order: the last bracketed list of ``n`` items that are all 0/1/yes/no/
+    true/false (``[1, 0, 1]``, ``["yes", "no"]``); per-example answers covering exactly
+    examples 1..n (``Example 1: yes``, ``example_2: 0``, ``3. no``; a later answer for
+    the same example wins); ``n`` standalone 0/1 digits in the whole answer, then in
+    its last line (``1 0 1``); ``n`` yes/no words in the last line.
+    """
+    if not isinstance(text, str) or n < 1:
+        return None
+    text = _strip_thinking(text)
+    for inside in reversed(_BRACKETED.findall(text)):
+        items = [x.strip().strip("'\"").lower() for x in re.split(r"[,;\s]+", inside) if x.strip()]
+        if len(items) == n and all(x in _BINARY_WORDS for x in items):
+            return [_BINARY_WORDS[x] for x in items]
+    named = {int(k): _BINARY_WORDS[v.lower()]
+             for pattern in (_NUMBERED_ANSWER, _NAMED_ANSWER) for k, v in pattern.findall(text)}
+    if named and sorted(named) == list(range(1, n + 1)):
+        return [named[k] for k in range(1, n + 1)]
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    for chunk, pattern in ((text, _BARE_DIGIT), (last, _BARE_DIGIT), (last, _BARE_WORD)):
+        found = pattern.findall(chunk)
+        if len(found) == n:
+            return [_BINARY_WORDS[x.lower()] for x in found]
+    return None
+
+
+def classification_metrics(labels: Sequence[int], predictions: Sequence[int | None]) -> dict[str, float]:
+    """Balanced accuracy, accuracy, precision, recall and F1 of 0/1 predictions.
+
+    ``None`` predictions (unparseable answers) are left out rather than counted as wrong;
+    ``n_parsed`` and ``n_total`` say how many there were. Balanced accuracy is NaN when
+    the parsed examples lack a class; precision is 0 when nothing was predicted positive
+    (as scikit-learn); every rate is NaN when nothing was parsed.
+    """
+    pairs = [(int(y), int(p)) for y, p in zip(labels, predictions, strict=True) if p is not None]
+    tp = sum(1 for y, p in pairs if y == 1 and p == 1)
+    fp = sum(1 for y, p in pairs if y == 0 and p == 1)
+    tn = sum(1 for y, p in pairs if y == 0 and p == 0)
+    fn = sum(1 for y, p in pairs if y == 1 and p == 0)
+    nan = float("nan")
+    recall = tp / (tp + fn) if tp + fn else nan
+    specificity = tn / (tn + fp) if tn + fp else nan
+    if pairs:
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        r = 0.0 if math.isnan(recall) else recall
+        f1 = 2 * precision * r / (precision + r) if precision + r else 0.0
+        accuracy = (tp + tn) / len(pairs)
+    else:
+        precision = f1 = accuracy = nan
+    return {"balanced_accuracy": (recall + specificity) / 2, "accuracy": accuracy,
+            "precision": precision, "recall": recall, "f1": f1,
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n_parsed": len(pairs), "n_total": len(labels)}
+
+
+def _check_scoring_input(descriptions: Sequence[str], activating: Sequence[Sequence[Any]],
+                         non_activating: Sequence[Sequence[Any]], per_prompt: int) -> None:
+    if not (len(descriptions) == len(activating) == len(non_activating)):
+        raise ValueError(f"descriptions, activating and non_activating must have one entry per feature, got "
+                         f"{len(descriptions)}, {len(activating)} and {len(non_activating)}")
+    if not isinstance(per_prompt, int) or per_prompt < 1:
+        raise ValueError(f"per_prompt must be a positive integer, got {per_prompt!r}")
+
+
+def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
+              items: Sequence[list[tuple[str, int]]], per_prompt: int, temperature: float,
+              max_tokens: int) -> list[dict[str, float]]:
+    """Send each feature's (text, label) items in prompts of ``per_prompt`` and score."""
+    requests, slots = [], []
+    for f, (description, feature_items) in enumerate(zip(descriptions, items, strict=True)):
+        for start in range(0, len(feature_items), per_prompt):
+            chunk = feature_items[start:start + per_prompt]
+            user = (f"Description: {description}\n\n{_numbered([t for t, _ in chunk], 'Example')}\n\n"
+                    f"Answer with a list of {len(chunk)} values, 0 or 1, one per example in order.")
+            requests.append(_messages(system, user))
+            slots.append((f, [y for _, y in chunk]))
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    labels: list[list[int]] = [[] for _ in descriptions]
+    predictions: list[list[int | None]] = [[] for _ in descriptions]
+    for (f, ys), answer in zip(slots, answers, strict=True):
+        parsed = parse_binary_list(answer, len(ys))
+        labels[f] += ys
+        predictions[f] += parsed if parsed is not None else [None] * len(ys)
+    return [classification_metrics(y, p) for y, p in zip(labels, predictions, strict=True)]
+
+
+_DETECTION_SYSTEM = (
+    "You test a description of a language-model feature. You get the description of what "
+    "makes the feature fire and numbered text examples. For each example, decide whether "
+    "the feature fires anywhere in it according to the description (1) or not (0). Reply "
+    "with a list of 0s and 1s, one per example in order, such as [0, 1, 0], and nothing else.")
+
+
+def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequence[Sequence[Any]],
+              non_activating: Sequence[Sequence[Any]], per_prompt: int = 5, seed: int = 0, *,
+              temperature: float = 0.0, max_tokens: int = 200) -> list[dict[str, float]]:
+    """delphi's detection score: can the LLM tell, from the description alone, which
+    (unmarked) examples make the feature fire?
+
+    Each feature's activating (label 1) and non-activating (label 0) examples are shuffled
+    (seeded per feature) and sent ``per_prompt`` to a prompt; the LLM answers one 0/1 per
+    example. An answer that :func:`parse_binary_list` cannot read counts its examples as
+    missing, not as wrong: they drop out of the metrics and ``n_parsed`` falls below
+    ``n_total``.
+
+    Parameters
+    ----------
+    client
+        The LLM.
+    descriptions
+        One description per feature.
+    activating, non_activating
+        Per feature, held-out examples where it fires and where it does not.
+    per_prompt
+        Examples per request (delphi's pipeline: 5).
+    seed
+        Seed of the shuffle.
+    temperature, max_tokens
+        Sampling parameters of the requests.
+
+    Returns
+    -------
+    list[dict]
+        Per feature, :func:`classification_metrics`: ``balanced_accuracy``, ``accuracy``,
+        ``precision``, ``recall``, ``f1``, the confusion counts ``tp``/``fp``/``tn``/``fn``,
+        ``n_parsed`` and ``n_total``.
+    """
+    _check_scoring_input(descriptions, activating, non_activating, per_prompt)
+    items = []
+    for f, (pos, neg) in enumerate(zip(activating, non_activating, strict=True)):
+        rng = random.Random(f"detection:{seed}:{f}")
+        feature_items = ([("".join(_tokens_acts(ex)[0]), 1) for ex in pos]
+                         + [("".join(_tokens_acts(ex)[0]), 0) for ex in neg])
+        rng.shuffle(feature_items)
+        items.append(feature_items)
+    return _classify(client, _DETECTION_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)
+
+
+_FUZZING_SYSTEM = (
+    "You test a description of a language-model feature. You get the description and "
+    "numbered text examples in which some tokens are wrapped in << and >>. For each example, "
+    "decide whether the marked tokens are the ones the description would pick out, so the "
+    "marking fits the description (1), or whether the marks look misplaced (0). Reply with "
+    "a list of 0s and 1s, one per example in order, such as [0, 1, 0], and nothing else.")
+
+
+def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence[Sequence[Any]],
+            non_activating: Sequence[Sequence[Any]], per_prompt: int = 5, seed: int = 0, *,
+            threshold: float = MAXACT_THRESHOLD, temperature: float = 0.0,
+            max_tokens: int = 200) -> list[dict[str, float]]:
+    """delphi's fuzzing score: can the LLM tell correctly marked examples from randomly
+    marked ones, given the description?
+
+    Activating examples (label 1) are marked where they fire (at least ``threshold`` times
+    the example's maximum, :func:`mark_example`); each non-activating example (label 0)
+    gets marks on ``ceil(mean number of marked tokens)`` random tokens (at least one;
+    seeded per feature). Examples are shuffled and sent ``per_prompt`` to a prompt; the
+    LLM answers, per example, whether the marks fit the description. Unparseable answers
+    count as missing, not as wrong (see :func:`detection`).
+
+    Parameters and returns as :func:`detection`, plus ``threshold``.
+    """
+    _check_scoring_input(descriptions, activating, non_activating, per_prompt)
+    items = []
+    for f, (pos, neg) in enumerate(zip(activating, non_activating, strict=True)):
+        rng = random.Random(f"fuzzing:{seed}:{f}")
+        feature_items: list[tuple[str, int]] = []
+        marked_counts = []
+        for ex in pos:
+            tokens, acts = _tokens_acts(ex)
+            mask = _maxact_mask(acts, threshold, None)
+            marked_counts.append(sum(mask))
+            feature_items.append((_render(tokens, mask, "<<", ">>"), 1))
+        n_marks = max(1, math.ceil(sum(marked_counts) / len(marked_counts))) if marked_counts else 1
+        for ex in neg:
+            tokens, _ = _tokens_acts(ex)
+            chosen = set(rng.sample(range(len(tokens)), min(n_marks, len(tokens))))
+            feature_items.append((_render(tokens, [i in chosen for i in range(len(tokens))], "<<", ">>"), 0))
+        rng.shuffle(feature_items)
+        items.append(feature_items)
+    return _classify(client, _FUZZING_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)
