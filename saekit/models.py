@@ -130,7 +130,8 @@ def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
     return model
 
 
-def _is_native_dir(path: Path) -> bool:
+def is_native_dir(path: Path) -> bool:
+    """Whether ``path`` is a native checkpoint directory (its config names TransformerLensNative)."""
     cfg = path / "config.json"
     if not (path.is_dir() and cfg.is_file()):
         return False
@@ -178,7 +179,7 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
         raise TypeError(f"load_model expects a path, a model name or a hooked model, got {type(spec).__name__}")
     dev = resolve_device(device)
     path = Path(spec).expanduser()
-    if _is_native_dir(path):
+    if is_native_dir(path):
         model, used = _load_native(path, dev, dtype), "native"
     elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
         if not path.is_dir() and path.exists():

@@ -145,7 +145,7 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
         Fixes the weights; the global RNG is left as it was.
     """
     from saekit.models import (
-        _is_native_dir,
+        is_native_dir,
         load_tokenizer,
         read_native_config,
         resolve_device,
@@ -156,7 +156,7 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
                         f"{type(spec).__name__}; set Config.model to the model's path or name")
     dev = resolve_device(device)
     path = Path(spec).expanduser()
-    if _is_native_dir(path):
+    if is_native_dir(path):
         from saekit.models import boot_native
 
         cfg = read_native_config(path)
