@@ -193,15 +193,6 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
     return markdown_table([{c: cell(r.get(c)) for c in (cols or list(r))} for r in rows])
 
 
-def _json_clean(v: Any) -> Any:
-    """NaN/inf to null: compare.json is strict JSON that any reader accepts."""
-    if isinstance(v, dict):
-        return {str(k): _json_clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_clean(x) for x in v]
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 _RECON_COLS = ["name", "kind", "hook", "d_dict", "k", "fvu", "l0", "neurons_per_feature", "ce_recovered_zero",
                "ce_recovered_mean", "kl_recovered_zero", "kl_recovered_mean", "frac_dead"]
 _MATCH_COLS = ["n_matched", "mean_matched_cos", "mmcs_a_to_b", "mmcs_b_to_a", "chance_matched_cos",
@@ -232,7 +223,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready Python values (NaN/inf become None)."""
-        return _json_clean(dataclasses.asdict(self))
+        from saekit.report import json_safe
+
+        return json_safe(dataclasses.asdict(self))
 
     def markdown(self, images: bool = True) -> str:
         """The report as Markdown; ``images`` links the PNGs :meth:`save` writes beside it."""

@@ -7,11 +7,30 @@ import base64
 import csv
 import html
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from saekit.fileio import atomic_write_text
+
+
+def json_safe(v: Any) -> Any:
+    """A strict-JSON copy: non-finite floats become None (null), NamedTuples dicts,
+    tensors and numpy values plain Python (through ``tolist``), other objects strings."""
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if hasattr(v, "_asdict"):
+        return json_safe(v._asdict())
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    if hasattr(v, "tolist"):
+        return json_safe(v.tolist())
+    return str(v)
 
 
 def _fmt(v: Any) -> str:

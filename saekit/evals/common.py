@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -48,13 +47,20 @@ class EvalResult(NamedTuple):
         """Write ``{name}.csv``, ``{name}.json`` (rows, summary, config), the PNGs,
         ``report.md`` and ``index.html``, each atomically."""
         from saekit.fileio import atomic_write_bytes, atomic_write_text
-        from saekit.report import html_img, html_page, html_table, markdown_table, write_csv
+        from saekit.report import (
+            html_img,
+            html_page,
+            html_table,
+            json_safe,
+            markdown_table,
+            write_csv,
+        )
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / f"{self.name}.csv", self.rows)
-        doc = {"name": self.name, "summary": _jsonable(self.summary), "config": _jsonable(self.config),
-               "rows": _jsonable(self.rows)}
+        doc = {"name": self.name, "summary": json_safe(self.summary), "config": json_safe(self.config),
+               "rows": json_safe(self.rows)}
         atomic_write_text(out / f"{self.name}.json", json.dumps(doc, indent=2, allow_nan=True) + "\n")
         for fname, png in self.figures.items():
             atomic_write_bytes(out / fname, png)
@@ -66,22 +72,8 @@ class EvalResult(NamedTuple):
         atomic_write_text(out / "index.html", html_page(f"saekit eval {self.name}", [
             ("Summary", html_table(summary_rows)), ("Results", html_table(self.rows)),
             *[(f, html_img(png, f)) for f, png in self.figures.items()],
-            ("Settings", f"<pre>{json.dumps(_jsonable(self.config), indent=2)}</pre>")]))
+            ("Settings", f"<pre>{json.dumps(json_safe(self.config), indent=2)}</pre>")]))
         return out
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, Tensor):
-        return _jsonable(v.tolist())
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 def kl_per_token(clean_logp: Tensor, logp: Tensor) -> Tensor:

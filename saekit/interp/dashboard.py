@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 from saekit.fileio import atomic_write_text
+from saekit.report import json_safe
 
 __all__ = ["write_dashboard"]
 
@@ -48,30 +49,12 @@ nav a{margin-right:1em}#q{width:28em;font-size:1em;padding:.3em}.lens{display:fl
 
 # ----------------------------------------------------------------------------- data cleaning
 
-def _clean(obj):
-    """JSON-ready copy: non-finite floats become None; numpy scalars/arrays and NamedTuples
-    (the store's TextExample) become plain Python values, so json.dumps never fails."""
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if hasattr(obj, "_asdict"):
-        return _clean(obj._asdict())
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy/torch values without importing them
-        return _clean(obj.tolist())
-    return str(obj)
-
-
 def _validate(meta, features) -> tuple[dict, list[dict]]:
     if not isinstance(meta, dict):
         raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
     if not isinstance(features, list):
         raise ValueError(f"features must be a list of dicts, got {type(features).__name__}")
-    meta = _clean(meta)
+    meta = json_safe(meta)
     cols = meta.get("score_columns") or []
     if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
         raise ValueError("meta['score_columns'] must be a list of strings")
@@ -80,7 +63,7 @@ def _validate(meta, features) -> tuple[dict, list[dict]]:
     for i, rec in enumerate(features):
         if not isinstance(rec, dict):
             raise ValueError(f"features[{i}] must be a dict, got {type(rec).__name__}")
-        rec = _clean(rec)
+        rec = json_safe(rec)
         f = rec.get("feature")
         if "feature" not in rec or isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise ValueError(f"features[{i}]['feature'] must be a non-negative int, got {f!r}")

@@ -151,11 +151,12 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
     scored = score.score_descriptions(corpus, descriptions, seed=cfg.seed)
     if llm_feats:
         _llm_scores(client, model, dictionary, corpus, llm_feats, scored, cfg.seed)
-    poly = {f: prism.polysemanticity([c.label for c in clusters[f]]) for f in clusters}
-    pool = [c.label for f in clusters for c in clusters[f]]
+    pool = sorted({c.label for f in clusters for c in clusters[f]})
+    embedded = dict(zip(pool, prism.embed(pool), strict=True))  # once, for labels and baseline
+    poly = {f: prism.polysemanticity([c.label for c in clusters[f]], embedded) for f in clusters}
     records = [_record(store, f, vocab, offline[f], scored.get(f, []), clusters.get(f, []), poly.get(f))
                for f in shown]
-    summary = summarize(scored, poly, _random_polysemanticity(clusters, pool, cfg.seed))
+    summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed))
     summary.update(n_tokens=store.n_tokens, n_score_chunks=len(corpus), n_shown=len(shown),
                    llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1), config=asdict(cfg))
     meta = {"title": f"saekit interp: {name or dictionary.cfg.kind + '-' + str(dictionary.cfg.d_dict)} "
@@ -167,7 +168,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                      f"{len(corpus)} held-out chunks of 32 tokens; random_* = another feature's description "
                      "scored on this feature"}
     index = write_dashboard(out, meta, records)
-    report.atomic_write_text(out / "interp.json", json.dumps(_finite(summary), indent=2) + "\n")
+    report.atomic_write_text(out / "interp.json", json.dumps(report.json_safe(summary), indent=2) + "\n")
     report.write_csv(out / "features.csv", [_row(r) for r in records])
     return InterpResult(index, records, summary)
 
@@ -197,12 +198,14 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
                               f"{prefix}llm_cosy_auc": c.auc, f"{prefix}llm_cosy_mad": c.mad})
 
 
-def _random_polysemanticity(clusters: dict[int, list], pool: list[str], seed: int) -> float | None:
+def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch.Tensor],
+                            seed: int) -> float | None:
     """PRISM's baseline: the polysemanticity of as many labels drawn from the whole pool."""
     from saekit.interp.prism import polysemanticity
 
+    pool = list(embedded)
     rng = np.random.default_rng(seed)
-    vals = [polysemanticity(list(rng.choice(pool, len(c), replace=False)))
+    vals = [polysemanticity(list(rng.choice(pool, len(c), replace=False)), embedded)
             for c in clusters.values() if len(c) >= 2 and len(pool) >= len(c)]
     vals = [v for v in vals if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -231,16 +234,6 @@ def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], rand
 def _mean(v: list[float]) -> float:
     v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return float(np.mean(v)) if v else math.nan
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _example(e: Any) -> dict[str, Any]:

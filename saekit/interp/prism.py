@@ -190,11 +190,12 @@ def _offline_label(examples: Sequence[Example], vocab: Sequence[str], template: 
     return template(toks, ctx, None)
 
 
-def polysemanticity(labels: Sequence[str]) -> float | None:
-    """Mean pairwise cosine of the label embeddings (PRISM); None for fewer than 2 labels."""
+def polysemanticity(labels: Sequence[str], embedded: dict[str, torch.Tensor] | None = None) -> float | None:
+    """Mean pairwise cosine of the label embeddings (PRISM); None for fewer than 2 labels.
+    ``embedded`` maps labels to embeddings already computed (:func:`embed`)."""
     if len(labels) < 2:
         return None
-    e = embed(labels)
+    e = torch.stack([embedded[t] for t in labels]) if embedded is not None else embed(labels)
     sim = e @ e.T
     i, j = torch.triu_indices(len(labels), len(labels), 1)
     return float(sim[i, j].mean())

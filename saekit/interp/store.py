@@ -241,9 +241,10 @@ class FeatureStore:
     def token_stats(self, feature: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(token_ids, count, sum, max)`` of the tokens on which the feature fired."""
         r = self.row(feature)
-        keys, n_f = self.t["tok_key"], len(self._row)
-        sel = (keys % n_f) == r
-        return keys[sel] // n_f, self.t["tok_count"][sel], self.t["tok_sum"][sel], self.t["tok_max"][sel]
+        # Keys are row * n_vocab + token id, kept sorted: one feature is one contiguous run.
+        keys, n_vocab = self.t["tok_key"], len(self.t["token_count"])
+        lo, hi = torch.searchsorted(keys, torch.tensor([r * n_vocab, (r + 1) * n_vocab])).tolist()
+        return keys[lo:hi] - r * n_vocab, self.t["tok_count"][lo:hi], self.t["tok_sum"][lo:hi], self.t["tok_max"][lo:hi]
 
     def token_counts(self) -> Tensor:
         """How often every token id occurs among the masked tokens, ``[vocab]``."""
@@ -418,7 +419,7 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
             top, smp = _restore(old, "top", top), _restore(old, "smp", smp)
             stats = {k: old.t[k] for k in stats}
             tok = {k: old.t[f"tok_{k}"] for k in tok}
-            token_count[:len(old.t["token_count"])] = old.t["token_count"]
+            token_count = old.t["token_count"].clone()
 
     pending: list[tuple[Tensor, Tensor]] = []
     n_pending = 0
@@ -457,7 +458,7 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
         stats["hist"].view(-1).index_add_(0, f * HIST_BINS + b, torch.ones_like(b))
         ids = tokens[first:first + B][keep]
         token_count += torch.bincount(ids, minlength=n_vocab)[:n_vocab]
-        pending.append((ids[r] * n_f + f, v))
+        pending.append((f * n_vocab + ids[r], v))
         n_pending += len(v)
         if n_pending > _MERGE_EVERY:
             tok = _merge_token_stats(tok, pending)
