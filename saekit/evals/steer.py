@@ -117,7 +117,7 @@ def tokenize_prompts(model: Any, prompts: list[str]) -> Prompts:
     from saekit.data import get_tokenizer, special_ids
 
     tok = get_tokenizer(model)
-    bos, pad = special_ids(tok)
+    bos, pad = special_ids(model)
     enc = []
     for i, p in enumerate(prompts):
         ids = tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else []

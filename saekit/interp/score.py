@@ -195,7 +195,7 @@ def text_acts(model: Any, dictionary: Any, texts: Sequence[str], features: Seque
     from saekit.data import get_tokenizer, special_ids
 
     tok = get_tokenizer(model)
-    bos, pad = special_ids(tok)
+    bos, pad = special_ids(model)
     rows = torch.full((len(texts), max_len + 1), pad, dtype=torch.long)
     rows[:, 0] = bos
     for i, t in enumerate(texts):

@@ -42,6 +42,15 @@ class Recovered(NamedTuple):
     """(kl_mean − kl_spliced) / kl_mean."""
     n_tokens: int
     """Positions averaged over."""
+    n_windows: int = 0
+    """Windows evaluated (the unit of the standard errors)."""
+    se: dict[str, float] = {}
+    """Bootstrap standard error over windows of every field above (same names)."""
+
+    def interval(self, name: str, z: float = 1.96) -> tuple[float, float]:
+        """Normal interval ``value ± z·SE`` of a field (95% by default)."""
+        v, e = getattr(self, name), self.se.get(name, float("nan"))
+        return v - z * e, v + z * e
 
 
 @torch.no_grad()
@@ -76,37 +85,51 @@ def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int
             return new
         return model.hooks(fwd_hooks=[(hook, fn)])
 
-    sums = {k: 0.0 for k in ("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced", "kl_zero", "kl_mean")}
-    n = 0
+    # One row of sums per window (7 quantities and the count), for the bootstrap.
+    per_window = torch.zeros(len(tokens), len(_QUANTITIES) + 1, dtype=torch.float64)
     for i in range(0, len(tokens), batch_size):
         toks = tokens[i:i + batch_size].to(dev)
         valid = (mask[i:i + batch_size, :-1] & mask[i:i + batch_size, 1:]).to(dev)
         # Position 0 predicts the first real token from BOS: keep it, BOS is never replaced.
         valid |= mask[i:i + batch_size, 1:].to(dev) & (torch.arange(valid.shape[1], device=dev) == 0)
         target = toks[:, 1:]
+        rows = per_window[i:i + batch_size]
         clean = model(toks)[:, :-1].float().log_softmax(-1)
-        sums["ce_clean"] += _ce(clean, target, valid)
-        for name, ctx in (("spliced", splice(model, dictionary)), ("zero", ablate(None)),
-                          ("mean", ablate(mean.to(dev)))):
+        rows[:, 0] = _ce(clean, target, valid)
+        for j, (name, ctx) in enumerate((("spliced", splice(model, dictionary)), ("zero", ablate(None)),
+                                         ("mean", ablate(mean.to(dev))))):
             with ctx:
                 logp = model(toks)[:, :-1].float().log_softmax(-1)
-            sums[f"ce_{name}"] += _ce(logp, target, valid)
-            sums[f"kl_{name}"] += float((clean.exp() * (clean - logp)).sum(-1)[valid].sum())
-        n += int(valid.sum())
-    m = {k: v / max(n, 1) for k, v in sums.items()}
+            rows[:, 1 + j] = _ce(logp, target, valid)
+            rows[:, 4 + j] = ((clean.exp() * (clean - logp)).sum(-1) * valid).double().sum(1).cpu()
+        rows[:, -1] = valid.sum(1).double().cpu()
+    from saekit.metrics.uncertainty import bootstrap_se
 
-    def frac(num: float, den: float) -> float:
-        return num / den if den != 0 else float("nan")
-
-    return Recovered(
-        **m,
-        ce_recovered_zero=frac(m["ce_zero"] - m["ce_spliced"], m["ce_zero"] - m["ce_clean"]),
-        ce_recovered_mean=frac(m["ce_mean"] - m["ce_spliced"], m["ce_mean"] - m["ce_clean"]),
-        kl_recovered_zero=frac(m["kl_zero"] - m["kl_spliced"], m["kl_zero"]),
-        kl_recovered_mean=frac(m["kl_mean"] - m["kl_spliced"], m["kl_mean"]),
-        n_tokens=n,
-    )
+    names = [*_QUANTITIES, *_FRACTIONS]
+    values = _recovered(per_window.sum(0, keepdim=True))[0].tolist()
+    se = bootstrap_se(_recovered, per_window).tolist()
+    return Recovered(**dict(zip(names, values, strict=True)), n_tokens=int(per_window[:, -1].sum()),
+                     n_windows=len(tokens), se=dict(zip(names, se, strict=True)))
 
 
-def _ce(logp: Tensor, target: Tensor, valid: Tensor) -> float:
-    return float(-logp.gather(-1, target[..., None]).squeeze(-1)[valid].sum())
+_QUANTITIES = ("ce_clean", "ce_spliced", "ce_zero", "ce_mean", "kl_spliced", "kl_zero", "kl_mean")
+_FRACTIONS = ("ce_recovered_zero", "ce_recovered_mean", "kl_recovered_zero", "kl_recovered_mean")
+
+
+def _recovered(totals: Tensor) -> Tensor:
+    """``[..., 8]`` sums (7 quantities, count) -> ``[..., 11]`` means and recovered fractions."""
+    m = totals[..., :7] / totals[..., 7:].clamp_min(1)
+    ce_clean, ce_spliced, ce_zero, ce_mean, kl_spliced, kl_zero, kl_mean = m.unbind(-1)
+
+    def frac(num: Tensor, den: Tensor) -> Tensor:
+        return torch.where(den != 0, num / den, torch.nan)
+
+    return torch.cat([m, torch.stack([frac(ce_zero - ce_spliced, ce_zero - ce_clean),
+                                      frac(ce_mean - ce_spliced, ce_mean - ce_clean),
+                                      frac(kl_zero - kl_spliced, kl_zero),
+                                      frac(kl_mean - kl_spliced, kl_mean)], -1)], -1)
+
+
+def _ce(logp: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Summed next-token CE of each window, ``[batch]`` float64 on the CPU."""
+    return (-logp.gather(-1, target[..., None]).squeeze(-1) * valid).double().sum(1).cpu()

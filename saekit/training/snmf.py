@@ -217,7 +217,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     The fitted dictionary: unit-norm ``W_dec`` rows (codes carry the scale), the best
     pass's dictionary, fit statistics in ``cfg.metadata``.
     """
-    from saekit.models import model_name, model_processing, resolve_device
+    from saekit.models import resolve_device, source_fields
     from saekit.training.trainer import _as_rows, provenance
 
     cls = {"snmf": SNMF, "nmf": NMF}.get(kind)
@@ -227,10 +227,8 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     if data.ndim != 2:
         raise ValueError(f"data must be [n_tokens, d_in], got shape {tuple(data.shape)}")
     n, d_in = data.shape
-    hooked = model is not None and not isinstance(model, str)
     cfg = DictionaryConfig(kind=kind, d_in=d_in, d_dict=d_dict, k=k, hook=hook,
-                           model=model_name(model) if hooked else model,
-                           processing=model_processing(model) if hooked else processing, options=options)
+                           **source_fields(model, processing), options=options)
     o = cfg.options
     if o["solver"] not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {o['solver']!r}")
