@@ -96,8 +96,8 @@ def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int
         rows = per_window[i:i + batch_size]
         clean = model(toks)[:, :-1].float().log_softmax(-1)
         rows[:, 0] = _ce(clean, target, valid)
-        for j, (name, ctx) in enumerate((("spliced", splice(model, dictionary)), ("zero", ablate(None)),
-                                         ("mean", ablate(mean.to(dev))))):
+        # Columns follow _QUANTITIES: ce_clean, ce_{spliced,zero,mean}, kl_{spliced,zero,mean}.
+        for j, ctx in enumerate((splice(model, dictionary), ablate(None), ablate(mean.to(dev)))):
             with ctx:
                 logp = model(toks)[:, :-1].float().log_softmax(-1)
             rows[:, 1 + j] = _ce(logp, target, valid)
