@@ -14,8 +14,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from saekit.demo import DEMO_LM, run_demo
 
-    args.model = args.model or DEMO_LM
-    run_demo(out=Path(args.out), n_tokens=args.n_tokens, model_path=Path(args.model))
+    run_demo(out=Path(args.out) if args.out else None, n_tokens=args.n_tokens, model_path=args.model or DEMO_LM)
     return 0
 
 
@@ -308,10 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="saekit", description="Sparse dictionary learning for LM interpretability.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the main job on the demo LM, end to end")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--n-tokens", type=int, default=64 * 1024, help="tokens to harvest")
-    p.add_argument("--model", default=None, help="native checkpoint directory (default: the demo LM)")
+    p = sub.add_parser("demo", help="the main job end to end, on the demo LM or a real model")
+    p.add_argument("--out", default=None, help="output directory (default runs/demo, or runs/demo-NAME for "
+                                                "another model)")
+    p.add_argument("--n-tokens", type=int, default=None,
+                   help="held-out tokens to harvest (default 65,536 on the demo LM, 32,768 on a real model)")
+    p.add_argument("--model", default=None, help="the demo LM (default), 'smollm2-135m', a .gguf file, an HF "
+                                                  "directory or name: real models run on the English corpus")
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("harvest", help="harvest activations into an on-disk cache")

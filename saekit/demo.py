@@ -10,15 +10,18 @@ two dictionaries' features against baseline directions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from saekit import report
 from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
-from saekit.models import load_model
+from saekit.metrics import ce_kl_recovered_all
+from saekit.models import is_native_dir, load_model
 
 DEMO_LM = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"
 
@@ -44,18 +47,77 @@ def concept_table(acts: torch.Tensor, labels: torch.Tensor, unit: str = "neuron"
     return rows
 
 
-def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_path: Path = DEMO_LM) -> dict:
+@dataclass(frozen=True)
+class DemoPlan:
+    """What one demo run harvests, fits and evaluates."""
+
+    data: str
+    """Text source; evaluation reads its ``:heldout`` split, training its train split."""
+    n_tokens: int
+    """Held-out tokens harvested and evaluated on."""
+    train_tokens: int
+    """Training tokens harvested for the SAE (the SNMF takes the first ``snmf_tokens``)."""
+    sae: dict
+    """Keywords of ``saekit.fit`` for the TopK SAE (``d_dict`` as a multiple of the width
+    when it is a float)."""
+    snmf: dict
+    """Keywords of ``saekit.fit`` for the SNMF."""
+    snmf_tokens: int
+    ce_windows: int
+    """Held-out windows for CE/KL recovered (their SE shrinks as 1/sqrt of it)."""
+    all_layers: bool
+    """Harvest every MLP layer and a residual hook for the overview (cheap on a small model)."""
+    concepts: bool
+    """The text has planted concepts to detect (the demo corpus)."""
+
+
+#: The demo LM: 64k held-out tokens, every hook, an SAE of 4x width.
+DEMO_PLAN = DemoPlan(data="demo", n_tokens=64 * 1024, train_tokens=128 * 1024,
+                     sae=dict(d_dict=4.0, k=16, batch_size=1024, epochs=3),
+                     snmf=dict(d_dict=128, k=16, wta_fraction=0.05, max_iter=40), snmf_tokens=64 * 1024,
+                     ce_windows=256, all_layers=True, concepts=True)
+#: A real model on CPU: the issue's quality setting (150k training tokens, fit's defaults,
+#: d_dict 4x the MLP width, k 32) and an SNMF whose features keep 1% of the neurons, as
+#: in Shafran et al.; 128 windows for CE/KL recovered (about 2 minutes per dictionary).
+REAL_PLAN = DemoPlan(data="english", n_tokens=32 * 1024, train_tokens=150_000,
+                     sae=dict(d_dict=4.0, k=32), snmf=dict(d_dict=256, k=32, wta_fraction=0.01, max_iter=30),
+                     snmf_tokens=64 * 1024, ce_windows=128, all_layers=False, concepts=False)
+
+
+def default_out(model: str | Path) -> Path:
+    """``runs/demo`` for the demo LM, ``runs/demo-NAME`` for another model."""
+    return Path("runs/demo") if _is_demo_lm(model) else Path("runs") / f"demo-{Path(str(model)).name}"
+
+
+def _is_demo_lm(model: str | Path) -> bool:
+    return Path(str(model)).expanduser().resolve() == DEMO_LM.resolve()
+
+
+def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: str | Path = DEMO_LM,
+             plan: DemoPlan | None = None) -> dict:
+    """The main job end to end on ``model_path``: the demo LM (with its planted concepts)
+    or a real model (``"smollm2-135m"``, a GGUF, an HF directory) on the English corpus."""
+    demo_lm = _is_demo_lm(model_path) or is_native_dir(Path(str(model_path)).expanduser())
+    plan = plan or (DEMO_PLAN if demo_lm else REAL_PLAN)
+    if n_tokens is not None:
+        plan = dataclasses.replace(plan, n_tokens=n_tokens, train_tokens=2 * n_tokens,
+                                   snmf_tokens=min(plan.snmf_tokens, n_tokens), ce_windows=min(plan.ce_windows, 64))
+    out = Path(out) if out is not None else default_out(model_path)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     model = load_model(model_path, device="cpu")
-    card = json.loads((model_path / "train_summary.json").read_text()) if (model_path / "train_summary.json").exists() else {}
-    print(f"demo LM: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp {model.cfg.d_mlp}, "
-          f"vocab {model.cfg.d_vocab}; held-out loss {card.get('heldout_loss', '?')} nats "
-          f"(unigram baseline {card.get('unigram_heldout_loss', '?')})")
+    card_file = Path(str(model_path)) / "train_summary.json"
+    card = json.loads(card_file.read_text()) if demo_lm and card_file.exists() else {}
+    name = "demo LM" if demo_lm else str(model_path)
+    print(f"{name}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp {model.cfg.d_mlp}, "
+          f"vocab {model.cfg.d_vocab}" + (f"; held-out loss {card.get('heldout_loss', '?')} nats "
+                                          f"(unigram baseline {card.get('unigram_heldout_loss', '?')})" if card else ""))
 
-    tokens = load_tokens("demo:heldout", model, n_tokens)
+    tokens = load_tokens(f"{plan.data}:heldout", model, plan.n_tokens)
     mask = token_mask(tokens, model)
-    hooks = [f"blocks.{L}.mlp.hook_post" for L in range(model.cfg.n_layers)] + ["blocks.1.hook_resid_post"]
+    mid = f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
+    hooks = ([f"blocks.{L}.mlp.hook_post" for L in range(model.cfg.n_layers)] + ["blocks.1.hook_resid_post"]
+             if plan.all_layers else [mid, f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"])
     from saekit.activations import harvest
 
     t1 = time.time()
@@ -70,57 +132,37 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
         hook_rows.append({"hook": h, "tokens": x.shape[0], "d": x.shape[1],
                           "mean ||x||": float(norms.mean()), "max ||x||": float(norms.max()),
                           "frac > 0": float((x > 0).float().mean())})
-    labels = concept_labels(tokens, model)[mask]
-    mid = f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
-    concept_rows = concept_table(acts[mid], labels)
-
+    labels = concept_labels(tokens, model)[mask] if plan.concepts else None
+    concept_rows = concept_table(acts[mid], labels) if plan.concepts else []
 
     sae, snmf, sae_rows, (sae_concepts, snmf_concepts), sae_freq = train_demo_sae(
-        model, mid, acts[mid], tokens, labels, n_tokens)
+        model, mid, acts[mid], tokens, labels, plan)
+    effects_t = time.time()
     effect_rows = perturbation_effects(model, mid, sae, snmf)
+    print(f"sensitivity and steering: {time.time() - effects_t:.0f}s")
     shipped = DEMO_LM.parent / "demo-topk"
-    if shipped.is_dir() and Path(model_path).resolve() == DEMO_LM.resolve():
+    if shipped.is_dir() and _is_demo_lm(model_path):
         # A dictionary loaded from disk (checkpoints/, made by `make checkpoints`) runs
         # through the same evaluation as the ones just trained.
         from saekit.dictionaries import load_dictionary
 
         d = load_dictionary(shipped)
-        row, _, _ = _evaluate_dictionary(model, d, acts[mid], tokens)
+        rec = ce_kl_recovered_all(model, [d], tokens[:plan.ce_windows])[0]
+        row, _, _ = _evaluate_dictionary(model, d, acts[mid], tokens, rec)
         sae_rows.append({"kind": f"{d.cfg.kind} (checkpoints/demo-topk)", "d_dict": d.cfg.d_dict, "k": d.cfg.k,
                          "train tokens": d.cfg.metadata.get("tokens", "-"), "fit seconds": "-", **row})
     for r, c, s in zip(concept_rows, sae_concepts, snmf_concepts, strict=True):
         r["best SAE feature AUROC"] = c["AUROC"]
         r["best SNMF feature AUROC"] = s["AUROC"]
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
-    for h, x in acts.items():
-        axes[0].hist(x.norm(dim=1).numpy(), bins=60, histtype="step", label=h)
-    axes[0].set(xlabel="activation norm per token", ylabel="tokens", title="Activation norms")
-    axes[0].legend(fontsize=7)
-    fams = [r["family"] for r in concept_rows]
-    pos = torch.arange(len(fams)).float()
-    axes[1].bar(pos - 0.27, [r["AUROC"] for r in concept_rows], 0.27, label="best neuron", color="#4c72b0")
-    axes[1].bar(pos, [r["best SAE feature AUROC"] for r in concept_rows], 0.27,
-                label="best SAE feature", color="#dd8452")
-    axes[1].bar(pos + 0.27, [r["best SNMF feature AUROC"] for r in concept_rows], 0.27,
-                label="best SNMF feature", color="#8172b3")
-    axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC", title=f"Detecting each concept ({mid})")
-    axes[1].set_xticks(pos.tolist(), fams, rotation=30)
-    axes[1].legend(fontsize=8, loc="lower right")
-    axes[2].hist(sae_freq.numpy(), bins=50, color="#55a868")
-    axes[2].set(xlabel="log10 firing frequency (held-out)", ylabel="SAE features", title="SAE feature density")
-    png = report.figure_png(fig)
-    plt.close(fig)
+    png = _plot(acts, concept_rows, sae_freq, mid)
     (out / "activations.png").write_bytes(png)
     print("\nActivations per hook\n" + report.text_table(hook_rows))
-    print(f"\nTopK SAE and SNMF on {mid}, evaluated on held-out text\n" + report.text_table(sae_rows))
-    print(f"\nPlanted concepts in {mid}: the single neuron / SAE / SNMF feature that best detects each family\n"
-          + report.text_table(concept_rows))
+    print(f"\nTopK SAE and SNMF on {mid}, evaluated on held-out text (± one standard error over windows)\n"
+          + report.text_table(sae_rows))
+    if concept_rows:
+        print(f"\nPlanted concepts in {mid}: the single neuron / SAE / SNMF feature that best detects each family\n"
+              + report.text_table(concept_rows))
     print(f"\nPerturbing {mid} along each kind of direction (saekit eval sensitivity / steering)\n"
           + report.text_table(effect_rows))
     sae.save(out / "sae")
@@ -130,31 +172,36 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
     export(sae, out / "sae-saelens", to="saelens")  # sae_lens.SAE.load_from_disk reads it
 
     interp_rows, dashboards = describe_features(model, tokens, {"TopK SAE": (sae, out / "sae"),
-                                                                "SNMF": (snmf, out / "snmf")}, out / "interp")
-    summary = {"model": str(model_path), "n_tokens": n, "harvest_seconds": round(dt, 2),
-               "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows, "effects": effect_rows,
-               "interp": interp_rows, "model_card": card}
-    report.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+                                                                "SNMF": (snmf, out / "snmf")}, out / "interp",
+                                                dataset=f"{plan.data}:heldout")
+    summary = {"model": str(model_path), "data": plan.data, "plan": dataclasses.asdict(plan), "n_tokens": n,
+               "harvest_seconds": round(dt, 2), "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows,
+               "effects": effect_rows, "interp": interp_rows, "model_card": card}
+    report.atomic_write_text(out / "summary.json", json.dumps(report.json_safe(summary), indent=2) + "\n")
     report.write_csv(out / "hooks.csv", hook_rows)
-    report.write_csv(out / "concepts.csv", concept_rows)
+    if concept_rows:
+        report.write_csv(out / "concepts.csv", concept_rows)
     report.write_csv(out / "sae.csv", sae_rows)
     report.write_csv(out / "effects.csv", effect_rows)
-    report.atomic_write_text(out / "index.html", report.html_page("saekit demo", [
-        ("Demo LM", f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
-                    f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
-                    f"{card.get('unigram_heldout_loss', '?')}.</p>"),
+    about = (f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
+             f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
+             f"{card.get('unigram_heldout_loss', '?')}.</p>" if card else
+             f"<p>{model_path}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp "
+             f"{model.cfg.d_mlp}; evaluated on {n:,} held-out tokens of {plan.data!r}.</p>")
+    report.atomic_write_text(out / "index.html", report.html_page(f"saekit demo: {name}", [
+        (name, about),
         ("Activations per hook", report.html_table(hook_rows)),
-        (f"TopK SAE and SNMF on {mid}", report.html_table(sae_rows)),
-        (f"Planted concepts in {mid}", report.html_table(concept_rows)),
+        (f"TopK SAE and SNMF on {mid} (± one standard error over windows)", report.html_table(sae_rows)),
+        *([(f"Planted concepts in {mid}", report.html_table(concept_rows))] if concept_rows else []),
         (f"Sensitivity and steering at {mid}", report.html_table(effect_rows)),
         ("Feature descriptions (saekit interp)", report.html_table(interp_rows) + "<p>Dashboards: "
          + ", ".join(f'<a href="{p.relative_to(out)}">{k}</a>' for k, p in dashboards.items()) + "</p>"),
-        ("Plots", report.html_img(png, "activation norms and concept AUROC")),
+        ("Plots", report.html_img(png, "activation norms and feature density")),
     ]))
     report.write_csv(out / "interp.csv", interp_rows)
     print("\nFeature descriptions on held-out windows (saekit interp; CoSy AUC 0.5 = chance)\n"
           + report.text_table(interp_rows))
-    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, concepts.csv, sae.csv, interp.csv, activations.png, "
+    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, sae.csv, interp.csv, activations.png, "
           "sae/, snmf/, sae-saelens/ (strict SAELens layout) "
           f"({time.time() - t0:.0f}s in all)")
     for k, p in dashboards.items():
@@ -162,7 +209,36 @@ def run_demo(out: Path = Path("runs/demo"), n_tokens: int = 64 * 1024, model_pat
     return summary
 
 
-def describe_features(model, tokens: torch.Tensor, dictionaries: dict, out: Path) -> tuple[list[dict], dict]:
+def _plot(acts: dict, concept_rows: list[dict], sae_freq: torch.Tensor, mid: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3 if concept_rows else 2, figsize=(16 if concept_rows else 11, 3.8))
+    for h, x in acts.items():
+        axes[0].hist(x.norm(dim=1).numpy(), bins=60, histtype="step", label=h)
+    axes[0].set(xlabel="activation norm per token", ylabel="tokens", title="Activation norms")
+    axes[0].legend(fontsize=7)
+    if concept_rows:
+        fams = [r["family"] for r in concept_rows]
+        pos = torch.arange(len(fams)).float()
+        for shift, key, label, colour in ((-0.27, "AUROC", "best neuron", "#4c72b0"),
+                                          (0.0, "best SAE feature AUROC", "best SAE feature", "#dd8452"),
+                                          (0.27, "best SNMF feature AUROC", "best SNMF feature", "#8172b3")):
+            axes[1].bar(pos + shift, [r[key] for r in concept_rows], 0.27, label=label, color=colour)
+        axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC", title=f"Detecting each concept ({mid})")
+        axes[1].set_xticks(pos.tolist(), fams, rotation=30)
+        axes[1].legend(fontsize=8, loc="lower right")
+    axes[-1].hist(sae_freq.numpy(), bins=50, color="#55a868")
+    axes[-1].set(xlabel="log10 firing frequency (held-out)", ylabel="SAE features", title="SAE feature density")
+    png = report.figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def describe_features(model, tokens: torch.Tensor, dictionaries: dict, out: Path,
+                      dataset: str = "demo:heldout") -> tuple[list[dict], dict]:
     """``saekit interp`` on each dictionary, small: the 64 most frequent features
     described from the first three quarters of the held-out windows and scored on the
     last quarter, PRISM clusters for 16 of them. Returns the summary rows and the
@@ -174,7 +250,7 @@ def describe_features(model, tokens: torch.Tensor, dictionaries: dict, out: Path
     rows, dashboards = [], {}
     for label, (d, path) in dictionaries.items():
         res = interp(model, d, describe_tokens, score_tokens, out / path.name, cfg, name=str(path),
-                     dataset="demo:heldout")
+                     dataset=dataset)
         dashboards[label] = res.index
         for method, s in res.summary["methods"].items():
             rows.append({"dictionary": label, "description": method, "features": s["n"],
@@ -217,53 +293,66 @@ def perturbation_effects(model, hook: str, sae, snmf) -> list[dict]:
 
 
 def train_demo_sae(model, hook: str, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor,
-                   labels: torch.Tensor, n_tokens: int):
+                   labels: torch.Tensor | None, plan: DemoPlan):
     """Fit a TopK SAE and an SNMF on training-split activations of ``hook``; evaluate
     both on held-out ones. Returns ``(sae, snmf, rows, concepts per dictionary, log10
     firing frequency of the SAE)``."""
     from saekit.activations import harvest
     from saekit.training import fit
 
-    train_tokens = load_tokens("demo", model, 2 * n_tokens, seed=1)
+    train_tokens = load_tokens(plan.data, model, plan.train_tokens, seed=1)
     train = harvest(model, [hook], train_tokens, batch_size=32)[hook]
+    sae_kw = dict(plan.sae)
+    if isinstance(sae_kw["d_dict"], float):
+        sae_kw["d_dict"] = int(sae_kw["d_dict"] * train.shape[1])
     t = time.time()
-    sae = fit(train, "topk", d_dict=4 * train.shape[1], k=16, batch_size=1024, epochs=3,
-              hook=hook, model=model, progress=True)
+    sae = fit(train, "topk", hook=hook, model=model, progress=True, **sae_kw)
     sae_s = time.time() - t
-    # SNMF (Shafran et al.) on the same activations: 128 features, each on 5% of the
-    # neurons (the paper's 1% keeps 6 neurons at this width), top-16 codes per token.
+    # SNMF (Shafran et al.) on the same activations; on the demo LM each feature keeps 5%
+    # of the neurons (the paper's 1% keeps 6 neurons at its width of 512).
     t = time.time()
-    snmf = fit(train[:n_tokens], "snmf", d_dict=128, k=16, hook=hook, model=model, progress=True,
-               wta_fraction=0.05, max_iter=40)
+    snmf = fit(train[:plan.snmf_tokens], "snmf", hook=hook, model=model, progress=True, **plan.snmf)
     snmf_s = time.time() - t
     rows, concepts, freqs = [], [], []
-    for d, secs, n in ((sae, sae_s, len(train)), (snmf, snmf_s, min(len(train), n_tokens))):
-        row, codes, freq = _evaluate_dictionary(model, d, heldout_acts, heldout_tokens)
+    recovered = ce_kl_recovered_all(model, [sae, snmf], heldout_tokens[:plan.ce_windows])
+    for d, secs, n, rec in ((sae, sae_s, len(train), recovered[0]),
+                            (snmf, snmf_s, min(len(train), plan.snmf_tokens), recovered[1])):
+        row, codes, freq = _evaluate_dictionary(model, d, heldout_acts, heldout_tokens, rec)
         rows.append({"kind": d.cfg.kind, "d_dict": d.cfg.d_dict, "k": d.cfg.k, "train tokens": n,
                      "fit seconds": round(secs, 1), **row})
-        concepts.append(concept_table(codes, labels, unit="feature"))
+        concepts.append(concept_table(codes, labels, unit="feature") if labels is not None else [])
         freqs.append(freq)
     return sae, snmf, rows, concepts, freqs[0].clamp_min(1e-7).log10().float()
 
 
-def _evaluate_dictionary(model, d, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor):
-    from saekit.metrics import StreamingStats, ce_kl_recovered
+def _evaluate_dictionary(model, d, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor, rec):
+    """FVU (± SE over windows), L0, dead features and CE/KL recovered (``rec``, ± SE) of ``d``."""
+    from saekit.metrics import StreamingStats, fvu_with_se
 
     with torch.no_grad():
         stats = StreamingStats()
-        codes_all = []
+        codes_all, recon = [], []
         for x in heldout_acts.split(4096):
             codes = d.encode(x)
-            stats.update(x, d.decode(codes), d.active(codes))
+            x_hat = d.decode(codes)
+            stats.update(x, x_hat, d.active(codes))
             codes_all.append(codes)
+            recon.append(x_hat)
         codes = torch.cat(codes_all)
-    rec = ce_kl_recovered(model, d, heldout_tokens[:64], batch_size=16)
+    window = token_mask(heldout_tokens, model).nonzero()[:, 0]
+    fvu, fvu_se = fvu_with_se(heldout_acts, torch.cat(recon), window)
     freq = stats.firing_frequency()
     nonzero = (d.W_dec != 0).sum(1).float().mean()
-    row = {"FVU": stats.fvu(), "L0": stats.l0(), "neurons per feature": float(nonzero),
+
+    def pm(name: str) -> str:
+        return f"{getattr(rec, name):.3f} ± {rec.se[name]:.3f}"
+
+    row = {"FVU": fvu, "FVU SE": fvu_se, "L0": stats.l0(), "neurons per feature": float(nonzero),
            "dead %": 100 * float((freq == 0).double().mean()),
            "CE recovered (zero abl.)": rec.ce_recovered_zero,
            "CE recovered (mean abl.)": rec.ce_recovered_mean,
            "KL recovered (zero abl.)": rec.kl_recovered_zero,
+           "CE rec. zero ± SE": pm("ce_recovered_zero"), "CE rec. mean ± SE": pm("ce_recovered_mean"),
+           "KL rec. zero ± SE": pm("kl_recovered_zero"), "windows": rec.n_windows,
            "CE clean / spliced": f"{rec.ce_clean:.3f} / {rec.ce_spliced:.3f}"}
     return row, codes, freq

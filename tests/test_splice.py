@@ -65,7 +65,12 @@ def test_ce_kl_recovered(demo_model, demo_tokens, sae):
     # This small SAE (6k training tokens) recovers part of what ablating the layer loses:
     # measured CE recovered 0.48, KL recovered 0.51 against zero ablation.
     assert 0.2 < r.ce_recovered_zero < 1 and 0.2 < r.kl_recovered_zero < 1
-    assert r.n_tokens > 15 * 120
+    assert r.n_tokens > 15 * 120 and r.n_windows == 16
+    # Standard errors over windows: positive, finite, an interval that holds the value.
+    assert set(r.se) >= {"ce_recovered_zero", "kl_recovered_mean", "ce_clean"}
+    assert 0 < r.se["ce_recovered_zero"] < 0.5 and 0 < r.se["ce_clean"] < 0.5
+    lo, hi = r.interval("ce_recovered_zero")
+    assert lo < r.ce_recovered_zero < hi
     exact = saekit.ce_kl_recovered(demo_model, exact_dictionary(512), demo_tokens[:8], batch_size=8)
     assert exact.ce_recovered_zero == pytest.approx(1.0, abs=1e-4)
     assert exact.kl_recovered_mean == pytest.approx(1.0, abs=1e-4)
@@ -92,3 +97,14 @@ def test_given_mean_equals_computed_mean(demo_model, demo_tokens, sae):
     a = saekit.ce_kl_recovered(demo_model, sae, toks, batch_size=8)
     b = saekit.ce_kl_recovered(demo_model, sae, toks, batch_size=8, mean=acts.double().mean(0).float())
     assert b.ce_mean == pytest.approx(a.ce_mean, rel=1e-5) and b.kl_mean == pytest.approx(a.kl_mean, rel=1e-4)
+
+
+def test_ce_kl_recovered_all_equals_one_call_per_dictionary(demo_model, demo_tokens, sae):
+    toks = demo_tokens[:8]
+    other = exact_dictionary(512)
+    both = saekit.metrics.ce_kl_recovered_all(demo_model, [sae, other], toks, batch_size=4)
+    for d, r in zip((sae, other), both, strict=True):
+        alone = saekit.ce_kl_recovered(demo_model, d, toks, batch_size=8)
+        for name in ("ce_spliced", "kl_spliced", "ce_mean", "ce_recovered_zero", "kl_recovered_mean"):
+            assert getattr(r, name) == pytest.approx(getattr(alone, name), rel=1e-4, abs=1e-6)
+        assert r.se["ce_recovered_zero"] == pytest.approx(alone.se["ce_recovered_zero"], rel=1e-3, abs=1e-6)
