@@ -44,6 +44,10 @@ bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
 	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
+	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 32768 --batch-size 32 \
+	  --out eval/results/bench_harvest_smollm2.json
+	$(OFFLINE) $(PY) eval/bench_train.py --model smollm2-135m --peers $(PEERS) \
+	  --out eval/results/bench_train_smollm2.json
 
 # The format fixtures are written by the real libraries, in the peer venv. dictionary_learning
 # 0.1.0 goes in with --no-deps: its nnsight<0.4 would pull torchvision, diffusers, numba, ...

@@ -88,6 +88,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--peers", default=default_peers(),
                     help="the peer venv's python (default .venv-peers/bin/python if present; 'none' to skip)")
+    ap.add_argument("--model", default=None,
+                    help="train on this model's activations (e.g. smollm2-135m) instead of seeded randn; "
+                         "d_in becomes the hook's width")
+    ap.add_argument("--hook", default=None, help="with --model: the hook (default blocks.{n_layers//2}.mlp.hook_post)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     peers = None if args.peers in (None, "", "none") else args.peers
@@ -99,9 +103,18 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     B, d, n, k = args.batch, args.d_in, args.d_dict, args.k
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, d, generator=g).to(dev, dtype)
+    if args.model:  # real activations: every case, peers included, trains on the same rows
+        model = saekit.load_model(args.model, device="cpu")
+        args.hook = args.hook or f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
+        tokens = saekit.load_tokens("english", model, B * (args.fit_batches + 1) * 130 // 127)
+        acts = saekit.harvest(model, [args.hook], tokens)[args.hook][: B * (args.fit_batches + 1)]
+        del model
+        args.d_in = d = acts.shape[1]
+        x, data = acts[:B].to(dev, dtype), acts[B:].to(dtype)
+    else:
+        x = torch.randn(B, d, generator=g).to(dev, dtype)
+        data = torch.randn(B * args.fit_batches, d, generator=g).to(dtype)
     W = torch.randn(d, n, generator=g).to(dev, dtype)
-    data = torch.randn(B * args.fit_batches, d, generator=g).to(dtype)
 
     cases = {"bound": lambda: x @ W}
     names = {"bound": "encoder matmul bound"}
@@ -155,7 +168,8 @@ def main() -> None:
         rows.append({"case": name, "tokens/s": tps, "of bound": tps / bound, "vs saekit": tps / ours,
                      "rounds": [(len(data) if c == "fit" else B) / t for t in times[c]]})
 
-    print(f"TopK training, d_in={d}, d_dict={n}, k={k}, batch={B}, {dev}, {args.dtype}, "
+    print(f"TopK training{f' on {args.model} {args.hook}' if args.model else ''}, "
+          f"d_in={d}, d_dict={n}, k={k}, batch={B}, {dev}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; matmul rate {2 * B * d * n / med['bound'] / 1e9:.1f} GFLOP/s; "
           f"medians of {args.rounds} interleaved rounds")
     print("| case | tokens/s | of bound | vs saekit |\n|---|---|---|---|")

@@ -69,6 +69,8 @@ class DemoPlan:
     """Harvest every MLP layer and a residual hook for the overview (cheap on a small model)."""
     concepts: bool
     """The text has planted concepts to detect (the demo corpus)."""
+    effects: bool = True
+    """Run the short sensitivity and steering comparison (about 2 minutes on SmolLM2)."""
 
 
 #: The demo LM: 64k held-out tokens, every hook, an SAE of 4x width.
@@ -137,9 +139,7 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
 
     sae, snmf, sae_rows, (sae_concepts, snmf_concepts), sae_freq = train_demo_sae(
         model, mid, acts[mid], tokens, labels, plan)
-    effects_t = time.time()
-    effect_rows = perturbation_effects(model, mid, sae, snmf)
-    print(f"sensitivity and steering: {time.time() - effects_t:.0f}s")
+    effect_rows = perturbation_effects(model, mid, sae, snmf) if plan.effects else []
     shipped = DEMO_LM.parent / "demo-topk"
     if shipped.is_dir() and _is_demo_lm(model_path):
         # A dictionary loaded from disk (checkpoints/, made by `make checkpoints`) runs
@@ -159,12 +159,13 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     (out / "activations.png").write_bytes(png)
     print("\nActivations per hook\n" + report.text_table(hook_rows))
     print(f"\nTopK SAE and SNMF on {mid}, evaluated on held-out text (± one standard error over windows)\n"
-          + report.text_table(sae_rows))
+          + report.text_table(_shown(sae_rows)))
     if concept_rows:
         print(f"\nPlanted concepts in {mid}: the single neuron / SAE / SNMF feature that best detects each family\n"
               + report.text_table(concept_rows))
-    print(f"\nPerturbing {mid} along each kind of direction (saekit eval sensitivity / steering)\n"
-          + report.text_table(effect_rows))
+    if effect_rows:
+        print(f"\nPerturbing {mid} along each kind of direction (saekit eval sensitivity / steering)\n"
+              + report.text_table(effect_rows))
     sae.save(out / "sae")
     snmf.save(out / "snmf")
     from saekit.formats import export
@@ -182,7 +183,8 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     if concept_rows:
         report.write_csv(out / "concepts.csv", concept_rows)
     report.write_csv(out / "sae.csv", sae_rows)
-    report.write_csv(out / "effects.csv", effect_rows)
+    if effect_rows:
+        report.write_csv(out / "effects.csv", effect_rows)
     about = (f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
              f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
              f"{card.get('unigram_heldout_loss', '?')}.</p>" if card else
@@ -191,9 +193,9 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     report.atomic_write_text(out / "index.html", report.html_page(f"saekit demo: {name}", [
         (name, about),
         ("Activations per hook", report.html_table(hook_rows)),
-        (f"TopK SAE and SNMF on {mid} (± one standard error over windows)", report.html_table(sae_rows)),
+        (f"TopK SAE and SNMF on {mid} (± one standard error over windows)", report.html_table(_shown(sae_rows))),
         *([(f"Planted concepts in {mid}", report.html_table(concept_rows))] if concept_rows else []),
-        (f"Sensitivity and steering at {mid}", report.html_table(effect_rows)),
+        *([(f"Sensitivity and steering at {mid}", report.html_table(effect_rows))] if effect_rows else []),
         ("Feature descriptions (saekit interp)", report.html_table(interp_rows) + "<p>Dashboards: "
          + ", ".join(f'<a href="{p.relative_to(out)}">{k}</a>' for k, p in dashboards.items()) + "</p>"),
         ("Plots", report.html_img(png, "activation norms and feature density")),
@@ -207,6 +209,15 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     for k, p in dashboards.items():
         print(f"feature dashboard ({k}): {p.resolve()}")
     return summary
+
+
+#: Columns of the dictionaries' table a person reads (summary.json and sae.csv keep all).
+SHOWN = ("kind", "d_dict", "k", "train tokens", "fit seconds", "FVU ± SE", "L0", "neurons per feature", "dead %",
+         "CE rec. zero ± SE", "CE rec. mean ± SE", "KL rec. zero ± SE", "windows", "CE clean / spliced")
+
+
+def _shown(rows: list[dict]) -> list[dict]:
+    return [{c: r[c] for c in SHOWN if c in r} for r in rows]
 
 
 def _plot(acts: dict, concept_rows: list[dict], sae_freq: torch.Tensor, mid: str) -> bytes:
@@ -347,7 +358,7 @@ def _evaluate_dictionary(model, d, heldout_acts: torch.Tensor, heldout_tokens: t
     def pm(name: str) -> str:
         return f"{getattr(rec, name):.3f} ± {rec.se[name]:.3f}"
 
-    row = {"FVU": fvu, "FVU SE": fvu_se, "L0": stats.l0(), "neurons per feature": float(nonzero),
+    row = {"FVU": fvu, "FVU SE": fvu_se, "FVU ± SE": f"{fvu:.3f} ± {fvu_se:.3f}", "L0": stats.l0(), "neurons per feature": float(nonzero),
            "dead %": 100 * float((freq == 0).double().mean()),
            "CE recovered (zero abl.)": rec.ce_recovered_zero,
            "CE recovered (mean abl.)": rec.ce_recovered_mean,

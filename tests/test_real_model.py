@@ -7,6 +7,8 @@ a few short windows so the whole file stays well under a minute of model time.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -124,3 +126,22 @@ def test_splice_with_error_term_is_exact_and_conventions_are_recorded(smol, wind
             spliced = smol(x, return_type="logits")
     assert (exact - clean).abs().max() <= 1e-4
     assert (spliced - clean).abs().max() > 1e-2  # the reconstruction alone does change the output
+
+
+def test_demo_runs_end_to_end_on_the_real_model(tmp_path):
+    """`saekit demo --model smollm2-135m` at a tenth of its size (the full run: README)."""
+    import json
+
+    from saekit.demo import REAL_PLAN, run_demo
+
+    tiny = dataclasses.replace(REAL_PLAN, n_tokens=2048, train_tokens=4096, snmf_tokens=2048, ce_windows=8,
+                               sae=dict(d_dict=1.0, k=16, epochs=2), snmf=dict(d_dict=32, k=8, wta_fraction=0.01,
+                                                                               max_iter=5), effects=False)
+    summary = run_demo(tmp_path, model_path="smollm2-135m", plan=tiny)
+    sae, snmf = summary["sae"]
+    assert summary["data"] == "english" and sae["windows"] == 8 and sae["d_dict"] == 1536
+    assert 0 < sae["FVU"] < 1 and sae["FVU SE"] > 0 and "±" in sae["CE rec. mean ± SE"]
+    assert snmf["neurons per feature"] == 16  # 1% of 1,536 neurons, rounded up
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["saekit"]["metadata"]["text"]["document_start"] == "<|endoftext|>"
+    assert (tmp_path / "interp" / "sae" / "index.html").is_file() and (tmp_path / "index.html").is_file()

@@ -167,9 +167,12 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
     else:
         from transformer_lens.model_bridge import TransformerBridge
 
+        from saekit.gguf import resolve_model_dir
+
+        source = resolve_model_dir(spec) or spec  # a built-in name or a GGUF: its converted directory
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            twin = TransformerBridge.boot_transformers(str(spec), load_weights=False)
+            twin = TransformerBridge.boot_transformers(str(source), load_weights=False)
         # load_weights=False leaves the model on the CPU, in its config dtype, training mode
         want = dtype or torch.float32
         if dev.type != "cpu" or next(twin.parameters()).dtype != want:

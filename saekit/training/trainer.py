@@ -476,9 +476,9 @@ def default_schedule(n: int, batch_size: int | None = None) -> tuple[int, int]:
 
     One pass at batch 4096, the anchors' default (SAELens, sparsify), suits the tens of
     millions of tokens they train on, but gives a few dozen steps on the 10⁵–10⁶ tokens
-    a CPU or a notebook harvests, far from converged: on 150k tokens of SmolLM2-135M's
-    ``blocks.15.mlp.hook_post`` (d_dict 6144, k 32) one default pass left FVU 0.785, and
-    8 epochs at batch 1024 gave 0.337. So the batch shrinks with the data (about n/150
+    a CPU or a notebook harvests, far from converged: on SmolLM2-135M's
+    ``blocks.15.mlp.hook_post`` (d_dict 6144, k 32) one such pass over 63k tokens left FVU
+    0.785, and 8 epochs over 152k tokens at batch 1024 gave 0.337. So the batch shrinks with the data (about n/150
     rounded to a power of two, within 256..4096) and the data repeats until the run has
     at least :data:`MIN_STEPS` optimizer steps (at most :data:`MAX_EPOCHS` epochs).
     Large data keeps one pass at 4096: from about 5M tokens on, nothing changes.
