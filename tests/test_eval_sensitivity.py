@@ -52,6 +52,10 @@ def test_known_result_reconstruction_error_not_pathological_against_cov_mixture(
     ratios = result.summary
     assert 0 < ratios["pathology_ratio/topk-1024/cov_mixture"] < 1.5
     assert 0 < ratios["pathology_ratio/topk-1024/real_mixture"] < 1.5
+    # With an SE over windows that makes "below 1" a conclusion, not noise.
+    se = ratios["pathology_ratio_se/topk-1024/cov_mixture"]
+    assert 0 < se and ratios["pathology_ratio/topk-1024/cov_mixture"] + 2 * se < 1
+    assert all(ratios[k] > 0 for k in ratios if k.startswith("kl_mean_se/"))
 
 
 @pytest.mark.xfail(strict=True, reason=(

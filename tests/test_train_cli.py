@@ -163,7 +163,7 @@ def test_wandb_offline_run_gets_the_same_metrics(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    t = Trainer(torch.randn(2048, 16), "topk", 32, 4, batch_size=256)
+    t = Trainer(torch.randn(2048, 16), "topk", 32, 4, batch_size=256, epochs=1)
     t.run(tmp_path / "run", log_every=2, wandb_project="saekit-test")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -268,6 +268,8 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     radii = [float(r) for r in cfg.radii]
     kls: dict[tuple[str, str, str, float], list[Tensor]] = {}
     recon_kls: dict[str, list[Tensor]] = {name: [] for name, _ in dicts}
+    # Per window (KL sum, token count), for standard errors over windows.
+    window_sums: dict[Any, list[Tensor]] = {}
     distinct: dict[tuple[str, str], set[int]] = {}
     batches = range(n_batches)
     if progress:
@@ -311,15 +313,21 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         clean = clean_log_probs(model, toks, batch_size=cfg.max_rows)
         kl = perturbation_kl(model, toks, cfg.hook, make, n_variants=len(variants), clean_logp=clean,
                              max_rows=cfg.max_rows)
+        counts = m.sum(1).double()
         for v, k in zip(variants, kl, strict=True):
-            kls.setdefault((v.experiment, v.family, v.dictionary, v.r), []).append(k[m])
+            key = (v.experiment, v.family, v.dictionary, v.r)
+            kls.setdefault(key, []).append(k[m])
+            window_sums.setdefault(key, []).append(torch.stack([(k * m).double().sum(1), counts], 1))
         for name, d in dicts:
             if cfg.pathology:
                 with torch.no_grad(), splice(model, d):
                     logp = model(toks.to(dev)).float().log_softmax(-1).cpu()
-                recon_kls[name].append(kl_per_token(clean, logp)[m])
+                k = kl_per_token(clean, logp)
+                recon_kls[name].append(k[m])
+                window_sums.setdefault(("recon", name), []).append(torch.stack([(k * m).double().sum(1), counts], 1))
 
-    rows = _rows(cfg, kls, recon_kls, eps, mask, distinct, unit_scale)
+    rows = _rows(cfg, kls, recon_kls, eps, mask, distinct, unit_scale,
+                 {k: torch.cat(v) for k, v in window_sums.items()})
     summary = _summary(cfg, rows, med, iso_scale, gauss, dicts, alive)
     config = {**settings(cfg),
               "dictionaries": [n for n, _ in dicts], "median_norm": med, "isotropic_scale_used": iso_scale,
@@ -327,11 +335,27 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     return EvalResult("sensitivity", rows, summary, config, _figures(cfg, rows))
 
 
+def _mean(t: Tensor) -> Tensor:
+    return t[..., :1] / t[..., 1:]
+
+
+def _ratio(t: Tensor) -> Tensor:
+    return t[..., :1] / t[..., 1:2]
+
+
 def _rows(cfg: Config, kls: dict, recon_kls: dict, eps: dict, mask: Tensor, distinct: dict,
-          unit_scale: float) -> list[dict[str, Any]]:
+          unit_scale: float, window_sums: dict) -> list[dict[str, Any]]:
+    """One row per (experiment, family, dictionary, radius); ``kl_mean_se`` and
+    ``kl_ratio_se`` are bootstrap standard errors over windows."""
+    from saekit.metrics.uncertainty import bootstrap_se
+
     qcols = [f"kl_q{round(q * 100):02d}" for q in cfg.quantiles]
     rows = []
-    for (experiment, family, dname, r), parts in kls.items():
+    for key, parts in kls.items():
+        experiment, family, dname, r = key
+        ws = window_sums[key]
+        kl_se = float(bootstrap_se(_mean, ws)[0])
+        ratio_se = math.nan
         k = torch.cat(parts).double().numpy()
         qs = np.quantile(k, cfg.quantiles) if len(k) else [math.nan] * len(qcols)
         if experiment == "curve":
@@ -343,11 +367,13 @@ def _rows(cfg: Config, kls: dict, recon_kls: dict, eps: dict, mask: Tensor, dist
             r_abs = float(eps[dname][mask].mean())
             recon = float(torch.cat(recon_kls[dname]).double().mean())
             ratio = recon / float(k.mean()) if k.mean() > 0 else math.nan
+            # recon KL sum over perturbation KL sum, windows resampled jointly
+            ratio_se = float(bootstrap_se(_ratio, torch.stack([window_sums[("recon", dname)][:, 0], ws[:, 0]], 1))[0])
         rows.append({"experiment": experiment, "family": family, "dictionary": dname, "r": r,
                      "r_abs": float(r_abs), "n_tokens": len(k), "n_directions": n_dir,
-                     "kl_mean": float(k.mean()) if len(k) else math.nan,
+                     "kl_mean": float(k.mean()) if len(k) else math.nan, "kl_mean_se": kl_se,
                      **{c: float(q) for c, q in zip(qcols, qs, strict=True)},
-                     "kl_recon": recon, "kl_ratio": ratio})
+                     "kl_recon": recon, "kl_ratio": ratio, "kl_ratio_se": ratio_se})
     return rows
 
 
@@ -361,6 +387,7 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
         if row["experiment"] == "curve" and row["r"] == ref:
             key = row["family"] if not row["dictionary"] else f"{row['dictionary']}/{row['family']}"
             s[f"kl_mean/{key}"] = row["kl_mean"]
+            s[f"kl_mean_se/{key}"] = row["kl_mean_se"]
     for name, _ in dicts:
         s[f"dead_features/{name}"] = int((~alive[name]).sum())
     for row in rows:
@@ -368,6 +395,7 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
             s[f"kl_recon/{row['dictionary']}"] = row["kl_recon"]
             s[f"eps_mean/{row['dictionary']}"] = row["r_abs"]
             s[f"pathology_ratio/{row['dictionary']}/{row['family']}"] = row["kl_ratio"]
+            s[f"pathology_ratio_se/{row['dictionary']}/{row['family']}"] = row["kl_ratio_se"]
     return s
 
 

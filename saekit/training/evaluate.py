@@ -14,7 +14,8 @@ from saekit.metrics import StreamingStats, ce_kl_recovered
 
 @torch.no_grad()
 def evaluate(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16) -> dict[str, float]:
-    """One flat dict: ``ce_recovered_zero``, ``kl_recovered_mean``, ..., ``fvu``, ``l0``,
+    """One flat dict: ``ce_recovered_zero``, ``kl_recovered_mean``, ... (each with a
+    bootstrap SE over windows, ``ce_recovered_zero_se``, ...), ``fvu``, ``l0``,
     ``l2_ratio``, ``relative_reconstruction_bias``, ``cosine_similarity``, ``frac_dead``,
     ``frac_dense`` (firing above 10% of tokens)."""
     with model_lock(model):  # a live-harvest thread may share the model
@@ -31,4 +32,7 @@ def evaluate(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16) 
         rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size, mean=mean)
     out = rec._asdict()
     out["ce_positions"] = out.pop("n_tokens")
+    se = out.pop("se")  # one flat dict: the recovered fractions' SEs as their own columns
+    out.update({f"{k}_se": se[k] for k in ("ce_recovered_zero", "ce_recovered_mean",
+                                           "kl_recovered_zero", "kl_recovered_mean")})
     return {**out, **stats.summary()}

@@ -1,0 +1,136 @@
+"""The papers' results on a real model: SmolLM2-135M, at sizes a 2-core CPU allows.
+
+    python eval/validate_smollm2.py [--only sensitivity,stable-regions] [--dicts DIR]
+
+(``make validate`` runs all of it.) Dictionaries come from ``--dicts`` (a directory
+with ``sae/`` and ``snmf/``, as ``saekit demo --model smollm2-135m`` writes them), or
+are trained here with the demo's settings: a TopK SAE (6,144 features, k 32, fit's
+defaults on 150k tokens) and an SNMF (256 features on 1% of the neurons) on
+``blocks.15.mlp.hook_post``. Each evaluator runs its recipe ``eval/NAME_smollm2.toml``
+with those dictionaries; the headline numbers, each with a standard error (bootstrap
+over windows, or over prompt pairs for stable regions), go to
+``eval/results/validate_smollm2.json`` and a markdown table beside it, whichever way
+they come out. Results of earlier runs of the other evaluators are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import saekit  # noqa: E402
+from saekit.fileio import atomic_write_text  # noqa: E402
+from saekit.report import json_safe, markdown_table  # noqa: E402
+
+MODEL = "smollm2-135m"
+HOOK = "blocks.15.mlp.hook_post"
+RESULTS = ROOT / "eval" / "results" / "validate_smollm2.json"
+STEPS = ("sensitivity", "stable-regions")
+
+
+def train_dictionaries(model, out: Path) -> Path:
+    """The demo's SAE and SNMF on ``HOOK`` (skipped when ``out`` has them)."""
+    from saekit.demo import REAL_PLAN
+
+    if (out / "sae").is_dir() and (out / "snmf").is_dir():
+        return out
+    tokens = saekit.load_tokens(REAL_PLAN.data, model, REAL_PLAN.train_tokens, seed=1)
+    acts = saekit.harvest(model, [HOOK], tokens, batch_size=32, progress=True)[HOOK]
+    sae = saekit.fit(acts, "topk", d_dict=4 * acts.shape[1], k=32, hook=HOOK, model=model, progress=True)
+    sae.save(out / "sae")
+    snmf = saekit.fit(acts[:REAL_PLAN.snmf_tokens], "snmf", hook=HOOK, model=model, progress=True, **REAL_PLAN.snmf)
+    snmf.save(out / "snmf")
+    return out
+
+
+def sensitivity_rows(summary: dict, names: dict[str, str]) -> list[dict]:
+    rows = []
+    for key, v in summary.items():
+        if key.startswith("kl_mean/"):
+            what = key.removeprefix("kl_mean/")
+            rows.append({"result": "sensitive directions", "quantity": f"KL at r = {summary['reference_radius']} "
+                         f"median norms: {_named(what, names)}", "value": v,
+                         "se": summary.get(f"kl_mean_se/{what}")})
+        if key.startswith("pathology_ratio/"):
+            what = key.removeprefix("pathology_ratio/")
+            rows.append({"result": "error pathology", "quantity": f"KL(reconstruction) / KL(same-norm step): "
+                         f"{_named(what, names)}", "value": v, "se": summary.get(f"pathology_ratio_se/{what}")})
+    return rows
+
+
+def stable_region_rows(result) -> list[dict]:
+    """Median sharpness per model and their ratio, SEs by a bootstrap over prompt pairs."""
+    g = torch.Generator().manual_seed(0)
+    by_model: dict[str, torch.Tensor] = {}
+    for r in result.rows:
+        by_model.setdefault(r["model"], []).append(r["sharpness"])
+    by_model = {k: torch.tensor(v, dtype=torch.float64) for k, v in by_model.items()}
+    boots = {k: torch.stack([v[torch.randint(len(v), (len(v),), generator=g)].nanmedian() for _ in range(1000)])
+             for k, v in by_model.items()}
+    rows = [{"result": "stable regions", "quantity": f"median sharpness, {k}", "value": float(v.nanmedian()),
+             "se": float(boots[k].std())} for k, v in by_model.items()]
+    if len(by_model) == 2:
+        (a, va), (b, vb) = by_model.items()
+        rows.append({"result": "stable regions", "quantity": f"sharpness ratio, {a} / {b}",
+                     "value": float(va.nanmedian() / vb.nanmedian()), "se": float((boots[a] / boots[b]).std()),
+                     "note": f"Mann-Whitney p = {result.summary.get('mannwhitney_p_trained_sharper')}"})
+    return rows
+
+
+def _named(key: str, names: dict[str, str]) -> str:
+    for path, label in names.items():
+        key = key.replace(path, label)
+    return key
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(STEPS), help=f"comma-separated subset of {', '.join(STEPS)}")
+    ap.add_argument("--dicts", type=Path, default=ROOT / "runs" / "validate-smollm2",
+                    help="directory with sae/ and snmf/ (trained here when missing)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    steps = [s for s in args.only.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise SystemExit(f"unknown step(s) {sorted(unknown)}; choose from {STEPS}")
+    torch.manual_seed(0)
+    model = saekit.load_model(MODEL, device="cpu")
+    dicts = train_dictionaries(model, args.dicts)
+    paths = [str(dicts / "sae"), str(dicts / "snmf")]
+    names = {}
+    for p in paths:
+        d = saekit.load_dictionary(p)
+        names[f"{d.cfg.kind}-{d.cfg.d_dict}"] = f"TopK SAE ({d.cfg.d_dict})" if d.cfg.kind == "topk" \
+            else f"SNMF ({d.cfg.d_dict})"
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {"steps": {}}
+    for step in steps:
+        t = time.time()
+        recipe = ROOT / "eval" / f"{step.replace('-', '_')}_smollm2.toml"
+        overrides = [f"dictionaries={json.dumps(paths)}"] if step != "stable-regions" else []
+        result = saekit.evals.run(step, recipe, overrides, model=model, progress=True)
+        result.save(ROOT / "runs" / "validate-smollm2" / "eval" / step)
+        rows = sensitivity_rows(result.summary, names) if step == "sensitivity" else stable_region_rows(result)
+        previous["steps"][step] = {"rows": rows, "seconds": round(time.time() - t, 1),
+                                   "command": f"python eval/validate_smollm2.py --only {step}",
+                                   "recipe": str(recipe.relative_to(ROOT)), "date": time.strftime("%Y-%m-%d")}
+        print(markdown_table(rows))
+    previous.update(model=MODEL, hook=HOOK, torch=torch.__version__, threads=torch.get_num_threads())
+    atomic_write_text(args.out, json.dumps(json_safe(previous), indent=2) + "\n")
+    table = [r | {"step": s} for s, v in previous["steps"].items() for r in v["rows"]]
+    atomic_write_text(args.out.with_suffix(".md"), markdown_table(
+        [{"result": r["result"], "quantity": r["quantity"], "value": f"{r['value']:.4g}",
+          "± SE": f"{r['se']:.2g}" if r.get("se") is not None else "-"} for r in table]) + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
