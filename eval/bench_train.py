@@ -132,7 +132,7 @@ def main() -> None:
         cases[path] = step
         names[path] = "one step, sparse kernels" if path == "train_step" else "one step, dense autograd"
 
-    saekit.fit(data[: 2 * B], "topk", d_dict=n, k=k, batch_size=B, device=dev)  # warm-up
+    saekit.fit(data[: 2 * B], "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev)  # warm-up
     times: dict[str, list[float]] = {c: [] for c in [*cases, "fit", *(PEERS if peers else [])]}
     peer_info: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -142,7 +142,7 @@ def main() -> None:
             for c, fn in cases.items():
                 times[c].append(timed(fn, args.steps, sync, warmup=1 if rnd == 0 else 0))
             t = time.perf_counter()
-            saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, device=dev)
+            saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev)
             sync()
             times["fit"].append(time.perf_counter() - t)
             for lib in PEERS if peers else []:

@@ -97,7 +97,10 @@ def main() -> None:
     ap.add_argument("--dicts", type=Path, default=ROOT / "runs" / "validate-smollm2",
                     help="directory with sae/ and snmf/ (trained here when missing)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the markdown table from the JSON")
     args = ap.parse_args()
+    if args.table_only:
+        return write_table(args.out)
     steps = [s for s in args.only.split(",") if s]
     unknown = set(steps) - set(STEPS)
     if unknown:
@@ -109,8 +112,9 @@ def main() -> None:
     names = {}
     for p in paths:
         d = saekit.load_dictionary(p)
-        names[f"{d.cfg.kind}-{d.cfg.d_dict}"] = f"TopK SAE ({d.cfg.d_dict})" if d.cfg.kind == "topk" \
-            else f"SNMF ({d.cfg.d_dict})"
+        # evaluators name a dictionary by its directory: label it by what it is
+        names[Path(p).name + "/"] = (f"TopK SAE ({d.cfg.d_dict}) " if d.cfg.kind == "topk"
+                                     else f"SNMF ({d.cfg.d_dict}) ")
     previous = json.loads(args.out.read_text()) if args.out.exists() else {"steps": {}}
     for step in steps:
         t = time.time()
@@ -125,11 +129,17 @@ def main() -> None:
         print(markdown_table(rows))
     previous.update(model=MODEL, hook=HOOK, torch=torch.__version__, threads=torch.get_num_threads())
     atomic_write_text(args.out, json.dumps(json_safe(previous), indent=2) + "\n")
-    table = [r | {"step": s} for s, v in previous["steps"].items() for r in v["rows"]]
-    atomic_write_text(args.out.with_suffix(".md"), markdown_table(
-        [{"result": r["result"], "quantity": r["quantity"], "value": f"{r['value']:.4g}",
-          "± SE": f"{r['se']:.2g}" if r.get("se") is not None else "-"} for r in table]) + "\n")
-    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    write_table(args.out)
+
+
+def write_table(results: Path) -> None:
+    """The markdown table beside the JSON results."""
+    steps = json.loads(results.read_text())["steps"]
+    table = [{"result": r["result"], "quantity": r["quantity"], "value": f"{r['value']:.4g}",
+              "± SE": f"{r['se']:.2g}" if r.get("se") is not None else "-", "command": v["command"]}
+             for v in steps.values() for r in v["rows"]]
+    atomic_write_text(results.with_suffix(".md"), markdown_table(table) + "\n")
+    print(f"wrote {results} and {results.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
