@@ -33,7 +33,9 @@ from saekit.report import json_safe, markdown_table  # noqa: E402
 MODEL = "smollm2-135m"
 HOOK = "blocks.15.mlp.hook_post"
 RESULTS = ROOT / "eval" / "results" / "validate_smollm2.json"
-STEPS = ("sensitivity", "stable-regions")
+STEPS = ("sensitivity", "stable-regions", "steering", "layers")
+#: The residual-stream SAEs of adjacent layers that the layers step compares.
+RESID = ("blocks.15.hook_resid_post", "blocks.16.hook_resid_post")
 
 
 def train_dictionaries(model, out: Path) -> Path:
@@ -51,8 +53,53 @@ def train_dictionaries(model, out: Path) -> Path:
     return out
 
 
-def sensitivity_rows(summary: dict, names: dict[str, str]) -> list[dict]:
-    rows = []
+def train_resid_pair(model, out: Path) -> None:
+    """TopK SAEs (8x width, k 32, fit's defaults) on the residual stream of two adjacent
+    layers, from one harvest (skipped when ``out`` has them)."""
+    from saekit.demo import REAL_PLAN
+
+    dirs = resid_dirs(out)
+    if all(d.is_dir() for d in dirs):
+        return
+    tokens = saekit.load_tokens(REAL_PLAN.data, model, REAL_PLAN.train_tokens, seed=1)
+    acts = saekit.harvest(model, list(RESID), tokens, batch_size=32, progress=True)
+    for h, d in zip(RESID, dirs, strict=True):
+        saekit.fit(acts[h], "topk", d_dict=8 * acts[h].shape[1], k=32, hook=h, model=model,
+                   progress=True).save(d)
+
+
+def resid_dirs(out: Path) -> list[Path]:
+    return [out / f"resid{h.split('.')[1]}" for h in RESID]
+
+
+def steering_rows(result, names: dict[str, str]) -> list[dict]:
+    summary, rows = result.summary, []
+    for key, v in summary.items():
+        if key.endswith(": delta_logprob"):
+            rows.append({"result": "steering at matched KL", "quantity": "concept log-prob gain, "
+                         + _named(key.removesuffix(": delta_logprob"), names), "value": v,
+                         "se": summary.get(key + "_se")})
+    return rows
+
+
+def layer_rows(result, names: dict[str, str]) -> list[dict]:
+    """Mean best Pearson and pass-through fraction of live features, SEs over features."""
+    pearson = torch.tensor([r["pearson"] for r in result.rows if r["firing_frequency"] > 0], dtype=torch.float64)
+    pearson = pearson[~torch.isnan(pearson)]
+    through = (pearson >= result.summary["pass_through_threshold"]).double()
+    n = len(pearson)
+    a, b = (h.split(".")[1] for h in RESID)
+    return [{"result": "features across layers", "quantity": f"mean best Pearson, layer {a} -> {b} (resid SAEs)",
+             "value": float(pearson.mean()), "se": float(pearson.std() / n ** 0.5)},
+            {"result": "features across layers", "quantity": f"pass-through fraction (Pearson >= "
+             f"{result.summary['pass_through_threshold']}), layer {a} -> {b}", "value": float(through.mean()),
+             "se": float(through.std() / n ** 0.5)},
+            {"result": "features across layers", "quantity": f"mean best Pearson, layer {b} -> {a}",
+             "value": result.summary["mean_best_pearson_backward"], "se": None}]
+
+
+def sensitivity_rows(result, names: dict[str, str]) -> list[dict]:
+    summary, rows = result.summary, []
     for key, v in summary.items():
         if key.startswith("kl_mean/"):
             what = key.removeprefix("kl_mean/")
@@ -66,7 +113,7 @@ def sensitivity_rows(summary: dict, names: dict[str, str]) -> list[dict]:
     return rows
 
 
-def stable_region_rows(result) -> list[dict]:
+def stable_region_rows(result, names: dict[str, str]) -> list[dict]:
     """Median sharpness per model and their ratio, SEs by a bootstrap over prompt pairs."""
     g = torch.Generator().manual_seed(0)
     by_model: dict[str, torch.Tensor] = {}
@@ -83,6 +130,10 @@ def stable_region_rows(result) -> list[dict]:
                      "value": float(va.nanmedian() / vb.nanmedian()), "se": float((boots[a] / boots[b]).std()),
                      "note": f"Mann-Whitney p = {result.summary.get('mannwhitney_p_trained_sharper')}"})
     return rows
+
+
+ROWS = {"sensitivity": sensitivity_rows, "stable-regions": stable_region_rows, "steering": steering_rows,
+        "layers": layer_rows}
 
 
 def _named(key: str, names: dict[str, str]) -> str:
@@ -119,10 +170,13 @@ def main() -> None:
     for step in steps:
         t = time.time()
         recipe = ROOT / "eval" / f"{step.replace('-', '_')}_smollm2.toml"
-        overrides = [f"dictionaries={json.dumps(paths)}"] if step != "stable-regions" else []
+        overrides = [f"dictionaries={json.dumps(paths)}"] if step in ("sensitivity", "steering") else []
+        if step == "layers":
+            train_resid_pair(model, args.dicts)
+            overrides = [f"dictionaries={json.dumps([str(d) for d in resid_dirs(args.dicts)])}"]
         result = saekit.evals.run(step, recipe, overrides, model=model, progress=True)
         result.save(ROOT / "runs" / "validate-smollm2" / "eval" / step)
-        rows = sensitivity_rows(result.summary, names) if step == "sensitivity" else stable_region_rows(result)
+        rows = ROWS[step](result, names)
         previous["steps"][step] = {"rows": rows, "seconds": round(time.time() - t, 1),
                                    "command": f"python eval/validate_smollm2.py --only {step}",
                                    "recipe": str(recipe.relative_to(ROOT)), "date": time.strftime("%Y-%m-%d")}

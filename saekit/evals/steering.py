@@ -422,9 +422,22 @@ def _methods(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["method"] for r in rows if r["method"] != "clean"))
 
 
+def _values(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows if r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+
+
 def _mean(rows: list[dict], key: str) -> float:
-    xs = [r[key] for r in rows if r[key] is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    xs = _values(rows, key)
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def _se(rows: list[dict], key: str) -> float:
+    """Standard error of :func:`_mean` over the rows (concepts × directions × prompts)."""
+    xs = _values(rows, key)
+    if len(xs) < 2:
+        return math.nan
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
 
 
 def _summary(rows: list[dict], cfg: Config, scale: float, cal: Calibration, fw: SteeredForwards, seconds: float,
@@ -444,6 +457,7 @@ def _summary(rows: list[dict], cfg: Config, scale: float, cal: Calibration, fw: 
                 sel = [r for r in rows if r["method"] == m and r["target_kl"] == t and r["sign"] == sign]
                 tag = f"{m}{'' if len(cfg.signs) == 1 else ' ' + '+-'[sign < 0]} @KL {t:g}"
                 out[f"{tag}: delta_logprob"] = _mean(sel, "delta_logprob")
+                out[f"{tag}: delta_logprob_se"] = _se(sel, "delta_logprob")
                 out[f"{tag}: success_at_k"] = _mean(sel, "success_at_k")
                 if judged:
                     out[f"{tag}: judge_score"] = _mean(sel, "judge_score")
