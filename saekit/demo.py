@@ -1,11 +1,13 @@
-"""``saekit demo``: the main job on the demo LM, end to end, with a readable report.
+"""``saekit demo``: the main job end to end, with a readable report.
 
-Load the demo LM, pack demo text, harvest several hooks in one early-stopping pass
-and show what the activations hold; then train a TopK SAE on the middle MLP layer and
-fit an SNMF beside it; report FVU, L0, dead features and CE/KL recovered on held-out
-text, and compare how well single SAE features, SNMF features and single neurons pick
-out the planted concepts; end with a short sensitivity and steering comparison of the
-two dictionaries' features against baseline directions.
+Load the model, pack held-out text, harvest in one early-stopping pass and show what
+the activations hold; then train a TopK SAE on the middle MLP layer and fit an SNMF
+beside it; report FVU, L0, dead features and CE/KL recovered on held-out text, each
+with a bootstrap standard error over windows; end with a short sensitivity and steering
+comparison of the two dictionaries' features against baseline directions, and feature
+dashboards. On the demo LM (:data:`DEMO_PLAN`) it also compares how well single SAE
+features, SNMF features and neurons pick out the planted concepts; on a real model
+(``--model smollm2-135m``, :data:`REAL_PLAN`) it reads the committed English corpus.
 """
 
 from __future__ import annotations
