@@ -33,7 +33,9 @@ from saekit.report import json_safe, markdown_table  # noqa: E402
 MODEL = "smollm2-135m"
 HOOK = "blocks.15.mlp.hook_post"
 RESULTS = ROOT / "eval" / "results" / "validate_smollm2.json"
-STEPS = ("sensitivity", "stable-regions", "steering", "layers")
+STEPS = ("sensitivity", "stable-regions", "steering", "layers", "synthetic")
+#: The hook the synthetic-activation walks perturb (the paper's blocks.1.hook_resid_pre).
+SYNTHETIC_HOOK = "blocks.1.hook_resid_pre"
 #: The residual-stream SAEs of adjacent layers that the layers step compares.
 RESID = ("blocks.15.hook_resid_post", "blocks.16.hook_resid_post")
 
@@ -68,6 +70,26 @@ def train_resid_pair(model, out: Path) -> None:
                    progress=True).save(d)
 
 
+def train_early_resid(model, out: Path) -> Path:
+    """A TopK SAE on ``SYNTHETIC_HOOK`` for the synthetic kinds (skipped when present)."""
+    from saekit.demo import REAL_PLAN
+
+    path = out / "resid1"
+    if not path.is_dir():
+        tokens = saekit.load_tokens(REAL_PLAN.data, model, REAL_PLAN.train_tokens, seed=1)
+        acts = saekit.harvest(model, [SYNTHETIC_HOOK], tokens, batch_size=32, progress=True)[SYNTHETIC_HOOK]
+        saekit.fit(acts, "topk", d_dict=8 * acts.shape[1], k=32, hook=SYNTHETIC_HOOK, model=model,
+                   progress=True).save(path)
+    return path
+
+
+def synthetic_rows(result, names: dict[str, str]) -> list[dict]:
+    """Plateau length and max-slope step per kind of centre (SE over prompts), KS vs real."""
+    return [{"result": "synthetic activations", "quantity": f"{r['metric'].replace('_', ' ')} ({r['readout']} "
+             f"read-out), {r['type'].replace('_', ' ')}", "value": r["mean"], "se": r["se"],
+             "note": f"KS vs real {r['ks_vs_real']:.2f}, p {r['ks_pvalue']:.2g}"} for r in result.rows]
+
+
 def resid_dirs(out: Path) -> list[Path]:
     return [out / f"resid{h.split('.')[1]}" for h in RESID]
 
@@ -84,18 +106,15 @@ def steering_rows(result, names: dict[str, str]) -> list[dict]:
 
 def layer_rows(result, names: dict[str, str]) -> list[dict]:
     """Mean best Pearson and pass-through fraction of live features, SEs over features."""
-    pearson = torch.tensor([r["pearson"] for r in result.rows if r["firing_frequency"] > 0], dtype=torch.float64)
-    pearson = pearson[~torch.isnan(pearson)]
-    through = (pearson >= result.summary["pass_through_threshold"]).double()
-    n = len(pearson)
+    s = result.summary
     a, b = (h.split(".")[1] for h in RESID)
     return [{"result": "features across layers", "quantity": f"mean best Pearson, layer {a} -> {b} (resid SAEs)",
-             "value": float(pearson.mean()), "se": float(pearson.std() / n ** 0.5)},
+             "value": s["mean_best_pearson"], "se": s["mean_best_pearson_se"]},
             {"result": "features across layers", "quantity": f"pass-through fraction (Pearson >= "
-             f"{result.summary['pass_through_threshold']}), layer {a} -> {b}", "value": float(through.mean()),
-             "se": float(through.std() / n ** 0.5)},
+             f"{s['pass_through_threshold']}), layer {a} -> {b}", "value": s["pass_through_fraction"],
+             "se": s["pass_through_fraction_se"]},
             {"result": "features across layers", "quantity": f"mean best Pearson, layer {b} -> {a}",
-             "value": result.summary["mean_best_pearson_backward"], "se": None}]
+             "value": s["mean_best_pearson_backward"], "se": s["mean_best_pearson_backward_se"]}]
 
 
 def sensitivity_rows(result, names: dict[str, str]) -> list[dict]:
@@ -115,25 +134,19 @@ def sensitivity_rows(result, names: dict[str, str]) -> list[dict]:
 
 def stable_region_rows(result, names: dict[str, str]) -> list[dict]:
     """Median sharpness per model and their ratio, SEs by a bootstrap over prompt pairs."""
-    g = torch.Generator().manual_seed(0)
-    by_model: dict[str, torch.Tensor] = {}
-    for r in result.rows:
-        by_model.setdefault(r["model"], []).append(r["sharpness"])
-    by_model = {k: torch.tensor(v, dtype=torch.float64) for k, v in by_model.items()}
-    boots = {k: torch.stack([v[torch.randint(len(v), (len(v),), generator=g)].nanmedian() for _ in range(1000)])
-             for k, v in by_model.items()}
-    rows = [{"result": "stable regions", "quantity": f"median sharpness, {k}", "value": float(v.nanmedian()),
-             "se": float(boots[k].std())} for k, v in by_model.items()]
-    if len(by_model) == 2:
-        (a, va), (b, vb) = by_model.items()
-        rows.append({"result": "stable regions", "quantity": f"sharpness ratio, {a} / {b}",
-                     "value": float(va.nanmedian() / vb.nanmedian()), "se": float((boots[a] / boots[b]).std()),
-                     "note": f"Mann-Whitney p = {result.summary.get('mannwhitney_p_trained_sharper')}"})
+    s = result.summary
+    models = [k.removesuffix("_sharpness_median") for k in s if k.endswith("_sharpness_median")]
+    rows = [{"result": "stable regions", "quantity": f"median sharpness, {m}", "value": s[f"{m}_sharpness_median"],
+             "se": s[f"{m}_sharpness_median_se"]} for m in models]
+    if "sharpness_ratio" in s:
+        rows.append({"result": "stable regions", "quantity": f"sharpness ratio, {' / '.join(models)}",
+                     "value": s["sharpness_ratio"], "se": s["sharpness_ratio_se"],
+                     "note": f"Mann-Whitney p = {s.get('mannwhitney_p_trained_sharper')}"})
     return rows
 
 
 ROWS = {"sensitivity": sensitivity_rows, "stable-regions": stable_region_rows, "steering": steering_rows,
-        "layers": layer_rows}
+        "layers": layer_rows, "synthetic": synthetic_rows}
 
 
 def _named(key: str, names: dict[str, str]) -> str:
@@ -171,6 +184,8 @@ def main() -> None:
         t = time.time()
         recipe = ROOT / "eval" / f"{step.replace('-', '_')}_smollm2.toml"
         overrides = [f"dictionaries={json.dumps(paths)}"] if step in ("sensitivity", "steering") else []
+        if step == "synthetic":
+            overrides = [f"dictionaries={json.dumps([str(train_early_resid(model, args.dicts))])}"]
         if step == "layers":
             train_resid_pair(model, args.dicts)
             overrides = [f"dictionaries={json.dumps([str(d) for d in resid_dirs(args.dicts)])}"]

@@ -91,6 +91,9 @@ def test_shipped_sae_against_shipped_snmf_gives_sensible_values(demo_model):
     assert 0.3 < s["mean_best_pearson"] < 0.8, s
     # each coarse SNMF feature has a closer SAE counterpart than the average SAE feature has
     assert s["mean_best_pearson_backward"] > s["mean_best_pearson"], s
+    # ... by more than the standard errors over features
+    assert s["mean_best_pearson_backward"] - s["mean_best_pearson"] > 2 * (
+        s["mean_best_pearson_se"] + s["mean_best_pearson_backward_se"]), s
     assert 0 <= s["pass_through_fraction"] < 0.5 and 0 < s["pass_through_fraction_backward"] < 1, s
     for row in r.rows:
         if row["partner"] < 0:

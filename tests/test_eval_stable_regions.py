@@ -33,6 +33,7 @@ def test_trained_demo_lm_has_sharper_regions_than_its_random_init_twin(result, t
     s = result.summary
     assert s["n_degenerate_trained"] == 0 and s["n_degenerate_random-init"] == 0
     assert s["trained_sharpness_median"] > 1.2 * s["random-init_sharpness_median"], s
+    assert 0 < s["sharpness_ratio_se"] < 0.5 * (s["sharpness_ratio"] - 1), s  # the gap is many SEs wide
     assert s["mannwhitney_p_trained_sharper"] < 1e-3, s
     # near-linear control: a straight line has sharpness exactly 1
     assert 1.0 <= s["random-init_sharpness_median"] < 1.25, s

@@ -186,6 +186,15 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
     return twin
 
 
+def _bootstrap_medians(x: Tensor, seed: int, n_boot: int = 1000) -> Tensor:
+    """Medians of ``n_boot`` resamples of the pairs (pairs are independent items)."""
+    x = x[~torch.isnan(x)].double()
+    if len(x) < 2:
+        return torch.full((2,), math.nan, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    return x[torch.randint(len(x), (n_boot, len(x)), generator=g)].median(dim=1).values
+
+
 # --------------------------------------------------------------------------- prompts
 
 
@@ -387,13 +396,16 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
 
     alphas = torch.linspace(0, 1, cfg.n_steps)
     summary: dict[str, Any] = {"n_pairs": cfg.n_pairs, "n_steps": cfg.n_steps}
-    medians = {}
+    medians, boots = {}, {}
     for name, (_, s) in results.items():
         q25, med, q75 = _quartiles(s.sharpness)
         medians[name] = med
-        summary.update({f"{name}_sharpness_median": med, f"{name}_sharpness_q25": q25,
+        boots[name] = _bootstrap_medians(s.sharpness, cfg.seed)
+        summary.update({f"{name}_sharpness_median": med, f"{name}_sharpness_median_se": float(boots[name].std()),
+                        f"{name}_sharpness_q25": q25,
                         f"{name}_sharpness_q75": q75, f"n_degenerate_{name}": int(s.degenerate.sum())})
     if RANDOM_INIT in results:
+        summary["sharpness_ratio_se"] = float((boots[TRAINED] / boots[RANDOM_INIT]).std())
         from scipy.stats import mannwhitneyu
 
         tr, rnd = (results[k][1].sharpness for k in (TRAINED, RANDOM_INIT))

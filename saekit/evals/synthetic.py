@@ -426,6 +426,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
             ks = ks_2samp(v, real) if t != "real" else None
             rows.append({"experiment": exp, "metric": mname, "readout": ro, "type": t, "dictionary": dname,
                          "n": P, "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if P > 1 else math.nan,
+                         "se": float(v.std(ddof=1) / math.sqrt(P)) if P > 1 else math.nan,
                          "median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
                          "q75": float(np.quantile(v, 0.75)),
                          "frac_capped": float(capped.view(K, P)[k].double().mean()),
@@ -435,6 +436,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                          "mean_steps": float(n_valid.view(K, P)[k].double().mean())})
             key = f"{mname}/{ro}/{t}" + (f"/{dname}" if dname else "")
             summary[key] = float(v.mean())
+            summary[f"se/{key}"] = rows[-1]["se"]  # over prompts, each an independent walk
             if t != "real":
                 summary[f"ks/{key}"] = float(ks.statistic)
     config = {**settings(cfg),
