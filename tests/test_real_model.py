@@ -145,3 +145,13 @@ def test_demo_runs_end_to_end_on_the_real_model(tmp_path):
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saekit"]["metadata"]["text"]["document_start"] == "<|endoftext|>"
     assert (tmp_path / "interp" / "sae" / "index.html").is_file() and (tmp_path / "index.html").is_file()
+
+
+def test_bad_gguf_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        saekit.load_model(tmp_path / "nope.gguf")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 4096)
+    with pytest.raises(ValueError, match="broken.gguf"):
+        saekit.load_model(bad)
+    assert not any("broken" in p.name for p in gguf.cache_root().iterdir())  # nothing half-written
