@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +230,13 @@ def _plot(acts: dict, concept_rows: list[dict], sae_freq: torch.Tensor, mid: str
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3 if concept_rows else 2, figsize=(16 if concept_rows else 11, 3.8))
-    for h, x in acts.items():
-        axes[0].hist(x.norm(dim=1).numpy(), bins=60, histtype="step", label=h)
-    axes[0].set(xlabel="activation norm per token", ylabel="tokens", title="Activation norms")
+    norms = {h: x.norm(dim=1).clamp_min(1e-6) for h, x in acts.items()}
+    # log-spaced: a real model's residual stream has rare tokens with 100x the typical norm
+    lo, hi = min(float(n.min()) for n in norms.values()), max(float(n.max()) for n in norms.values())
+    bins = torch.logspace(math.log10(lo), math.log10(hi), 80).numpy()
+    for h, n in norms.items():
+        axes[0].hist(n.numpy(), bins=bins, histtype="step", label=h)
+    axes[0].set(xlabel="activation norm per token", ylabel="tokens", title="Activation norms", xscale="log")
     axes[0].legend(fontsize=7)
     if concept_rows:
         fams = [r["family"] for r in concept_rows]
