@@ -326,6 +326,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
     """
     import saekit
     from saekit.data import load_tokens
+    from saekit.metrics.uncertainty import mean_se
     from saekit.models import hook_layer, load_model
 
     if dictionaries is not None:
@@ -380,11 +381,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
         "pass_through_fraction_backward": float((bwd >= thr).double().mean()) if len(bwd) else math.nan,
         "pass_through_threshold": thr,
         "mean_best_pearson": mean(fwd),
-        "mean_best_pearson_se": _se(fwd),
-        "pass_through_fraction_se": _se((fwd >= thr).double()) if len(fwd) else math.nan,
+        "mean_best_pearson_se": mean_se(fwd),
+        "pass_through_fraction_se": mean_se((fwd >= thr).double()),
         "median_best_pearson": float(fwd.median()) if len(fwd) else math.nan,
         "mean_best_pearson_backward": mean(bwd),
-        "mean_best_pearson_backward_se": _se(bwd),
+        "mean_best_pearson_backward_se": mean_se(bwd),
         "mean_jaccard_of_best": mean(best.jaccard[live_a]),
         "mean_sufficiency_of_best": mean(best.sufficiency[live_a]),
         "mean_necessity_of_best": mean(best.necessity[live_a]),
@@ -398,12 +399,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
                               "n_windows": len(tokens)}
     return EvalResult("layers", rows, summary, settings,
                       {"layers.png": _figure(best, live_a, live_b, thr, names)})
-
-
-def _se(x: Tensor) -> float:
-    """Standard error of the mean over features (NaNs dropped)."""
-    x = x[~torch.isnan(x)].double()
-    return float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.nan
 
 
 def _figure(best: BestMatches, live_a: Tensor, live_b: Tensor, thr: float, names: Sequence[str]) -> bytes:

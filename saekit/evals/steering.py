@@ -433,11 +433,9 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def _se(rows: list[dict], key: str) -> float:
     """Standard error of :func:`_mean` over the rows (concepts × directions × prompts)."""
-    xs = _values(rows, key)
-    if len(xs) < 2:
-        return math.nan
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    from saekit.metrics.uncertainty import mean_se
+
+    return mean_se(_values(rows, key))
 
 
 def _summary(rows: list[dict], cfg: Config, scale: float, cal: Calibration, fw: SteeredForwards, seconds: float,

@@ -305,6 +305,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     from saekit.activations.harvest import _order, forward_hooks, model_device
     from saekit.data import load_tokens
     from saekit.evals.common import input_mask, load_model_for
+    from saekit.metrics.uncertainty import mean_se
     from saekit.models import validate_hook
 
     check_choices(cfg.types, TYPES, "types")
@@ -426,7 +427,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
             ks = ks_2samp(v, real) if t != "real" else None
             rows.append({"experiment": exp, "metric": mname, "readout": ro, "type": t, "dictionary": dname,
                          "n": P, "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if P > 1 else math.nan,
-                         "se": float(v.std(ddof=1) / math.sqrt(P)) if P > 1 else math.nan,
+                         "se": mean_se(v),
                          "median": float(np.median(v)), "q25": float(np.quantile(v, 0.25)),
                          "q75": float(np.quantile(v, 0.75)),
                          "frac_capped": float(capped.view(K, P)[k].double().mean()),

@@ -19,9 +19,9 @@ from saekit.metrics.reconstruction import (
     relative_reconstruction_bias,
 )
 from saekit.metrics.streaming import StreamingStats
-from saekit.metrics.uncertainty import bootstrap_se, fvu_with_se
+from saekit.metrics.uncertainty import bootstrap_se, fvu_with_se, mean_se
 
 __all__ = ["DeadDense", "Histogram", "Recovered", "Recovery", "StreamingStats", "bootstrap_se", "ce_kl_recovered",
-           "ce_kl_recovered_all", "fvu_with_se",
+           "ce_kl_recovered_all", "fvu_with_se", "mean_se",
            "cosine_similarity", "dead_dense", "density_histogram", "explained_variance",
            "firing_frequency", "fvu", "l0", "l2_ratio", "mmcs", "recovery", "relative_reconstruction_bias"]

@@ -57,6 +57,13 @@ def bootstrap_se(statistic: Callable[[Tensor], Tensor], sums: Tensor, n_boot: in
     return var.sqrt()
 
 
+def mean_se(values) -> float:
+    """Standard error of the mean of independent items (NaNs dropped; NaN below two)."""
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    x = x[~torch.isnan(x)]
+    return float(x.std() / len(x) ** 0.5) if len(x) > 1 else float("nan")
+
+
 def fvu_with_se(x: Tensor, x_hat: Tensor, window: Tensor, n_boot: int = N_BOOT,
                 seed: int = 0) -> tuple[float, float]:
     """FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over rows, and its bootstrap SE over windows.
