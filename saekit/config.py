@@ -39,7 +39,7 @@ class TrainConfig:
     k: int | None = 32
     batch_size: int = 4096
     lr: float | None = None
-    """Default: 2e-4 / sqrt(d_dict / 2^14), raised for short runs (``saekit.training.trainer.default_lr``)."""
+    """Default: 2e-4 / sqrt(d_dict / 2^14), raised for short runs (``saekit.training.schedule.default_lr``)."""
     seed: int = 0
     warmup_steps: int | None = None
     decay_start: float = 0.8

@@ -6,7 +6,7 @@ import torch
 import saekit
 from saekit.metrics import fvu, recovery
 from saekit.toy import synthetic_sparse_data
-from saekit.training.trainer import MAX_EPOCHS, MIN_STEPS, default_schedule
+from saekit.training.schedule import MAX_EPOCHS, MIN_STEPS, default_schedule
 
 
 @pytest.fixture(scope="module")

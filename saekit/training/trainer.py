@@ -3,8 +3,9 @@
 The recipe follows the references (training_anchors.md): inputs scaled so that
 E‖x‖² = d_in (folded into the saved weights); b_dec initialised to the geometric
 median of a sample (or its mean); ``W_enc = W_decᵀ`` at init. Adam (0.9, 0.999) uses
-the lr rule 2e-4 / sqrt(d_dict / 2¹⁴) (sparsify, dictionary_learning) when no lr is
-given, with linear warm-up and a linear decay over the last 20% of steps. Gradients
+the lr rule 2e-4 / sqrt(d_dict / 2¹⁴) (sparsify, dictionary_learning), raised for short
+runs, when no lr is given (:mod:`saekit.training.schedule`), with linear warm-up and a
+linear decay over the last 20% of steps. Gradients
 are clipped at 1. Decoder rows have unit norm: kept so during training for the
 top-k and JumpReLU kinds, folded at the end for ``relu``. AuxK runs on features
 dead for ``dead_tokens``.
@@ -33,6 +34,7 @@ from saekit.activations.cache import CacheRows
 from saekit.dictionaries import REGISTRY, DictionaryConfig
 from saekit.dictionaries.sae import SAE
 from saekit.fileio import atomic_write_text
+from saekit.training.schedule import default_lr, default_schedule
 
 CHECKPOINT = "checkpoint"
 
@@ -464,70 +466,3 @@ def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = 
     if bar is not None:
         bar.close()
     return [t.sae for t, _ in runs]
-
-
-#: Optimizer steps a default run takes at least, by repeating small data (see default_schedule).
-MIN_STEPS = 1200
-MAX_EPOCHS = 32
-
-
-def default_schedule(n: int, batch_size: int | None = None) -> tuple[int, int]:
-    """``(batch_size, epochs)`` when the caller names neither ``n_tokens`` nor ``epochs``.
-
-    One pass at batch 4096, the anchors' default (SAELens, sparsify), suits the tens of
-    millions of tokens they train on, but gives a few dozen steps on the 10⁵–10⁶ tokens
-    a CPU or a notebook harvests, far from converged: on SmolLM2-135M's
-    ``blocks.15.mlp.hook_post`` (d_dict 6144, k 32) one such pass over 63k tokens left FVU
-    0.785, and 8 epochs over 152k tokens at batch 1024 gave 0.337. So the batch shrinks with the data (about n/150
-    rounded to a power of two, within 256..4096) and the data repeats until the run has
-    at least :data:`MIN_STEPS` optimizer steps (at most :data:`MAX_EPOCHS` epochs).
-    Large data keeps one pass at 4096: from about 5M tokens on, nothing changes.
-    """
-    if batch_size is None:
-        batch_size = int(min(4096, max(256, 2 ** round(math.log2(max(n, 1) / 150)))))
-    epochs = min(MAX_EPOCHS, max(1, math.ceil(MIN_STEPS * batch_size / max(n, 1))))
-    return batch_size, epochs
-
-
-def default_lr(d_dict: int, steps: int) -> float:
-    """sparsify's ``2e-4 / sqrt(d_dict / 2^14)``, raised for runs shorter than 10,000 steps
-    by ``sqrt(10,000 / steps)`` (at most 4×): the anchors' rate is tuned for tens of
-    thousands of steps and leaves a short run unconverged. On SmolLM2-135M's
-    ``blocks.15.mlp.hook_post`` (150k tokens, d_dict 6144, k 32, 1,307 steps) held-out
-    FVU was 0.381 at the anchors' rate (3.3e-4), 0.354 with twice the steps, and 0.336 at
-    1e-3 (``default_lr`` gives 9.0e-4 there)."""
-    return 2e-4 / math.sqrt(d_dict / 2**14) * min(4.0, max(1.0, math.sqrt(10_000 / max(steps, 1))))
-
-
-def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int | None = None,
-        seed: int = 0, hook: str | None = None, model: Any = None, out: Any = None, *,
-        progress: bool = False, **kwargs: Any) -> SAE:
-    """Train a dictionary of ``kind`` with ``d_dict`` features on ``data``: a tensor
-    ``[n, d_in]`` or an activation-cache directory (one hook).
-
-    ``n_tokens``/``epochs`` set the length of the run; without them a run is one pass
-    over large data and several over small data, so that it takes at least 1,200 steps,
-    with a batch that shrinks with the data when ``batch_size`` is not given
-    (:func:`default_schedule`). Writes nothing unless ``out`` is given (then the
-    dictionary is saved there). Further keywords:
-    ``lr`` (default from d_dict and the number of steps: :func:`default_lr`), ``warmup_steps`` (default 5% of steps, at most 1000),
-    ``decay_start`` (fraction of steps after which the lr decays linearly to 0),
-    ``autocast`` (bf16 autocast for the forward and backward), ``compile``
-    (``torch.compile`` the SAE's forward and loss),
-    ``input_norm`` (``scalar`` or ``none``), ``b_dec_init`` (``geometric_median``,
-    ``mean`` or ``zeros``), ``dead_tokens`` (tokens without firing after which a
-    feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
-    the kind's own hyperparameters (``aux_coefficient``, ``l1_coefficient``, ...).
-    """
-    if kind in ("snmf", "nmf"):  # fitted by exact alternating passes, not by gradient
-        from saekit.training.snmf import fit_snmf
-
-        d = fit_snmf(data, d_dict, kind=kind, k=k, seed=seed, hook=hook, model=model, progress=progress, **kwargs)
-        if out is not None:
-            d.save(out)
-        return d
-    trainer = Trainer(data, kind, d_dict, k, batch_size, seed, hook, model, **kwargs)
-    sae = trainer.run(progress=progress)
-    if out is not None:
-        sae.save(out)
-    return sae
