@@ -7,10 +7,13 @@
 activations (``mlp_like`` below), d_dict = 256, wta_fraction = 1.0 (plain semi-NMF):
 
 - ``MU loop``: ``fit_snmf(A, 256, wta_fraction=1.0, solver="mu", init="random",
-  max_iter=200, patience=10**9)``, the paper's loop; its pass-200 error is ``e_200``;
+  max_iter=200, patience=10**9, stop_gain=0)``, the paper's loop; its pass-200 error
+  is ``e_200``;
 - saekit's fast paths, ``solver="hals"`` (default) and ``"apg"``, init ``"kmeans"``
   (default) and ``"svd"``: the first pass whose error is <= ``e_200`` (found once from
-  ``history``), then a timed ``fit_snmf(..., max_iter=that pass)`` per round;
+  ``history``), then a timed ``fit_snmf(..., max_iter=that pass, patience=10**9,
+  stop_gain=0)`` per round (every fit here runs a fixed number of passes: the
+  default stopping rule is measured by ``eval/bench_snmf_stopping.py``);
 - ``overcomplete`` 0.3.0 ``SemiNMF(256, solver="mu", tol=0).fit(A, max_iter=200)`` in
   the peer environment (a subprocess reading the same matrix from a safetensors file),
   plus, once, the same update step traced iteration by iteration to find where it
@@ -149,7 +152,7 @@ def bench_fixed_error(args, tmp: Path) -> dict:
 
     variants = [(s, i) for s in ("hals", "apg") for i in ("kmeans", "svd")]
     mu_kw = dict(wta_fraction=1.0, solver="mu", init="random", max_iter=args.mu_iters, patience=10**9,
-                 encode_iter=1, seed=args.seed)
+                 stop_gain=0, encode_iter=1, seed=args.seed)
     mu_runs, fast_runs, oc_runs = [], {v: [] for v in variants}, []
     e_target, hit, trace = None, {}, None
     for rnd in range(args.rounds):
@@ -165,7 +168,7 @@ def bench_fixed_error(args, tmp: Path) -> dict:
                 # passes: try a few pass budgets rather than always running mu_iters passes.
                 for cap in sorted({min(c, args.mu_iters) for c in (25, 75, args.mu_iters)}):
                     x = timed_fit(A, k, wta_fraction=1.0, solver=s, init=i, max_iter=cap,
-                                  encode_iter=1, seed=args.seed)
+                                  stop_gain=0, encode_iter=1, seed=args.seed)
                     p = next((h["iter"] for h in x["history"] if h["rel_error"] <= e_target), None)
                     if p is not None or x["passes"] < cap:  # reached, or stopped by patience
                         break
@@ -178,7 +181,8 @@ def bench_fixed_error(args, tmp: Path) -> dict:
             p = hit[v]["pass"]
             if p is None:
                 continue
-            x = timed_fit(A, k, wta_fraction=1.0, solver=s, init=i, max_iter=p, patience=10**9, seed=args.seed)
+            x = timed_fit(A, k, wta_fraction=1.0, solver=s, init=i, max_iter=p, patience=10**9, stop_gain=0,
+                          seed=args.seed)
             fast_runs[v].append(x)
             print(f"    {s}/{i}: {p} passes, error {x['history'][-1]['rel_error']:.4f}, to e_200 "
                   f"{x['init'] + x['loop']:.1f} s, whole call {x['total']:.1f} s", flush=True)
@@ -293,7 +297,7 @@ def stream_child(args) -> None:
     start = time.monotonic()
     t = time.perf_counter()
     d = fit_snmf(args.stream_child, args.d_dict, wta_fraction=args.stream_wta, codes="memmap",
-                 chunk_tokens=args.chunk_tokens, max_iter=args.stream_passes, patience=10**9,
+                 chunk_tokens=args.chunk_tokens, max_iter=args.stream_passes, patience=10**9, stop_gain=0,
                  device=args.device, history=h, seed=args.seed)
     total = time.perf_counter() - t
     end = time.monotonic()

@@ -102,3 +102,28 @@ def test_torch_compile_trains_like_eager(toy):
     compiled = saekit.fit(toy.x[:4096], "topk", compile=True, **kw)
     rel = ((compiled.W_dec - eager.W_dec).norm() / eager.W_dec.norm()).item()
     assert rel < 1e-3, rel
+
+
+@pytest.mark.timeout(120)
+def test_fit_checks_the_hook_and_width_at_the_door(demo_model, demo_acts):
+    x = demo_acts["blocks.1.mlp.hook_post"]
+    with pytest.raises(ValueError, match=r"unknown hook 'blocks\.9\.mlp\.hook_post'.*Valid hooks"):
+        saekit.fit(x, "topk", d_dict=64, k=4, hook="blocks.9.mlp.hook_post", model=demo_model)
+    with pytest.raises(ValueError, match=r"hook 'blocks\.1\.hook_resid_post'.*width \d+.*d_in=%d" % x.shape[1]):
+        saekit.fit(x, "topk", d_dict=64, k=4, hook="blocks.1.hook_resid_post", model=demo_model)
+    with pytest.raises(ValueError, match=r"width"):
+        saekit.fit(x, "snmf", d_dict=16, hook="blocks.1.hook_resid_post", model=demo_model)
+
+
+def test_an_unknown_keyword_lists_every_valid_keyword():
+    x = torch.randn(64, 8)
+    with pytest.raises(ValueError) as e:
+        saekit.fit(x, "topk", d_dict=16, k=2, learning_rate=1e-3)
+    msg = str(e.value)
+    assert "['learning_rate']" in msg
+    for valid in ("lr", "n_tokens", "epochs", "warmup_steps", "batch_size", "seed", "dead_tokens",  # trainer
+                  "aux_k", "aux_coefficient"):                                                    # the kind
+        assert valid in msg, (valid, msg)
+    with pytest.raises(ValueError, match=r"\['wta'\].*max_iter.*wta_fraction"):
+        saekit.fit(x, "snmf", d_dict=4, wta=0.1)
+

@@ -58,7 +58,7 @@ class DictionaryConfig:
         The activations' provenance: hook name, model name, and the model's weight
         processing (``hooked``/``raw``/``native``). Splicing needs ``hook``.
     input_norm
-        ``none``; ``scalar`` (trained with E‖x‖² = d_in, folded into the weights, so
+        ``none``; ``scalar`` (trained with E‖x − x̄‖² = d_in, folded into the weights, so
         the saved dictionary takes raw activations); ``layer_norm`` (per token).
     options
         Kind-specific hyperparameters (see each kind's ``OPTIONS``); unknown keys are

@@ -6,7 +6,7 @@ All four share ``codes = σ((x − b_dec) W_enc + b_enc)`` and ``x̂ = codes W_d
 
 The loss convention (one for all kinds, pinned by ``tests/test_sae.py``)
 -------------------------------------------------------------------------
-Training sees inputs scaled so that E‖x‖² = d_in (``input_norm="scalar"``), and
+Training sees inputs scaled so that E‖x − x̄‖² = d_in (``input_norm="scalar"``), and
 
     loss = mse + sparsity + aux
 
@@ -269,8 +269,9 @@ class TopKSAE(SAE):
 class BatchTopKSAE(SAE):
     """BatchTopK (Bussmann et al.): in training keep the k·batch largest ReLU'd
     pre-activations across the whole batch; at inference a per-dictionary threshold
-    (an EMA of the smallest kept activation, as dictionary_learning and SAELens
-    estimate it) replaces the batch, so it runs as a JumpReLU and saves as SAELens
+    (an EMA of the smallest kept activation during training, as dictionary_learning and
+    SAELens estimate it, recalibrated at the end of training on a sample:
+    :meth:`calibrate_threshold`) replaces the batch, so it runs as a JumpReLU and saves as SAELens
     ``jumprelu`` with a constant threshold."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "aux_k": None, "aux_coefficient": 1.0,
@@ -296,6 +297,23 @@ class BatchTopKSAE(SAE):
         cfg["metadata"] = {**cfg["metadata"], "training_architecture": "batchtopk",  # as SAELens records it
                            "training_architecture_details": {"k": self.cfg.k}}
         return cfg
+
+    @torch.no_grad()
+    def calibrate_threshold(self, x: Tensor) -> None:
+        """Set the inference threshold to the smallest activation BatchTopK keeps on ``x``
+        as one batch (the k·len(x) largest), so that inference keeps k per token on average.
+
+        The training EMA still carries the early, untrained cutoff when a run is shorter
+        than a few EMA horizons (1,000 steps at the default decay); on synthetic ground
+        truth (512 features in 64 dimensions, k 20, 1,220 steps) it gave an inference L0
+        of 9.6. The trainer calls this at the end on its sample of (scaled) inputs. Rows are
+        capped so the ``[rows, d_dict]`` activations stay under 2^26 values."""
+        x = x[:max(256, (1 << 26) // self.cfg.d_dict)]
+        acts = F.relu(self.pre_acts(x)).flatten()
+        kept = acts.topk(min(self.cfg.k * len(x), acts.numel())).values
+        kept = kept[kept > 0]
+        if kept.numel():
+            self.threshold.fill_(float(kept[-1]))
 
     def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
         pre = self.pre_acts(x)

@@ -164,8 +164,8 @@ class SNMF(Dictionary):
     NONNEG_DICTIONARY: ClassVar[bool] = False
     OPTIONS: ClassVar[dict[str, Any]] = {
         "wta_fraction": 0.01, "solver": "hals", "init": "kmeans", "max_iter": 200, "tol": 1e-4,
-        "patience": 20, "chunk_tokens": 65536, "codes": "auto", "code_steps": 2, "ridge": 1e-6,
-        "firing_threshold": 0.1, "encode_tol": 1e-4, "encode_iter": 100,
+        "patience": 20, "stop_gain": 0.04, "chunk_tokens": 65536, "codes": "auto", "code_steps": 2,
+        "ridge": 1e-6, "firing_threshold": 0.1, "encode_tol": 1e-4, "encode_iter": 100,
     }
 
     def __init__(self, cfg: DictionaryConfig):

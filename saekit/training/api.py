@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
-from saekit.dictionaries import Dictionary
+from saekit.dictionaries import REGISTRY, Dictionary
 from saekit.training.snmf import fit_snmf
-from saekit.training.trainer import Trainer
+from saekit.training.trainer import Trainer, _as_rows
+
+#: Kinds fitted by exact alternating passes (:func:`fit_snmf`), not by gradient.
+FITTED = ("snmf", "nmf")
 
 
 def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int | None = None,
@@ -28,8 +32,24 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     ``mean`` or ``zeros``), ``dead_tokens`` (tokens without firing after which a
     feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
     the kind's own hyperparameters (``aux_coefficient``, ``l1_coefficient``, ...).
+
+    Checked before any work: ``kind``, every keyword (an unknown one is an error that
+    lists all of ``fit``'s keywords for that kind), and, when ``model`` is a loaded
+    model and ``hook`` is given, that the hook exists and its width is the data's.
     """
-    if kind in ("snmf", "nmf"):  # fitted by exact alternating passes, not by gradient
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
+    check_keywords(kind, kwargs)
+    data = _as_rows(data)
+    if hook is not None and model is not None and not isinstance(model, str):
+        from saekit.models import hook_width, model_name
+
+        width = hook_width(model, hook)  # an unknown hook raises here, listing the valid ones
+        if data.ndim == 2 and data.shape[1] != width:
+            raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the data "
+                             f"has d_in={data.shape[1]} (shape {tuple(data.shape)}): activations of "
+                             "another hook or model?")
+    if kind in FITTED:
         d = fit_snmf(data, d_dict, kind=kind, k=k, seed=seed, hook=hook, model=model, progress=progress, **kwargs)
         if out is not None:
             d.save(out)
@@ -39,3 +59,22 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     if out is not None:
         sae.save(out)
     return sae
+
+
+def fit_keywords(kind: str) -> tuple[list[str], list[str]]:
+    """``(trainer keywords, the kind's options)`` that :func:`fit` accepts for ``kind``."""
+    own = [p for p in inspect.signature(fit).parameters if p not in ("kwargs", "data", "kind")]
+    runner = fit_snmf if kind in FITTED else Trainer.__init__
+    extra = [p.name for p in inspect.signature(runner).parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("self", "data")]
+    return sorted(set(own) | set(extra)), sorted(REGISTRY[kind].OPTIONS)
+
+
+def check_keywords(kind: str, kwargs: dict[str, Any]) -> None:
+    """A ValueError naming every unknown keyword and listing all valid ones for ``kind``."""
+    trainer, options = fit_keywords(kind)
+    unknown = sorted(set(kwargs) - set(trainer) - set(options))
+    if unknown:
+        how = "fitting" if kind in FITTED else "training"
+        raise ValueError(f"fit() got unknown keyword(s) {unknown} for kind {kind!r}. Valid keywords: "
+                         f"{how}: {', '.join(trainer)}; {kind} options: {', '.join(options)}")

@@ -1,7 +1,8 @@
 """The SAE trainer behind ``saekit.fit`` and ``saekit train``.
 
 The recipe follows the references (training_anchors.md): inputs scaled so that
-E‖x‖² = d_in (folded into the saved weights); b_dec initialised to the geometric
+E‖x − x̄‖² = d_in (folded into the saved weights; SAELens scales E‖x‖², which lets a
+shared offset change the sparsity trade-off); b_dec initialised to the geometric
 median of a sample (or its mean); ``W_enc = W_decᵀ`` at init. Adam (0.9, 0.999) uses
 the lr rule 2e-4 / sqrt(d_dict / 2¹⁴) (sparsify, dictionary_learning), raised for short
 runs, when no lr is given (:mod:`saekit.training.schedule`), with linear warm-up and a
@@ -136,8 +137,12 @@ class Trainer:
             sample = data.sample(min(n, 8192)).to(self.dev, torch.float32)
         else:
             sample = data[torch.randperm(n, generator=gen)[:min(n, 8192)]].to(self.dev, torch.float32)
-        self.scale = math.sqrt(d_in / sample.pow(2).sum(1).mean().item()) if input_norm == "scalar" else 1.0
+        # Centred: an offset shared by every token (b_dec's job) must not shrink the part
+        # the features explain, or the sparsity coefficients bite harder the larger the offset.
+        energy = (sample - sample.mean(0)).pow(2).sum(1).mean().item()
+        self.scale = math.sqrt(d_in / max(energy, 1e-30)) if input_norm == "scalar" else 1.0
         sample = sample * self.scale
+        self.sample = sample  # kept to calibrate what needs the trained dictionary (finish)
         self.sae.to(self.dev)
         with torch.no_grad():
             if b_dec_init == "geometric_median":
@@ -323,6 +328,8 @@ class Trainer:
     def finish(self, path: Path | None = None) -> SAE:
         """Unit-norm decoder rows, the input scale folded in, firing frequencies attached."""
         sae = self.sae
+        if hasattr(sae, "calibrate_threshold"):
+            sae.calibrate_threshold(self.sample)
         sae.normalize_decoder()
         if sae.cfg.input_norm == "scalar":
             sae.fold_input_scale(self.scale)
