@@ -42,6 +42,9 @@ bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json
 	$(OFFLINE) $(PY) eval/bench_train.py --peers $(PEERS) --out eval/results/bench_train.json
 	$(OFFLINE) $(PY) eval/bench_snmf.py --peers $(PEERS) --out eval/results/bench_snmf.json
+	$(OFFLINE) $(PY) eval/bench_snmf_stopping.py --threads 1 --out eval/results/bench_snmf_stopping.json \
+	  --md eval/results/bench_snmf_stopping.md
+	$(OFFLINE) $(PY) eval/bench_defaults.py --out eval/results/bench_defaults.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
 	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
 	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 16384 --batch-size 32 \

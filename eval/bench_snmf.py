@@ -134,7 +134,8 @@ def timed_fit(A: torch.Tensor, d_dict: int, **kw) -> dict:
     init = max(total - md["fit_seconds"], 0.0)
     return {"history": h, "total": total, "init": init, "loop": h[-1]["seconds"] if h else 0.0,
             "polish": max(md["fit_seconds"] - (h[-1]["seconds"] if h else 0.0), 0.0),
-            "final_rel_error": md["rel_error"], "passes": len(h)}
+            "final_rel_error": md["rel_error"], "passes": len(h), "stopped": md["stopped"],
+            "gain": md["gain"], "iterations": md["iterations"]}
 
 
 def bench_fixed_error(args, tmp: Path) -> dict:

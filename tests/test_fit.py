@@ -109,7 +109,7 @@ def test_fit_checks_the_hook_and_width_at_the_door(demo_model, demo_acts):
     x = demo_acts["blocks.1.mlp.hook_post"]
     with pytest.raises(ValueError, match=r"unknown hook 'blocks\.9\.mlp\.hook_post'.*Valid hooks"):
         saekit.fit(x, "topk", d_dict=64, k=4, hook="blocks.9.mlp.hook_post", model=demo_model)
-    with pytest.raises(ValueError, match=r"hook 'blocks\.1\.hook_resid_post'.*width \d+.*d_in=%d" % x.shape[1]):
+    with pytest.raises(ValueError, match=rf"hook 'blocks\.1\.hook_resid_post'.*width \d+.*d_in={x.shape[1]}"):
         saekit.fit(x, "topk", d_dict=64, k=4, hook="blocks.1.hook_resid_post", model=demo_model)
     with pytest.raises(ValueError, match=r"width"):
         saekit.fit(x, "snmf", d_dict=16, hook="blocks.1.hook_resid_post", model=demo_model)
@@ -127,3 +127,47 @@ def test_an_unknown_keyword_lists_every_valid_keyword():
     with pytest.raises(ValueError, match=r"\['wta'\].*max_iter.*wta_fraction"):
         saekit.fit(x, "snmf", d_dict=4, wta=0.1)
 
+
+
+@pytest.mark.timeout(120)
+def test_batchtopk_keeps_k_per_token_at_inference(toy):
+    """The threshold is calibrated on a sample at the end, not left at the training EMA,
+    which in a short run still carries the untrained model's cutoff."""
+    sae = saekit.fit(toy.x[:20_000], "batchtopk", d_dict=256, k=5, batch_size=512, epochs=4)
+    with torch.no_grad():
+        l0 = sae.active(sae.encode(toy.x[-5000:])).sum(1).float().mean().item()
+    assert 4.5 <= l0 <= 5.5, l0
+
+
+@pytest.mark.timeout(120)
+def test_a_shared_offset_does_not_change_what_is_learned(toy):
+    """The input scale is centred: adding one vector to every token (b_dec absorbs it)
+    leaves the sparsity trade-off, and so L0 and the features, as they were."""
+    x = toy.x[:20_000]
+    offset = torch.randn(x.shape[1])
+    offset *= 5 * x.pow(2).sum(1).mean().sqrt() / offset.norm()
+    plain = saekit.fit(x, "relu", d_dict=256, batch_size=512, epochs=4)
+    shifted = saekit.fit(x + offset, "relu", d_dict=256, batch_size=512, epochs=4)
+    assert shifted.cfg.metadata["input_scale"] == pytest.approx(plain.cfg.metadata["input_scale"], rel=0.02)
+    with torch.no_grad():
+        l0 = [d.active(d.encode(y[:4000])).sum(1).float().mean().item() for d, y in ((plain, x), (shifted, x + offset))]
+    assert l0[1] == pytest.approx(l0[0], rel=0.15), l0
+    assert recovery(shifted.W_dec, toy.features).mmcs > recovery(plain.W_dec, toy.features).mmcs - 0.03
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind,floor", [
+    ("topk", 0.95), ("relu", 0.9), ("jumprelu", 0.9),  # measured 0.99+, 0.94+, 0.905
+    pytest.param("batchtopk", 0.95, marks=pytest.mark.xfail(strict=True, reason=(
+        "issue 15's BatchTopK target is not met here: MMCS 0.907 at the default lr (6.1e-3 for "
+        "d_dict 128), 0.862 at 2e-3, 0.848 at 1e-3 (2-core CPU, 2026-12-05); a lower rate is not "
+        "the fix here, though it is on 'crowded' in eval/bench_defaults.py"))),
+])
+def test_defaults_recover_features_of_a_generator_they_were_not_tuned_on(kind, floor):
+    """``fit`` with nothing but the width and k (issue 15): Zipf frequencies, noise, a
+    shape no default was chosen on. The sweep over many such settings is
+    ``eval/bench_defaults.py``; this is its smallest case, kept as a test."""
+    data = synthetic_sparse_data(200_000, d_in=32, n_features=128, p_active=3 / 128, feature_probs="zipf",
+                                 zipf_exponent=0.5, noise=0.01, seed=5)
+    sae = saekit.fit(data.x, kind, d_dict=128, k=3)
+    assert recovery(sae.W_dec, data.features).mmcs >= floor

@@ -253,6 +253,8 @@ class Trainer:
         import copy
 
         sae = copy.deepcopy(self.sae)
+        if hasattr(sae, "calibrate_threshold"):
+            sae.calibrate_threshold(self.sample)
         sae.normalize_decoder()
         if sae.cfg.input_norm == "scalar":
             sae.fold_input_scale(self.scale)
