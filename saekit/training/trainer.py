@@ -252,13 +252,16 @@ class Trainer:
         for evaluation mid-training; training goes on unchanged."""
         import copy
 
-        sae = copy.deepcopy(self.sae)
+        return self._for_inference(copy.deepcopy(self.sae)).eval()
+
+    def _for_inference(self, sae: SAE) -> SAE:
+        """BatchTopK's threshold calibrated, unit decoder rows, the input scale folded in (in place)."""
         if hasattr(sae, "calibrate_threshold"):
             sae.calibrate_threshold(self.sample)
         sae.normalize_decoder()
         if sae.cfg.input_norm == "scalar":
             sae.fold_input_scale(self.scale)
-        return sae.eval()
+        return sae
 
     def run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
             progress: bool = False, eval_fn: Any = None, eval_every: int = 0,
@@ -329,12 +332,7 @@ class Trainer:
 
     def finish(self, path: Path | None = None) -> SAE:
         """Unit-norm decoder rows, the input scale folded in, firing frequencies attached."""
-        sae = self.sae
-        if hasattr(sae, "calibrate_threshold"):
-            sae.calibrate_threshold(self.sample)
-        sae.normalize_decoder()
-        if sae.cfg.input_norm == "scalar":
-            sae.fold_input_scale(self.scale)
+        sae = self._for_inference(self.sae)
         sae.log_firing_freq = (self.fired / max(self.seen, 1)).clamp_min(1e-10).log10().float().cpu()
         sae.cfg.metadata.update({"steps": self.steps, "tokens": self.steps * self.batch_size,
                                  "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
