@@ -255,3 +255,21 @@ def test_a_smaller_stop_gain_runs_longer_to_a_tighter_fit_and_zero_turns_the_rul
     assert capped["iterations"] == 7 and capped["stopped"] == "max_iter"
     stalled = fit_snmf(A, 24, wta_fraction=1.0, stop_gain=0, tol=0.5, patience=3).cfg.metadata
     assert stalled["stopped"] == "stalled" and stalled["iterations"] == 4  # pass 1 sets the best, 3 stale
+
+
+def test_blocked_hals_makes_the_same_updates_as_the_plain_sweep():
+    from saekit.dictionaries.snmf import hals_blocked, hals_sweep
+
+    g = torch.Generator().manual_seed(0)
+    A, W = torch.randn(700, 24, generator=g), torch.randn(40, 24, generator=g)
+    P, Q = A @ W.T, W @ W.T
+    G0 = torch.rand(700, 40, generator=g)
+    torch.testing.assert_close(hals_blocked(G0.clone(), P, Q, 3, features=16), hals_sweep(G0.clone(), P, Q, 3),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_encode_works_with_gradients_enabled():
+    A = torch.rand(400, 4) @ torch.randn(4, 12)
+    d = fit_snmf(A, 4, wta_fraction=1.0, max_iter=3)
+    codes = d.encode(A[:50])  # nnls on the CPU goes through numpy: no autograd graph may reach it
+    assert codes.shape == (50, 4) and bool((codes >= 0).all())

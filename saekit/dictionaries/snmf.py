@@ -87,6 +87,75 @@ def hals_sweep(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1, mask: Tensor | 
     return G
 
 
+def hals_blocked(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1, features: int = 16) -> Tensor:
+    """``sweeps`` HALS sweeps over the columns of ``G`` (in place): the same updates in
+    the same order as :func:`hals_sweep`, equal to rounding, faster.
+
+    The cross terms are matrix products: for each block of ``features`` columns,
+    ``R = P_b − G Q_b`` is one matmul at the block's start, and inside the block only the
+    changes of the block's earlier columns are subtracted. Most of a sweep's ``n·k²``
+    flops then run at matmul speed rather than as one matrix-vector product per feature,
+    and on the CPU the per-feature steps run in numpy, whose calls cost a fraction of
+    torch's. One CPU core, two sweeps: 0.060 → 0.015 s at 10,000 × 128 codes,
+    0.0055 → 0.0030 s at 5,000 × 64.
+    """
+    cpu = G.device.type == "cpu"
+    if cpu:
+        # numpy's own OpenBLAS would start its threads for each tiny dot product beside
+        # torch's: on 2 cores the demo LM's fit (64k × 512, 128 features) took 67 s so
+        # against 12 s with numpy's BLAS on one thread (and 21 s with hals_sweep).
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            return _hals_blocked(G, P, Q, sweeps, features)
+    return _hals_blocked(G, P, Q, sweeps, features)
+
+
+def _hals_blocked(G: Tensor, P: Tensor, Q: Tensor, sweeps: int, features: int) -> Tensor:
+    n, k = G.shape
+    inv = (1 / Q.diagonal().clamp_min(EPS)).tolist()
+    cpu = G.device.type == "cpu"
+    rows = n if not cpu else max(256, (1 << 23) // (4 * k))  # a row block about the CPU cache's size
+    Qn = Q.numpy() if cpu else None
+    for lo in range(0, n, rows):
+        # Transposed, so that a feature's codes are contiguous.
+        Gt, Pt = G[lo:lo + rows].T.contiguous(), P[lo:lo + rows].T.contiguous()
+        D = torch.empty(min(features, k), Gt.shape[1], dtype=G.dtype, device=G.device)  # in-block changes
+        for _ in range(sweeps):
+            for b0 in range(0, k, features):
+                b1 = min(b0 + features, k)
+                R = torch.addmm(Pt[b0:b1], Q[b0:b1], Gt, alpha=-1)  # P_b − Q_b G at the block's start
+                if cpu:
+                    _block_numpy(Gt.numpy(), R.numpy(), Qn, D.numpy(), b0, b1, inv)
+                    continue
+                for m in range(b1 - b0):
+                    j = b0 + m
+                    x = torch.addmv(R[m], D[:m].T, Q[j, b0:j], alpha=-1) if m else R[m]
+                    new = (Gt[j] + x * inv[j]).clamp_min_(0)
+                    torch.sub(new, Gt[j], out=D[m])
+                    Gt[j] = new
+        G[lo:lo + rows] = Gt.T
+    return G
+
+
+def _block_numpy(g: Any, r: Any, q: Any, dlt: Any, b0: int, b1: int, inv: list[float]) -> None:
+    """``hals_blocked``'s inner loop over features ``b0:b1`` on numpy views (in place)."""
+    import numpy as np
+
+    buf = np.empty_like(g[0])
+    for m in range(b1 - b0):
+        j = b0 + m
+        x = r[m]  # a row of the block's fresh R: free to overwrite
+        if m:
+            np.dot(q[j, b0:j], dlt[:m], out=buf)
+            x -= buf
+        x *= inv[j]
+        x += g[j]
+        np.maximum(x, 0, out=x)
+        np.subtract(x, g[j], out=dlt[m])
+        g[j] = x
+
+
 def apg_steps(G: Tensor, P: Tensor, Q: Tensor, iters: int, L: float | None = None) -> Tensor:
     """``iters`` steps of accelerated projected gradient (FISTA with adaptive restart,
     O'Donoghue & Candès) on ``½‖x − G W‖²`` from ``G``; step ``1/λ_max(Q)``. Every step
@@ -145,7 +214,7 @@ def nnls(x: Tensor, W: Tensor, *, init: Tensor | None = None, max_iter: int = 10
     xx = x.pow(2).sum()
     prev = objective(xx, G, P, Q)
     for _ in range(max_iter):
-        G = hals_sweep(G, P, Q, 5) if method == "hals" else apg_steps(G, P, Q, 20, L)
+        G = hals_blocked(G, P, Q, 5) if method == "hals" else apg_steps(G, P, Q, 20, L)
         obj = objective(xx, G, P, Q)
         if prev - obj <= tol * max(abs(obj), EPS):
             break
