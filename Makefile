@@ -33,7 +33,7 @@ PEER_PKGS := sae-lens==6.54.12 eai-sparsify==1.3.3 overcomplete==0.3.0
 	touch $@
 
 demo: .venv/.ready
-	$(OFFLINE) .venv/bin/saekit demo
+	$(OFFLINE) .venv/bin/saekit demo --overwrite
 
 test: .venv/.ready
 	$(OFFLINE) $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import saekit  # noqa: E402
 from saekit.activations import CacheWriter  # noqa: E402
 from saekit.gguf import resolve_model_dir  # noqa: E402
-from saekit.models import hook_width, is_native_dir  # noqa: E402
+from saekit.models import hook_width, is_native_dir, portable_spec  # noqa: E402
 
 
 def main() -> None:
@@ -115,7 +115,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [{"case": k, "tokens/s": n / med[k], "ratio to forward": med[base] / med[k]} for k in cases]
     result = {
-        "model": args.model, "hook": hook, "tokens": n, "batch_size": args.batch_size,
+        "model": portable_spec(args.model), "hook": hook, "tokens": n, "batch_size": args.batch_size,
         "device": str(dev), "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": rows,
         "baseline": base, "harvest_vs_forward": med[base] / med["harvest"],

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shlex
+import signal
 import sys
 from pathlib import Path
+
+from saekit.jobs import Interrupted, claim_output
 
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saekit.demo import DEMO_LM, run_demo
+    from saekit.demo import DEMO_LM, default_out, run_demo
 
-    run_demo(out=Path(args.out) if args.out else None, n_tokens=args.n_tokens, model_path=args.model or DEMO_LM)
+    model = args.model or DEMO_LM
+    out = claim_output(args.out or default_out(model), overwrite=args.overwrite, what="demo report")
+    run_demo(out=out, n_tokens=args.n_tokens, model_path=model)
     return 0
 
 
@@ -44,190 +49,30 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
+    from saekit.training.recipe import default_out, run_recipe
 
-    import saekit
-    from saekit.config import load_config
-    from saekit.training import Trainer
-    from saekit.training.trainer import CHECKPOINT, train_together
-
-    cfg = load_config(args.config, args.set)
-    rank = _init_distributed(cfg)
-    root = Path(args.out or Path("runs") / Path(args.config).stem)
-    runs = cfg.runs()
-    for name, _ in runs:
-        if (root / name / CHECKPOINT).exists() and not args.resume:
-            raise FileExistsError(f"{root / name} holds a checkpoint from an earlier run; pass "
-                                  "--resume to continue it, or choose another --out")
-    hooks = list(dict.fromkeys(c.hook for _, c in runs))
-    fitted = [name for name, c in runs if c.kind in FITTED_KINDS]
-    if fitted and cfg.stream:
-        raise ValueError(f"{args.config}: kind {runs[0][1].kind!r} is fitted by exact passes over the data, "
-                         "which a live stream cannot replay cheaply: harvest a cache (`saekit harvest`) "
-                         "and set `cache`, or train in memory (stream = false)")
-    if cfg.cache:
-        from saekit.activations.cache import CacheRows
-
-        data = {h: CacheRows(cfg.cache, h) for h in hooks}
-        manifest = data[hooks[0]].cache.manifest
-        model, processing = manifest["model"], manifest["processing"]
-    elif cfg.stream:
-        from saekit.activations import LiveStream
-
-        model = saekit.load_model(cfg.model, device=cfg.device)
-        tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
-        sizes = {c.batch_size for _, c in runs}
-        if len(sizes) > 1:
-            raise ValueError(f"{args.config}: streaming trains every run from one harvest in lockstep, so "
-                             f"the runs must share batch_size (got {sorted(sizes)}); or harvest a cache")
-        data = LiveStream.together(model, hooks, tokens, cfg.batch_size, buffer_bytes=cfg.buffer_mb << 20,
-                                   seed=cfg.seed)
-        processing = None
-    else:  # one forward pass for every hook of every run
-        data, model = _harvest_for_training(cfg, hooks, args.config, rank)
-        processing = None
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "run_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    eval_fn = _eval_fn(cfg, model) if rank == 0 else None
-    jobs = []
-    for name, c in runs:
-        out = root / name
-        if args.resume and (out / "dictionary").exists() and not (out / CHECKPOINT).exists():
-            print(f"{out / 'dictionary'} is already finished")
-            continue
-        if c.kind in FITTED_KINDS:
-            jobs.append((_Fit(data[c.hook], c, model, processing), dict(out=out, eval_fn=eval_fn)))
-            continue
-        trainer = Trainer(data[c.hook], c.kind, c.d_dict, c.k, c.batch_size, c.seed, c.hook, model,
-                          lr=c.lr, n_tokens=min(c.n_tokens, len(data[c.hook])), warmup_steps=c.warmup_steps,
-                          decay_start=c.decay_start, input_norm=c.input_norm, b_dec_init=c.b_dec_init,
-                          dead_tokens=c.dead_tokens, device=c.device, processing=processing,
-                          autocast=c.autocast, compile=c.compile, **c.options)
-        if args.resume and (out / CHECKPOINT).exists():
-            trainer.load_checkpoint(out / CHECKPOINT)
-            print(f"resuming {out} at step {trainer.step} of {trainer.steps}")
-        jobs.append((trainer, dict(out=out, checkpoint_every=c.checkpoint_every, log_every=c.log_every,
-                                   progress=rank == 0, eval_fn=eval_fn, eval_every=c.eval_every,
-                                   wandb_project=c.wandb_project)))
-    if cfg.stream:  # one harvest feeds every run: train them in lockstep
-        train_together(jobs, progress=rank == 0)
-    else:
-        for trainer, kw in jobs:
-            trainer.run(**kw)
-    for trainer, kw in jobs:
-        if rank == 0:
-            out = kw["out"]
-            print(f"wrote {out / 'dictionary'}: {trainer.sae}")
-            if isinstance(trainer, _Fit):
-                print(f"  relative error {trainer.sae.cfg.metadata['rel_error']:.4f} after "
-                      f"{trainer.sae.cfg.metadata['iterations']} passes")
-            if (out / "eval.json").exists():
-                r = json.loads((out / "eval.json").read_text())
-                print(f"  FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {100 * r['frac_dead']:.1f}%  "
-                      f"CE recovered {r['ce_recovered_zero']:.3f} (zero) {r['ce_recovered_mean']:.3f} (mean)  "
-                      f"KL recovered {r['kl_recovered_zero']:.3f} (zero)")
+    out = Path(args.out) if args.out else default_out(args.config)
+    try:
+        done = run_recipe(args.config, out, args.set, resume=args.resume, overwrite=args.overwrite)
+    except (Interrupted, KeyboardInterrupt) as e:
+        again = shlex.join(["saekit", "train", args.config, "--out", str(out),
+                            *(x for s in args.set for x in ("--set", s))])
+        print(f"\nsaekit train: interrupted{f' ({e})' if str(e) else ''}; continue with: {again} --resume",
+              file=sys.stderr)
+        return 130
+    for run_dir, trainer in done:
+        if not (run_dir / "dictionary").exists():
+            continue  # another rank wrote it
+        print(f"wrote {run_dir / 'dictionary'}: {trainer.sae}")
+        md = trainer.sae.cfg.metadata
+        if "rel_error" in md:
+            print(f"  relative error {md['rel_error']:.4f} after {md['iterations']} passes")
+        if (run_dir / "eval.json").exists():
+            r = json.loads((run_dir / "eval.json").read_text())
+            print(f"  FVU {r['fvu']:.3f}  L0 {r['l0']:.1f}  dead {100 * r['frac_dead']:.1f}%  "
+                  f"CE recovered {r['ce_recovered_zero']:.3f} (zero) {r['ce_recovered_mean']:.3f} (mean)  "
+                  f"KL recovered {r['kl_recovered_zero']:.3f} (zero)")
     return 0
-
-
-FITTED_KINDS = ("snmf", "nmf")
-
-
-class _Fit:
-    """An SNMF/NMF recipe run with a trainer's ``run``: fit, save, evaluate."""
-
-    def __init__(self, data, c, model, processing):
-        self.data, self.c, self.model, self.processing = data, c, model, processing
-        self.sae = None
-
-    def run(self, out: Path, eval_fn=None):
-        import torch.distributed as dist
-
-        from saekit.fileio import atomic_write_text
-        from saekit.training.snmf import fit_snmf
-
-        c = self.c
-        history: list[dict] = []
-        self.sae = fit_snmf(self.data, c.d_dict, kind=c.kind, k=c.k, seed=c.seed, hook=c.hook,
-                            model=self.model, processing=self.processing, device=c.device,
-                            progress=True, history=history, **c.options)
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
-            return self.sae
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-        self.sae.save(out / "dictionary")
-        if eval_fn is not None:
-            atomic_write_text(out / "eval.json", json.dumps(eval_fn(self.sae), indent=2) + "\n")
-        return self.sae
-
-
-def _text_tokens(cfg) -> int:
-    """Text to load for ``n_tokens`` activations: BOS and separators are masked, so 10% more."""
-    import math
-
-    return math.ceil(cfg.n_tokens * 1.1) + cfg.ctx_len
-
-
-def _harvest_for_training(cfg, hooks: list[str], recipe: str, rank: int):
-    """Harvest the recipe's hooks into memory in one pass: ``({hook: activations}, model)``."""
-
-    import saekit
-    from saekit.models import hook_width
-
-    model = saekit.load_model(cfg.model, device=cfg.device)
-    need = cfg.n_tokens * sum(hook_width(model, h) for h in hooks) * 4
-    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    if need > budget:
-        raise ValueError(f"{recipe}: training from the model holds the activations in memory "
-                         f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {hooks}), more "
-                         "than half of this machine's RAM: set `stream = true` in the recipe to harvest "
-                         "while training, or build a cache with `saekit harvest` and set `cache`")
-    tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
-    acts = saekit.harvest(model, hooks, tokens, progress=rank == 0)
-    got = len(next(iter(acts.values())))
-    if got < cfg.n_tokens:
-        import warnings
-
-        warnings.warn(f"{recipe}: the data gave {got:,} activations, fewer than n_tokens={cfg.n_tokens:,}",
-                      stacklevel=2)
-    return {h: a[:cfg.n_tokens] for h, a in acts.items()}, model
-
-
-def _eval_fn(cfg, model):
-    """The evaluation callback, when the model can be loaded (it can when training
-    from the model, or from a cache whose manifest names a loadable model)."""
-    import saekit
-    from saekit.training.evaluate import evaluate
-
-    if cfg.eval_tokens <= 0:
-        return None
-    if isinstance(model, str):
-        try:
-            model = saekit.load_model(model, device=cfg.device)
-        except (OSError, ValueError) as e:
-            print(f"no evaluation: cannot load model {model!r} ({e})")
-            return None
-    data = "demo:heldout" if cfg.data == "demo" else cfg.data
-    tokens = saekit.load_tokens(data, model, cfg.eval_tokens, cfg.ctx_len, seed=cfg.seed + 1)
-    return lambda dictionary: evaluate(model, dictionary, tokens)
-
-
-def _init_distributed(cfg) -> int:
-    """Join the process group when started by torchrun (gloo on CPU, nccl on GPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    import torch
-    import torch.distributed as dist
-
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
-    if cuda:
-        torch.cuda.set_device(local)
-        cfg.device = f"cuda:{local}"
-    elif cfg.device == "auto":
-        cfg.device = "cpu"
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank()
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -314,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out tokens to harvest (default 65,536 on the demo LM, 32,768 on a real model)")
     p.add_argument("--model", default=None, help="the demo LM (default), 'smollm2-135m', a .gguf file, an HF "
                                                   "directory or name: real models run on the English corpus")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("harvest", help="harvest activations into an on-disk cache")
@@ -333,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an SAE from a TOML recipe")
     p.add_argument("config", help="recipe (TOML), e.g. train/demo.toml")
-    p.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--out", default=None, help="run directory (default runs/train/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run directory's unfinished dictionaries "
+                                                         "from their checkpoints")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field (value parsed as TOML); repeatable")
     p.set_defaults(fn=_cmd_train)
@@ -366,13 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _flags(args: argparse.Namespace) -> set[str]:
+    return {"--" + name.replace("_", "-") for name, v in vars(args).items() if isinstance(v, bool)}
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends a job as Ctrl-C does: cleanly, with a word on resuming
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"saekit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as e:
+        again = ("rerun it with --resume to continue from what was saved" if "--resume" in _flags(args)
+                 else "rerun it" + (" with --overwrite" if "--overwrite" in _flags(args) else ""))
+        print(f"\nsaekit {args.command}: interrupted{f' ({e})' if str(e) else ''}; {again}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -517,6 +517,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ctx-len", type=int, default=128)
     p.add_argument("--seeds", type=int, default=1, help="refits per configuration for stability (default 1: none)")
     p.add_argument("--out", default="runs/compare", help="report directory (default runs/compare)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.set_defaults(fn=run_cli)
     return p
@@ -524,8 +525,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``saekit compare``: print the tables, write the report."""
+    from saekit.jobs import claim_output
     from saekit.models import load_model
 
+    claim_output(args.out, overwrite=args.overwrite, what="comparison report")
     model = load_model(args.model, device=args.device)
     result = compare(args.dicts, model, data=args.data, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
                      seeds=args.seeds, progress=True)

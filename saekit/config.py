@@ -1,13 +1,18 @@
 """Run configs: one dataclass per job, loaded from TOML, overridable with ``--set``.
 
-Unknown keys are refused with the list of allowed ones, so a typo in a recipe fails
-before any work is done.
+Unknown keys are refused with the list of allowed ones, and every value is checked
+against its field's declared type (and, for ``TrainConfig``, its range), so a typo or
+a wrong type in a recipe fails before any work is done with a ``ValueError`` that names
+the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,12 +97,83 @@ def _parse_value(text: str) -> Any:
         return text  # a bare string
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a field's annotation (ints where floats are declared are
+    fine; bools are not ints). Annotations it does not understand accept anything."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list or hint is list:
+        args = typing.get_args(hint)
+        return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        args = typing.get_args(hint)
+        return isinstance(value, dict) and (not args or all(_type_ok(v, args[1]) for v in value.values()))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    return True
+
+
+#: TrainConfig fields with a range: (lowest allowed, highest allowed or None).
+_RANGES: dict[str, tuple[float, float | None]] = {
+    **{name: (1, None) for name in ("n_tokens", "ctx_len", "d_dict", "k", "batch_size", "buffer_mb", "log_every",
+                                    "dead_tokens")},
+    **{name: (0, None) for name in ("checkpoint_every", "eval_every", "eval_tokens", "warmup_steps", "seed")},
+    "decay_start": (0.0, 1.0),
+}
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def check_values(cls: type, values: dict[str, Any], where: str) -> None:
+    """Each value fits its field's annotation (and TrainConfig's ranges), or a ValueError
+    naming the file and key."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: check nothing rather than fail
+        hints = {}
+    for key, value in values.items():
+        hint = hints.get(key, Any)
+        if not _type_ok(value, hint):
+            raise ValueError(f"{where}: key {key!r} must be {_hint_name(hint)}, got {value!r}")
+        if cls is TrainConfig:
+            if key == "lr" and value is not None and value <= 0:
+                raise ValueError(f"{where}: key 'lr' must be positive, got {value!r}")
+            if key in _RANGES and value is not None:
+                lo, hi = _RANGES[key]
+                if value < lo or (hi is not None and value > hi):
+                    span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                    raise ValueError(f"{where}: key {key!r} must be {span}, got {value!r}")
+            if key == "sweep":
+                for entry in value:
+                    check_values(cls, {k: v for k, v in entry.items() if k not in ("hook", "sweep")},
+                                 f"{where}: sweep entry {entry}")
+
+
 def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**values)
+    check_values(cls, values, where)
+    try:
+        return cls(**values)
+    except (TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{where}: {e}") from e
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
@@ -107,11 +183,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
     if path is not None:
         path = Path(path)
         try:
-            values = tomllib.loads(path.read_text())
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"recipe {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML ({e})") from e
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: not valid TOML ({e})") from None
+        except OSError as e:
+            raise ValueError(f"{path}: unreadable ({e})") from None
         where = str(path)
     for item in overrides or []:
         key, sep, text = item.partition("=")
@@ -119,7 +197,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, cls
             raise ValueError(f"--set expects key=value, got {item!r}")
         key = key.strip()
         if key.startswith("options."):
-            values.setdefault("options", {})[key.removeprefix("options.")] = _parse_value(text.strip())
+            if not isinstance(values.setdefault("options", {}), dict):
+                raise ValueError(f"{where}: key 'options' must be a table, got {values['options']!r}")
+            values["options"][key.removeprefix("options.")] = _parse_value(text.strip())
         else:
             values[key] = _parse_value(text.strip())
     return build_config(cls, values, where)

@@ -41,6 +41,23 @@ def _get_processing(model: Any) -> str | None:
     return getattr(model, "saekit_processing", None)
 
 
+#: The checkout saekit runs from: model specs recorded in files are relative to it when
+#: they point inside it (``checkpoints/demo-lm``), so shipped files name no machine's paths.
+REPO = Path(__file__).resolve().parent.parent
+
+
+def portable_spec(spec: Any) -> str:
+    """``spec`` as files record it: an absolute path inside :data:`REPO` relative to it,
+    anything else as given."""
+    path = Path(str(spec)).expanduser()
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            pass
+    return str(spec)
+
+
 def model_name(model: Any) -> str:
     """The name saekit records for a model: its load spec, else TransformerLens' name."""
     return str(getattr(model, "saekit_spec", None) or getattr(model.cfg, "model_name", "unknown"))
@@ -200,6 +217,8 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
 
     converted = resolve_model_dir(spec)  # a built-in name or a .gguf file: a cached HF directory
     path = converted or Path(spec).expanduser()
+    if not path.exists() and not path.is_absolute() and (REPO / path).exists():
+        path = REPO / path  # a spec recorded relative to the checkout (portable_spec)
     if is_native_dir(path):
         model, used = _load_native(path, dev, dtype), "native"
     elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
@@ -234,7 +253,7 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
     else:
         raise FileNotFoundError(f"model path {spec!r} does not exist")
     model.eval()
-    model.saekit_spec = str(spec)
+    model.saekit_spec = portable_spec(spec)
     model.saekit_processing = used
     return model
 

@@ -527,15 +527,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "benchmark every dictionary kind on known features")
     p.add_argument("--out", default="runs/toy", help="report directory (default runs/toy)")
     p.add_argument("--quick", action="store_true", help="small settings (about 30 s), as the tests run")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
     p.set_defaults(fn=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """``saekit toy``: run the experiments, print the checks and the benchmark, write the report."""
+    from saekit.jobs import claim_output
     from saekit.report import text_table
 
-    out = Path(args.out)
+    out = claim_output(args.out, overwrite=args.overwrite, what="toy report")
     result = run_toy(out, quick=args.quick)
     print("\n" + text_table(_check_rows(result)))
     print("\n" + text_table([{k: r[k] for k in ("data", "kind", "d_dict", "MMCS", "signed MMCS",

@@ -9,6 +9,7 @@ from conftest import DEMO_LM
 
 import saekit
 from saekit.cli import main
+from saekit.models import portable_spec
 
 
 def test_harvest_cache_info_verify(tmp_path, capsys, demo_model):
@@ -18,7 +19,7 @@ def test_harvest_cache_info_verify(tmp_path, capsys, demo_model):
                "--n-tokens", "2048", "--ctx-len", "64", "--shard-tokens", "700", "--out", str(out)])
     assert rc == 0
     cache = saekit.open_cache(out)
-    assert cache.manifest["model"] == str(DEMO_LM) and cache.manifest["processing"] == "native"
+    assert cache.manifest["model"] == portable_spec(DEMO_LM) and cache.manifest["processing"] == "native"
     # The cache holds exactly what harvest returns for the same tokens.
     tokens = saekit.load_tokens("demo", demo_model, 2048, 64)
     ref = saekit.harvest(demo_model, hooks, tokens)

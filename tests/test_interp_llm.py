@@ -71,7 +71,8 @@ def test_interp_with_an_llm_endpoint(tmp_path, monkeypatch, capsys, demo_model):
         n_requests = len(server.requests)
         n_llm = len(set(best.values()))
         assert n_requests > n_llm * 4
-        assert main(argv) == 0  # a rerun is answered from the content-addressed cache
+        assert main(argv) == 2  # a finished run is never replaced silently
+        assert main(argv + ["--resume"]) == 0  # continued: answered from the content-addressed cache
         assert len(server.requests) == n_requests
     printed = capsys.readouterr().out
     assert "maxact" in printed and f"LLM explanations for {n_llm} features (scripted)" in printed

@@ -14,7 +14,7 @@ from conftest import DEMO_LM, ROOT, train_in_one_and_two_processes
 import saekit
 from saekit.config import TrainConfig, load_config
 from saekit.dictionaries import REGISTRY, DictionaryConfig
-from saekit.models import _HOOK_RE
+from saekit.models import _HOOK_RE, portable_spec
 
 RECIPES = sorted(p for p in (ROOT / "train").glob("*.toml") if p.name != "demo_lm.toml")
 
@@ -135,7 +135,7 @@ def test_train_from_an_activation_cache(tmp_path):
                  "--set", f'cache="{tmp_path / "cache"}"', "--set", "batch_size=512",
                  "--set", "d_dict=256", "--set", "checkpoint_every=0"]) == 0
     sae = saekit.load_dictionary(tmp_path / "run" / "dictionary")
-    assert sae.cfg.hook == hook and sae.cfg.processing == "native" and sae.cfg.model == str(DEMO_LM)
+    assert sae.cfg.hook == hook and sae.cfg.processing == "native" and sae.cfg.model == portable_spec(DEMO_LM)
     assert sae.cfg.metadata["tokens"] == 8192 // 128 * 127 // 512 * 512
 
 

@@ -199,6 +199,13 @@ def _validate_shard_entries(mpath: Path, hook: str, spec: Any) -> int:
         # so a cache assembled from symlinked shards still opens.
         if Path(f).is_absolute() or ".." in Path(f).parts or "\\" in f:
             raise _manifest_error(mpath, f"{where} file {f!r} lies outside the cache directory")
+        if "\x00" in f:
+            raise _manifest_error(mpath, f"{where} file {f!r} holds a NUL character")
+        # CacheWriter files a hook's shards under a folder named after it; checking that
+        # catches a damaged hook name, which would otherwise serve the right rows under
+        # another hook's name.
+        if Path(f).parent.as_posix() != hook:
+            raise _manifest_error(mpath, f"{where} file {f!r} is not in the hook's folder {hook!r}/")
         if not _is_int(n) or n <= 0:
             raise _manifest_error(mpath, f"{where} needs a positive 'n_tokens', found {n!r}")
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):

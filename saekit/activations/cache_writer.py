@@ -6,7 +6,6 @@ import datetime
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import struct
 import sys
@@ -29,6 +28,13 @@ from saekit.activations.cache import (
     _is_int,
     _resolve_dtype,
 )
+from saekit.fileio import (
+    clean_stale,
+    disk_full_error,
+    fsync_dir,
+    publish_directory,
+    raising_disk_full,
+)
 
 __all__ = ["CacheWriter"]
 
@@ -46,20 +52,6 @@ def _check_hook_name(hook: Any) -> None:
     )
     if bad:
         raise ValueError(f"hook name {hook!r} cannot be used as a cache subdirectory")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new files, renames) durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # platforms that cannot open directories (Windows) have nothing to sync
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _shard_header(n: int, d: int, dtype: torch.dtype) -> bytes:
@@ -122,10 +114,13 @@ class CacheWriter:
     """Write an activation cache, atomically.
 
     Everything is written into a sibling temporary directory
-    (``CACHE.partial-<pid>-<random>``); :meth:`close` writes the manifest last and
-    renames the directory into place. Used as a context manager, an exception in
-    the block removes the temporary directory and publishes nothing. Without one,
-    call :meth:`abort` on failure.
+    (``.CACHE.partial-<pid>-<random>``); :meth:`close` writes the manifest last and
+    renames the directory into place (replacing an old cache in one atomic step on
+    Linux). Used as a context manager, an exception in the block removes the temporary
+    directory and publishes nothing. Without one, call :meth:`abort` on failure (a
+    failed shard write aborts by itself). A writer killed outright (SIGKILL) leaves its
+    temporary directory behind; the next writer of the same ``path`` removes those of
+    dead processes (never a live writer's).
 
     Parameters
     ----------
@@ -157,6 +152,10 @@ class CacheWriter:
     ------
     FileExistsError
         If ``path`` exists and ``overwrite`` is false, or it is not a cache.
+    saekit.fileio.DiskFullError
+        (an ``OSError``) from :meth:`add` or :meth:`close` when the disk is full or a
+        quota is exceeded; the temporary directory is removed and a previous cache at
+        ``path`` is left as it was.
     ValueError, TypeError
         For malformed arguments (checked here, before any activation is harvested).
     """
@@ -193,6 +192,9 @@ class CacheWriter:
         except (TypeError, ValueError) as e:
             raise TypeError(f"extra must be JSON-serializable: {e}") from None
         self.overwrite = overwrite
+        # Writers killed earlier leave temporaries (or, killed mid-replace without an
+        # atomic exchange, a parked old cache): clear them before looking at the target.
+        clean_stale(self.path.parent, self.path.name)
         self._check_target()
         self.shard_tokens = shard_tokens
         self._meta = {
@@ -212,14 +214,19 @@ class CacheWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saekit-cache")
         self._in_flight: list[Future] = []
         self._state = "open"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(
-            tempfile.mkdtemp(
-                prefix=f"{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent
+        with raising_disk_full(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent
+                )
             )
-        )
-        for h in self.hooks:
-            (self._tmp / h).mkdir()
+            try:
+                for h in self.hooks:
+                    (self._tmp / h).mkdir()
+            except BaseException:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise
 
     @staticmethod
     def _check_hooks(hooks: Mapping[str, int]) -> dict[str, int]:
@@ -297,7 +304,14 @@ class CacheWriter:
             self._buffers[hook].append(x.detach().to("cpu", self.dtype, copy=True))
         self._n_buffered += n
         if self._n_buffered >= self.shard_tokens:
-            self._flush(final=False)
+            try:
+                self._flush(final=False)
+            except BaseException as e:
+                self.abort()  # a shard is missing: nothing written can be published
+                err = disk_full_error(e, self.path)
+                if err is not None and err is not e:
+                    raise err from e
+                raise
 
     def _flush(self, final: bool) -> None:
         """Write buffered rows as full shards (and, if ``final``, the remainder)."""
@@ -328,7 +342,8 @@ class CacheWriter:
         self._shards[hook].append(entry)
 
         def write() -> None:
-            entry["sha256"] = _write_shard(self._tmp / rel, rows)
+            with raising_disk_full(self.path / rel):
+                entry["sha256"] = _write_shard(self._tmp / rel, rows)
 
         while len(self._in_flight) >= MAX_IN_FLIGHT * len(self.hooks):
             self._in_flight.pop(0).result()  # bounds memory; re-raises a failed write
@@ -384,32 +399,23 @@ class CacheWriter:
                 f.flush()
                 os.fsync(f.fileno())
             for h in self.hooks:
-                _fsync_dir(self._tmp / h)
-            _fsync_dir(self._tmp)
+                fsync_dir(self._tmp / h)
+            fsync_dir(self._tmp)
             self._publish()
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            err = disk_full_error(e, self.path)
+            if err is not None and err is not e:
+                raise err from e
             raise
         self._state = "closed"
         return ActivationCache(self.path)
 
     def _publish(self) -> None:
-        """Rename the finished temporary directory to ``path``, replacing if allowed."""
+        """Put the finished temporary directory in the place of ``path`` (replacing an
+        old cache, if allowed, in one step where the kernel can) and fsync the parent."""
         self._check_target()
-        parent = self.path.parent
-        old = None
-        if os.path.lexists(self.path):
-            old = parent / f"{self.path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(self.path, old)
-        try:
-            os.rename(self._tmp, self.path)
-        except BaseException:
-            if old is not None:
-                os.rename(old, self.path)  # put the previous cache back
-            raise
-        _fsync_dir(parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_directory(self._tmp, self.path)
 
     def abort(self) -> None:
         """Discard everything written so far; the writer cannot be used afterwards."""

@@ -10,12 +10,21 @@ directory in SAELens' layout, so SAELens loads saekit SAEs unchanged:
 - ``sae_weights.safetensors``: only SAELens' tensor names;
 - ``sparsity.safetensors``: log10 firing frequency per feature, when known;
 - ``saekit_extra.safetensors``: tensors SAELens would reject (SNMF state, ...).
+
+Integrity: ``cfg["saekit"]["sha256"]`` records each tensor file's sha256 and
+:meth:`Dictionary.load` checks it (files written before it existed still load); every
+tensor any reader loads is checked for name, dtype, shape and finiteness in
+:meth:`Dictionary.load_tensors`; a bad file raises :class:`FormatError` naming the file
+and the field or tensor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +39,21 @@ INPUT_NORMS = ("none", "scalar", "layer_norm")
 WEIGHTS = "sae_weights.safetensors"
 SPARSITY = "sparsity.safetensors"
 EXTRA = "saekit_extra.safetensors"
+
+#: The tensor files of a dictionary directory whose sha256 ``cfg["saekit"]["sha256"]`` records.
+TENSOR_FILES = (WEIGHTS, EXTRA, SPARSITY)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Largest |value| a dictionary tensor may hold: far beyond any trained weight, and small
+#: enough that encoding and decoding ordinary activations cannot overflow float32. A
+#: flipped exponent bit in a file without a checksum lands beyond it.
+MAX_MAGNITUDE = 1e15
+#: Tensors exempt from that bound (a huge threshold legitimately switches a feature off).
+UNBOUNDED = ("threshold", "sparsity")
+
+
+class FormatError(ValueError):
+    """A checkpoint that cannot be read: the message names the file and the problem."""
+
 
 #: kind -> Dictionary subclass, filled by ``register``.
 REGISTRY: dict[str, type[Dictionary]] = {}
@@ -85,7 +109,7 @@ class DictionaryConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.k is not None and (not isinstance(self.k, int) or not 1 <= self.k <= self.d_dict):
+        if self.k is not None and (not _is_int(self.k) or not 1 <= self.k <= self.d_dict):
             raise ValueError(f"k must be an integer in 1..d_dict={self.d_dict}, got {self.k!r}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
@@ -102,15 +126,120 @@ class DictionaryConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> DictionaryConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+    def from_dict(cls, d: dict[str, Any], where: str = "config", prefix: str = "",
+                  required: bool = False) -> DictionaryConfig:
+        """Build a config from a file's dict, checking every field's type first so that a
+        bad value is reported as ``{where}: field '{prefix}{name}' ...`` (a
+        :class:`FormatError`), never as a TypeError. ``required``: every field must be
+        present (saekit writes them all)."""
+        if not isinstance(d, dict):
+            raise FormatError(f"{where}: {prefix.rstrip('.') or 'config'} must be an object, got {d!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
         if unknown:
-            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(names)}")
+            raise FormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        for name, f in fields.items():
+            if name not in d:
+                if required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+                    raise FormatError(f"{where}: field '{prefix}{name}' missing")
+                continue
+            v, bad = d[name], None
+            if name in ("d_in", "d_dict", "k"):
+                if not (v is None and name == "k") and (not _is_int(v) or v <= 0):
+                    bad = "a positive integer" + (" or null" if name == "k" else "")
+            elif name in ("kind", "input_norm"):
+                if not isinstance(v, str):
+                    bad = "a string"
+            elif name in ("hook", "model", "processing"):
+                if v is not None and not isinstance(v, str):
+                    bad = "a string or null"
+            elif not isinstance(v, dict):
+                bad = "an object"
+            if bad:
+                raise FormatError(f"{where}: field '{prefix}{name}' must be {bad}, got {v!r}")
+        kind = d["kind"]
+        if kind not in REGISTRY:
+            raise FormatError(f"{where}: field '{prefix}kind' is {kind!r}, not a dictionary kind; "
+                              f"available: {sorted(REGISTRY)}")
+        defaults = REGISTRY[kind].OPTIONS
+        for key, v in d.get("options", {}).items():
+            if key in defaults and not _same_type(v, defaults[key]):
+                raise FormatError(f"{where}: field '{prefix}options.{key}' must be like its default "
+                                  f"{defaults[key]!r}, got {v!r}")
         try:
             return cls(**d)
-        except TypeError as e:
-            raise ValueError(f"{where}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{where}: {prefix}{e}") from e
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _same_type(v: Any, default: Any) -> bool:
+    """An option value of a file against the option's default: a bool for a bool, a
+    string for a string, and for a number (or a ``None`` default) a finite number or
+    null (what a caller of ``fit`` may have passed). Lists, objects, NaN and a string
+    where a number belongs are refused."""
+    if isinstance(default, bool):
+        return isinstance(v, bool)
+    if isinstance(default, str):
+        return isinstance(v, str)
+    if isinstance(default, (int, float)) or default is None:
+        return v is None or ((_is_int(v) or isinstance(v, float)) and math.isfinite(v))
+    return isinstance(v, type(default))
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or :class:`FormatError` naming the file."""
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise FormatError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise FormatError(f"{path}: unreadable ({e})") from None
+    if not isinstance(out, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(out).__name__}")
+    return out
+
+
+def read_safetensors_file(path: Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file, or :class:`FormatError` naming it."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FormatError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+        raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_tensor(name: str, t: Any, where: str | Path, shape: tuple[int, ...] | None = None) -> Tensor:
+    """``t`` is a finite floating-point tensor (of ``shape`` when given), or
+    :class:`FormatError` naming the file and the tensor."""
+    if not isinstance(t, Tensor):
+        raise FormatError(f"{where}: {name!r} is a {type(t).__name__}, expected a tensor")
+    if not t.is_floating_point():
+        raise FormatError(f"{where}: tensor {name!r} has dtype {t.dtype}, expected a floating-point dtype")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise FormatError(f"{where}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)} "
+                          "from the config")
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise FormatError(f"{where}: tensor {name!r} has {bad} NaN/inf value(s); the file is corrupted "
+                          "or the run that wrote it diverged")
+    if name not in UNBOUNDED and t.numel() and float(t.abs().max()) > MAX_MAGNITUDE:
+        raise FormatError(f"{where}: tensor {name!r} holds values up to {float(t.abs().max()):.3g}, beyond any "
+                          f"dictionary's weights (|x| <= {MAX_MAGNITUDE:g}); the file is corrupted")
+    return t
 
 
 class Dictionary(nn.Module):
@@ -187,65 +316,85 @@ class Dictionary(nn.Module):
     def write_directory(self, path: str | Path, cfg: dict[str, Any], tensors: dict[str, Tensor],
                         extra: dict[str, Tensor] | None = None, weights: str = WEIGHTS) -> Path:
         """Atomically write ``cfg.json``, ``weights`` (``tensors``), ``EXTRA`` (``extra``) and,
-        when known, ``sparsity.safetensors``: the one writer behind every format saved."""
+        when known, ``sparsity.safetensors``: the one writer behind every format saved.
+        When ``cfg`` has a ``saekit`` section (saekit's own format), the sha256 of every
+        tensor file written is recorded there, under ``sha256``."""
         from safetensors.torch import save_file
 
         from saekit.fileio import atomic_directory
 
         cpu = lambda d: {k: v.detach().to("cpu").contiguous() for k, v in d.items()}  # noqa: E731
+        files = {weights: cpu(tensors)}
+        if extra:
+            files[EXTRA] = cpu(extra)
+        if self.log_firing_freq is not None:
+            files[SPARSITY] = {"sparsity": self.log_firing_freq.detach().float().cpu().contiguous()}
         with atomic_directory(path) as tmp:
+            hashes = {}
+            for name, content in files.items():
+                save_file(content, str(tmp / name))
+                hashes[name] = file_sha256(tmp / name)
+            if isinstance(cfg.get("saekit"), dict):
+                cfg = {**cfg, "saekit": {**cfg["saekit"], "sha256": hashes}}
             (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
-            save_file(cpu(tensors), str(tmp / weights))
-            if extra:
-                save_file(cpu(extra), str(tmp / EXTRA))
-            if self.log_firing_freq is not None:
-                save_file({"sparsity": self.log_firing_freq.detach().float().cpu().contiguous()}, str(tmp / SPARSITY))
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, device: Any = None) -> Dictionary:
-        """Load a saekit dictionary directory (any kind, whatever ``cls`` it is called on)."""
-        from safetensors.torch import load_file
+        """Load a saekit dictionary directory (any kind, whatever ``cls`` it is called on).
 
+        Checks, each failing with a :class:`FormatError` that names the file and field or
+        tensor: the sha256 of every tensor file recorded in ``cfg["saekit"]["sha256"]``
+        (absent in files written before saekit recorded it), the saekit section's fields
+        and types, SAELens' top-level fields against it, and every tensor's name, dtype,
+        shape and finiteness."""
         path = Path(path)
         cfg_path = path / "cfg.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{path}: no cfg.json; not a dictionary directory")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+        raw = read_json_object(cfg_path)
         if "saekit" not in raw:
-            raise ValueError(f"{cfg_path}: no 'saekit' section; load foreign checkpoints with "
-                             "saekit.load_dictionary")
+            raise FormatError(f"{cfg_path}: no 'saekit' section; load foreign checkpoints with "
+                              "saekit.load_dictionary")
+        if not isinstance(raw["saekit"], dict):
+            raise FormatError(f"{cfg_path}: field 'saekit' must be an object, got {raw['saekit']!r}")
         section = dict(raw["saekit"])
         version = section.pop("schema_version", None)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{cfg_path}: saekit schema_version {version!r}, this saekit reads {SCHEMA_VERSION}")
-        cfg = DictionaryConfig.from_dict(section, where=str(cfg_path))
-        d = REGISTRY[cfg.kind](cfg)
+        if version != SCHEMA_VERSION or not _is_int(version):
+            raise FormatError(f"{cfg_path}: saekit schema_version {version!r}, this saekit reads {SCHEMA_VERSION}")
+        hashes = section.pop("sha256", None)
+        cfg = DictionaryConfig.from_dict(section, where=str(cfg_path), prefix="saekit.", required=True)
         try:
-            tensors = load_file(path / WEIGHTS)
-            if (path / EXTRA).is_file():
-                tensors.update(load_file(path / EXTRA))
-        except Exception as e:
-            raise ValueError(f"{path}: cannot read weights ({e})") from e
+            d = REGISTRY[cfg.kind](cfg)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{cfg_path}: {e}") from e
+        present = [name for name in TENSOR_FILES if (path / name).is_file()]
+        if hashes is not None:
+            _check_hashes(path, hashes, present, cfg_path)
+        tensors = read_safetensors_file(path / WEIGHTS)
+        if (path / EXTRA).is_file():
+            tensors.update(read_safetensors_file(path / EXTRA))
+        want = raw.get("dtype")
+        if isinstance(want, str) and isinstance(tensors.get("W_dec"), Tensor) \
+                and str(tensors["W_dec"].dtype).removeprefix("torch.") != want:
+            raise FormatError(f"{path / WEIGHTS}: tensor 'W_dec' has dtype {tensors['W_dec'].dtype}, "
+                              f"but cfg.json says dtype {want!r}")
         d.load_tensors(tensors, where=str(path / WEIGHTS))
+        _check_saelens_fields(raw, d, cfg_path)  # after the tensors: their shapes say more
         if (path / SPARSITY).is_file():
-            d.log_firing_freq = load_file(path / SPARSITY)["sparsity"]
+            s = read_safetensors_file(path / SPARSITY)
+            d.log_firing_freq = check_tensor("sparsity", s.get("sparsity"), path / SPARSITY, (cfg.d_dict,))
         return d.to(device) if device is not None else d
 
     def load_tensors(self, tensors: dict[str, Tensor], where: str) -> None:
-        """Copy named tensors into this dictionary, checking names and shapes."""
+        """Copy named tensors into this dictionary: the one place every reader's tensors
+        pass, checking names, dtype (floating point), shapes and finiteness."""
         own = {**self.saelens_tensors(), **self.extra_tensors()}
-        missing = sorted(set(own) - set(tensors))
+        missing = sorted(n for n in own if not isinstance(tensors.get(n), Tensor))
         if missing:
-            raise ValueError(f"{where}: missing tensor(s) {missing}")
+            raise FormatError(f"{where}: missing tensor(s) {missing}")
         for name, target in own.items():
-            src = tensors[name]
-            if src.shape != target.shape:
-                raise ValueError(f"{where}: tensor {name!r} has shape {tuple(src.shape)}, "
-                                 f"expected {tuple(target.shape)} from cfg.json")
+            src = check_tensor(name, tensors[name], where, tuple(target.shape))
             with torch.no_grad():
                 target.copy_(src)
 
@@ -253,3 +402,51 @@ class Dictionary(nn.Module):
         c = self.cfg
         k = f", k={c.k}" if c.k is not None else ""
         return f"{type(self).__name__}(kind={c.kind!r}, d_in={c.d_in}, d_dict={c.d_dict}{k}, hook={c.hook!r})"
+
+
+#: SAELens' top-level cfg.json fields a saekit file must carry, in SAELens' words.
+_SAELENS_FIELDS = {"d_in": "SAELens' activation width", "d_sae": "SAELens' number of features",
+                   "architecture": "SAELens' architecture"}
+
+
+def _check_saelens_fields(raw: dict[str, Any], d: Dictionary, where: Path) -> None:
+    """SAELens reads the top-level fields of a saekit file: they must be there and agree
+    with the saekit section (a disagreement is a corrupted or hand-edited file)."""
+    expected = d.saelens_config()
+    for name, what in _SAELENS_FIELDS.items():
+        if name not in raw:
+            raise FormatError(f"{where}: field {name!r} missing ({what})")
+    for name in ("d_in", "d_sae", "architecture", "k", "apply_b_dec_to_input", "normalize_activations"):
+        if name in raw and name in expected and (raw[name] != expected[name]
+                                                 or type(raw[name]) is not type(expected[name])):
+            mine = {"d_sae": "saekit.d_dict", "architecture": "saekit.kind"}.get(name, f"saekit.{name}")
+            raise FormatError(f"{where}: field {name!r} is {raw[name]!r}, but the saekit section "
+                              f"({mine}) makes it {expected[name]!r}")
+    md = raw.get("metadata")
+    if "metadata" in raw and not isinstance(md, dict):
+        raise FormatError(f"{where}: field 'metadata' must be an object, got {md!r}")
+    for name, mine in (("hook_name", "hook"), ("model_name", "model")):
+        if md and name in md and md[name] != getattr(d.cfg, mine):
+            raise FormatError(f"{where}: field 'metadata.{name}' is {md[name]!r}, but saekit.{mine} is "
+                              f"{getattr(d.cfg, mine)!r} (SAELens reads the former)")
+
+
+def _check_hashes(path: Path, hashes: Any, present: list[str], where: Path) -> None:
+    if not isinstance(hashes, dict):
+        raise FormatError(f"{where}: field 'saekit.sha256' must be an object of file -> sha256, got {hashes!r}")
+    for name, sha in hashes.items():
+        if name not in TENSOR_FILES:
+            raise FormatError(f"{where}: field 'saekit.sha256' names {name!r}, not a tensor file of a "
+                              f"dictionary ({list(TENSOR_FILES)})")
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise FormatError(f"{where}: field 'saekit.sha256.{name}' must be 64 lowercase hex digits, got {sha!r}")
+        if name not in present:
+            raise FormatError(f"{path / name}: missing, but cfg.json records its sha256")
+    for name in present:
+        if name not in hashes:
+            raise FormatError(f"{path / name}: not in cfg.json's saekit.sha256 (it lists {sorted(hashes)}); "
+                              "the file was added after the directory was written")
+        got = file_sha256(path / name)
+        if got != hashes[name]:
+            raise FormatError(f"{path / name}: sha256 {got} differs from {hashes[name]} recorded in cfg.json; "
+                              "the file was modified or truncated since it was written")

@@ -72,16 +72,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("name", choices=sorted(EVALUATORS))
     p.add_argument("config", nargs="?", default=None, help="TOML recipe (e.g. eval/sensitivity_demo.toml)")
     p.add_argument("--out", default=None, help="output directory (default runs/eval/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in the output directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field (value parsed as TOML); repeatable")
     p.set_defaults(fn=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from saekit.jobs import claim_output
     from saekit.report import text_table
 
+    out = claim_output(args.out or Path("runs") / "eval" / args.name, overwrite=args.overwrite,
+                       what=f"{args.name} evaluation")
     result = run(args.name, args.config, args.set, progress=True)
-    out = result.save(args.out or Path("runs") / "eval" / args.name)
+    out = result.save(out)
     scalars = [{"metric": k, "value": v} for k, v in result.summary.items() if isinstance(v, (int, float, str))]
     print(text_table(scalars))  # curves and lists are in the JSON and the plots
     print(f"wrote {out}/report.md, {result.name}.csv, {result.name}.json, index.html"

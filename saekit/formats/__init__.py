@@ -75,13 +75,14 @@ def load(path: str | Path, device: Any = None, fold_decoder_norms: bool = True, 
     leaves out, as the registry does for releases whose files do not name their hook.
     """
     from saekit.dictionaries.base import Dictionary
+    from saekit.models import portable_spec
 
     fmt, where = detect(path)
     if fmt == "saekit":
         d = Dictionary.load(where)
     else:
         d = READERS[fmt](where, fold=fold_decoder_norms)
-        d.cfg.metadata.setdefault("source_path", str(where))
+        d.cfg.metadata.setdefault("source_path", portable_spec(where))
     for name, value in overrides.items():
         if name not in ("hook", "model", "processing"):
             raise TypeError(f"unknown override {name!r}; allowed: hook, model, processing")

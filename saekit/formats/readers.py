@@ -18,7 +18,6 @@ norms: scaling pre-activations by different norms would change which k are kept.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -26,37 +25,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary, DictionaryConfig
+from saekit.dictionaries.base import (
+    Dictionary,
+    DictionaryConfig,
+    FormatError,
+    check_tensor,
+    read_json_object,
+    read_safetensors_file,
+)
 
-
-class FormatError(ValueError):
-    """A checkpoint that cannot be read: the message names the file and the problem."""
+__all__ = ["FormatError", "read_dictionary_learning", "read_gemma_scope", "read_openai", "read_saelens",
+           "read_sparsify"]
 
 
 # -- safe file access ---------------------------------------------------------------
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        out = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(out, dict):
-        raise FormatError(f"{path}: expected a JSON object, got {type(out).__name__}")
-    return out
+    return read_json_object(path)
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FormatError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
-        raise FormatError(f"{path}: not a readable safetensors file ({e})") from e
+    return read_safetensors_file(path)
 
 
 def read_pt(path: Path) -> dict[str, Any]:
@@ -71,8 +61,10 @@ def read_pt(path: Path) -> dict[str, Any]:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         raise FormatError(f"{path}: refused: this pickle needs more than tensors to load, and saekit "
                           f"only reads .pt files with torch.load(weights_only=True) ({first})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise FormatError(f"{path}: not a readable torch checkpoint ({e})") from e
+    except FileNotFoundError:
+        raise FormatError(f"{path}: missing") from None
+    except Exception as e:  # a truncated or bit-flipped zip/pickle raises many types
+        raise FormatError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(out, dict):
         raise FormatError(f"{path}: expected a state dict, got {type(out).__name__}")
     return out
@@ -112,10 +104,9 @@ def build(kind: str, tensors: dict[str, Tensor], where: Path, *, k: int | None =
     from saekit.dictionaries import REGISTRY
 
     for name, t in tensors.items():
-        if not t.is_floating_point():
-            raise FormatError(f"{where}: tensor {name!r} has dtype {t.dtype}, expected a floating-point dtype")
+        check_tensor(name, t, where)
     W_dec = tensors["W_dec"]
-    if W_dec.ndim != 2:
+    if W_dec.ndim != 2 or 0 in W_dec.shape:
         raise FormatError(f"{where}: W_dec must be 2-D [d_dict, d_in], got shape {tuple(W_dec.shape)}")
     d_dict, d_in = W_dec.shape
     try:
@@ -130,18 +121,70 @@ def build(kind: str, tensors: dict[str, Tensor], where: Path, *, k: int | None =
         norms = d.W_dec.detach().norm(dim=1)
         if rescale or not torch.allclose(norms, torch.ones_like(norms), atol=1e-6):
             d.normalize_decoder()
+            for name, t in {**d.saelens_tensors(), **d.extra_tensors()}.items():
+                if not torch.isfinite(t).all():
+                    raise FormatError(f"{where}: tensor {name!r} is not finite after moving the decoder "
+                                      "norms into the encoder (a decoder row of norm 0 or overflowing values)")
         cfg.metadata["decoder_norms_folded"] = True
     return d
 
 
-def _int(value: Any, field: str, where: Path) -> int:
-    if isinstance(value, Tensor) and value.numel() == 1:
+def _int(value: Any, field: str, where: Path, hi: int | None = None, what: str = "") -> int:
+    """A positive integer field (an integral float or a one-element tensor is accepted)."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    what = f" ({what})" if what else ""
+    if value is None:
+        raise FormatError(f"{where}: field {field!r} missing{what}")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise FormatError(f"{where}: field {field!r} must be a positive integer, got {value!r}")
+        raise FormatError(f"{where}: field {field!r} must be a positive integer{what}, got {value!r}")
+    if hi is not None and value > hi:
+        raise FormatError(f"{where}: field {field!r} is {value}, more than the {hi} features{what}")
     return value
+
+
+_NOTHING = object()
+
+
+def get(cfg: dict[str, Any], field: str, types: tuple[type, ...], where: Path, default: Any = _NOTHING,
+        what: str = "") -> Any:
+    """``cfg[field]`` (``field`` may be dotted: ``metadata.hook_name``) checked against
+    ``types`` (``type(None)`` for null); ``default`` when absent, or a named error when
+    there is no default."""
+    node: Any = cfg
+    parts = field.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            raise FormatError(f"{where}: field {'.'.join(parts[:i])!r} must be an object, got {node!r}")
+        if part not in node:
+            if default is _NOTHING:
+                raise FormatError(f"{where}: field {field!r} missing" + (f" ({what})" if what else ""))
+            return default
+        node = node[part]
+    ok = isinstance(node, types) and not (isinstance(node, bool) and bool not in types)
+    if not ok:
+        names = " or ".join("null" if t is type(None) else {"str": "a string", "dict": "an object", "bool": "true/false",
+                                                               "int": "an integer", "float": "a number"}.get(t.__name__, t.__name__)
+                            for t in types)
+        raise FormatError(f"{where}: field {field!r} must be {names}" + (f" ({what})" if what else "")
+                          + f", got {node!r}")
+    return node
+
+
+def shapes(t: dict[str, Any], want: dict[str, tuple[int, ...]], where: Path) -> None:
+    """Check the named tensors (finite, floating point, of these shapes) before any
+    reader arithmetic touches them."""
+    for name, shape in want.items():
+        check_tensor(name, t[name], where, shape)
+
+
+def matrix(t: dict[str, Any], name: str, where: Path) -> tuple[int, int]:
+    x = check_tensor(name, t[name], where)
+    if x.ndim != 2:
+        raise FormatError(f"{where}: tensor {name!r} must be 2-D, got shape {tuple(x.shape)}")
+    return tuple(x.shape)
 
 
 # -- hook names of other libraries -> TransformerLens ------------------------------------
@@ -173,109 +216,164 @@ _SAELENS_KINDS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "g
 
 def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     """SAELens directory: ``cfg.json`` + ``sae_weights.safetensors`` (+ ``sparsity.safetensors``)."""
-    cfg = read_json(path / "cfg.json")
-    arch = cfg.get("architecture", "standard")
+    cpath = path / "cfg.json"
+    cfg = read_json(cpath)
+    arch = get(cfg, "architecture", (str,), cpath, "standard", "SAELens' architecture")
     if arch not in _SAELENS_KINDS:
-        raise FormatError(f"{path / 'cfg.json'}: architecture {arch!r} is not supported; "
+        raise FormatError(f"{cpath}: architecture {arch!r} is not supported; "
                           f"saekit reads {sorted(_SAELENS_KINDS)}")
-    norm = cfg.get("normalize_activations", "none") or "none"
+    norm = get(cfg, "normalize_activations", (str, type(None)), cpath, "none") or "none"
     if norm not in ("none", "expected_average_only_in", "layer_norm"):
-        raise FormatError(f"{path / 'cfg.json'}: normalize_activations {norm!r} has no saekit equivalent "
+        raise FormatError(f"{cpath}: normalize_activations {norm!r} has no saekit equivalent "
                           "(saekit maps 'none', 'layer_norm' and a folded 'expected_average_only_in')")
+    d_in = _int(cfg.get("d_in"), "d_in", cpath, what="SAELens' activation width")
+    d_sae = _int(cfg.get("d_sae"), "d_sae", cpath, what="SAELens' number of features")
+    b_dec_in = get(cfg, "apply_b_dec_to_input", (bool,), cpath, True)
+    rescale = get(cfg, "rescale_acts_by_decoder_norm", (bool, type(None)), cpath, False)
+    md = get(cfg, "metadata", (dict, type(None)), cpath, None) or {}
+    str_or_null = (str, type(None))
+    hook = get(cfg, "metadata.hook_name", str_or_null, cpath, None) if "hook_name" in md else \
+        get(cfg, "hook_name", str_or_null, cpath, None, "SAELens' hook name")
+    model = get(cfg, "metadata.model_name", str_or_null, cpath, None) if "model_name" in md else \
+        get(cfg, "model_name", str_or_null, cpath, None)
+    version = get({"metadata": md}, "metadata.sae_lens_version", str_or_null, cpath, None)
+    training = get({"metadata": md}, "metadata.training_architecture", str_or_null, cpath, None)
     where = path / "sae_weights.safetensors"
     t = read_safetensors(where)
     kind = _SAELENS_KINDS[arch]
     names = ["W_enc", "W_dec", "b_dec"] + (["b_gate", "b_mag", "r_mag"] if kind == "gated" else ["b_enc"])
     need(t, names + (["threshold"] if kind == "jumprelu" else []), where)
-    for field, dim in (("d_in", 1), ("d_sae", 0)):
-        if field in cfg and t["W_dec"].ndim == 2 and cfg[field] != t["W_dec"].shape[dim]:
-            raise FormatError(f"{where}: W_dec has shape {tuple(t['W_dec'].shape)}, but cfg.json says "
-                              f"{field}={cfg[field]}")
+    shape = matrix(t, "W_dec", where)
+    for field, dim, value in (("d_in", 1, d_in), ("d_sae", 0, d_sae)):
+        if value != shape[dim]:
+            raise FormatError(f"{where}: W_dec has shape {shape}, but cfg.json says {field}={value}")
     if "scaling_factor" in t:  # older SAELens fine-tuning scale on the codes: fold it into W_dec
+        shapes(t, {"scaling_factor": (d_sae,)}, where)
         t["W_dec"] = t["W_dec"] * t.pop("scaling_factor").reshape(-1, 1)
-    md = cfg.get("metadata") or {}
-    hook, model = md.get("hook_name", cfg.get("hook_name")), md.get("model_name", cfg.get("model_name"))
-    meta = {"source_format": "saelens", "sae_lens_version": md.get("sae_lens_version")}
-    if md.get("training_architecture"):
-        meta["training_architecture"] = md["training_architecture"]
+    meta = {"source_format": "saelens", "sae_lens_version": version}
+    if training:
+        meta["training_architecture"] = training
     k = None
     if kind == "topk":
-        k = _int(cfg.get("k"), "k", path / "cfg.json")
-    elif kind == "jumprelu" and md.get("training_architecture") == "batchtopk":
+        k = _int(cfg.get("k"), "k", cpath, d_sae, "SAELens' codes kept per token")
+    elif kind == "jumprelu" and training == "batchtopk":
         kind = "batchtopk"  # SAELens saves BatchTopK as a JumpReLU with a constant threshold
-        detail = md.get("training_architecture_details") or {}
-        k = _int(detail.get("k"), "metadata.training_architecture_details.k", path / "cfg.json")
+        detail = get({"metadata": md}, "metadata.training_architecture_details", (dict, type(None)), cpath,
+                     None) or {}
+        k = _int(detail.get("k"), "metadata.training_architecture_details.k", cpath, d_sae)
     d = build(kind, {n: t[n] for n in names + (["threshold"] if "threshold" in t else []) if n in t}, where,
-              k=k, hook=hook, model=model, processing="hooked", options={
-                  "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True))},
+              k=k, hook=hook, model=model, processing="hooked", options={"apply_b_dec_to_input": b_dec_in},
               input_norm="layer_norm" if norm == "layer_norm" else "none", metadata=meta, fold=fold,
-              rescale=bool(cfg.get("rescale_acts_by_decoder_norm")) and kind == "topk")
+              rescale=bool(rescale) and kind == "topk")
     if (path / "sparsity.safetensors").is_file():
         s = read_safetensors(path / "sparsity.safetensors")
         need(s, ["sparsity"], path / "sparsity.safetensors")
-        d.log_firing_freq = s["sparsity"].float().reshape(-1)
+        sparsity = check_tensor("sparsity", s["sparsity"], path / "sparsity.safetensors")
+        if sparsity.numel() != d_sae:
+            raise FormatError(f"{path / 'sparsity.safetensors'}: tensor 'sparsity' has shape "
+                              f"{tuple(sparsity.shape)}, expected {d_sae} values (d_sae)")
+        d.log_firing_freq = sparsity.float().reshape(-1)
     return d
 
 
 def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
     """EleutherAI sparsify hookpoint directory: ``cfg.json`` + ``sae.safetensors``."""
-    cfg = read_json(path / "cfg.json")
-    if cfg.get("activation", "topk") != "topk":
-        raise FormatError(f"{path / 'cfg.json'}: activation {cfg.get('activation')!r}; saekit reads topk")
+    cpath = path / "cfg.json"
+    cfg = read_json(cpath)
+    activation = get(cfg, "activation", (str,), cpath, "topk")
+    if activation != "topk":
+        raise FormatError(f"{cpath}: activation {activation!r}; saekit reads topk")
     for flag in ("transcode", "skip_connection"):
-        if cfg.get(flag):
-            raise FormatError(f"{path / 'cfg.json'}: {flag}=true (a transcoder or skip connection) "
+        if get(cfg, flag, (bool, type(None)), cpath, False):
+            raise FormatError(f"{cpath}: {flag}=true (a transcoder or skip connection) "
                               "is not a dictionary of this hook's activations; saekit does not read it")
+    num_latents = get(cfg, "num_latents", (int,), cpath, 0, "sparsify's number of features")
+    expansion = get(cfg, "expansion_factor", (int,), cpath, None)
+    cfg_d_in = get(cfg, "d_in", (int,), cpath, None)
     where = path / "sae.safetensors"
     t = read_safetensors(where)
     need(t, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], where)
+    n, d_in = matrix(t, "W_dec", where)
+    k = _int(cfg.get("k"), "k", cpath, n, "sparsify's codes kept per token")
+    if cfg_d_in is not None and cfg_d_in != d_in:
+        raise FormatError(f"{where}: W_dec has shape {(n, d_in)}, but cfg.json says d_in={cfg_d_in}")
+    if num_latents < 0 or (num_latents and num_latents != n):
+        raise FormatError(f"{where}: W_dec has shape {(n, d_in)}, but cfg.json says num_latents={num_latents}")
+    if not num_latents and expansion is not None and expansion * d_in != n:
+        raise FormatError(f"{where}: W_dec has shape {(n, d_in)}, but cfg.json says num_latents=0 and "
+                          f"expansion_factor={expansion} (so {expansion} * d_in features)")
+    shapes(t, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "b_dec": (d_in,)}, where)
     tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     run = path.parent / "config.json"  # the trainer's run config, when the run directory is intact
-    model = read_json(run).get("model") if run.is_file() else None
+    model = get(read_json(run), "model", (str, type(None)), run, None) if run.is_file() else None
     # sparsify keeps the top-k of the ReLU'd pre-activations; SAELens-style top-k then
     # ReLU keeps the same codes (when fewer than k are positive both pad with zeros).
-    return build("topk", tensors, where, k=_int(cfg.get("k"), "k", path / "cfg.json"),
-                 hook=tl_hook_from_module(path.name), model=model, processing="raw",
+    return build("topk", tensors, where, k=k, hook=tl_hook_from_module(path.name), model=model, processing="raw",
                  metadata={"source_format": "sparsify", "source_hook": path.name}, fold=fold)
 
 
 def read_dictionary_learning(path: Path, fold: bool = True) -> Dictionary:
     """saprmarks/dictionary_learning: ``ae.pt`` (nn.Linear orientation) + ``config.json``."""
-    cfg = read_json(path / "config.json")
-    tr = cfg.get("trainer")
-    if not isinstance(tr, dict) or "dict_class" not in tr:
-        raise FormatError(f"{path / 'config.json'}: no trainer.dict_class; not a dictionary_learning config")
+    cpath = path / "config.json"
+    cfg = read_json(cpath)
+    tr = get(cfg, "trainer", (dict,), cpath, None)
+    if tr is None or "dict_class" not in tr:
+        raise FormatError(f"{cpath}: no trainer.dict_class; not a dictionary_learning config")
+    cls = get(cfg, "trainer.dict_class", (str,), cpath)
+    submodule = get(cfg, "trainer.submodule_name", (str, type(None)), cpath, None)
+    lm = get(cfg, "trainer.lm_name", (str, type(None)), cpath, None)
+    width = get(cfg, "trainer.activation_dim", (int, type(None)), cpath, None)
+    size = get(cfg, "trainer.dict_size", (int, type(None)), cpath, None)
     where = path / "ae.pt"
     t = read_pt(where)
-    cls = tr["dict_class"]
     hook = None
-    m = re.fullmatch(r"(resid_post|resid_pre|mlp_out|attn_out)_layer_(\d+)", str(tr.get("submodule_name", "")))
+    m = re.fullmatch(r"(resid_post|resid_pre|mlp_out|attn_out)_layer_(\d+)", submodule or "")
     if m:
         hook = _DL_HOOKS[m.group(1)].format(m.group(2))
-    common = {"hook": hook, "model": tr.get("lm_name"), "processing": "raw", "fold": fold,
-              "metadata": {"source_format": "dictionary_learning", "dict_class": cls,
-                           "source_hook": tr.get("submodule_name")}}
+    common = {"hook": hook, "model": lm, "processing": "raw", "fold": fold,
+              "metadata": {"source_format": "dictionary_learning", "dict_class": cls, "source_hook": submodule}}
+
+    def dims(name: str, transposed: bool) -> tuple[int, int]:
+        a, b = matrix(t, name, where)
+        n, d_in = (b, a) if transposed else (a, b)
+        for field, want, got in (("trainer.activation_dim", width, d_in), ("trainer.dict_size", size, n)):
+            if want is not None and want != got:
+                raise FormatError(f"{where}: tensor {name!r} has shape {(a, b)}, but config.json says {field}={want}")
+        return n, d_in
+
     if cls == "AutoEncoder":
         need(t, ["bias", "encoder.weight", "encoder.bias", "decoder.weight"], where)
+        n, d_in = dims("decoder.weight", True)
+        shapes(t, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "bias": (d_in,)}, where)
         return build("relu", {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"],
                               "W_dec": t["decoder.weight"].T, "b_dec": t["bias"]}, where, **common)
     if cls in ("AutoEncoderTopK", "BatchTopKSAE"):
         need(t, ["b_dec", "encoder.weight", "encoder.bias", "decoder.weight", "threshold"], where)
-        k = _int(t.get("k", tr.get("k")), "k", where)
+        n, d_in = dims("decoder.weight", True)
+        shapes(t, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "b_dec": (d_in,)}, where)
+        threshold = check_tensor("threshold", t["threshold"], where)
+        if threshold.numel() != 1:
+            raise FormatError(f"{where}: tensor 'threshold' has shape {tuple(threshold.shape)}, expected a scalar")
+        k_file, k_cfg = t.get("k"), tr.get("k")
+        k = _int(k_file if k_file is not None else k_cfg, "k", where, n, "trainer.k / the ae.pt's k")
+        if k_file is not None and k_cfg is not None and _int(k_cfg, "trainer.k", cpath, n) != k:
+            raise FormatError(f"{where}: k={k}, but config.json says trainer.k={k_cfg!r}")
         tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["decoder.weight"].T,
                    "b_dec": t["b_dec"]}
         if cls == "AutoEncoderTopK":  # its default encode is a per-token top-k (the threshold is opt-in)
             return build("topk", tensors, where, k=k, **common)
         # BatchTopKSAE encodes with its scalar threshold on the ReLU'd pre-activations;
         # a negative one cuts nothing, exactly as a zero one does here.
-        tensors["threshold"] = t["threshold"].float().clamp_min(0).expand(tensors["b_enc"].shape).clone()
+        tensors["threshold"] = threshold.float().clamp_min(0).reshape(()).expand(n).clone()
         return build("batchtopk", tensors, where, k=k, **common)
     if cls == "JumpReluAutoEncoder":
         need(t, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"], where)
+        n, d_in = dims("W_dec", False)
+        shapes(t, {"W_enc": (d_in, n), "b_enc": (n,), "b_dec": (d_in,), "threshold": (n,)}, where)
         # relu(pre·[pre > θ]) equals saekit's relu(pre)·[pre > θ]; b_dec is not subtracted.
         return build("jumprelu", {n: t[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}, where,
                      options={"apply_b_dec_to_input": False}, **common)
-    raise FormatError(f"{path / 'config.json'}: dict_class {cls!r} is not supported; saekit reads "
+    raise FormatError(f"{cpath}: dict_class {cls!r} is not supported; saekit reads "
                       "AutoEncoder, AutoEncoderTopK, BatchTopKSAE and JumpReluAutoEncoder")
 
 
@@ -301,10 +399,14 @@ def read_openai(path: Path, fold: bool = True) -> Dictionary:
     t = read_pt(path)
     need(t, ["pre_bias", "latent_bias", "encoder.weight", "decoder.weight"], path)
     act = t.get("activation", "TopK")
-    if act != "TopK":
+    if not isinstance(act, str) or act != "TopK":
         raise FormatError(f"{path}: activation {act!r}; saekit reads OpenAI's TopK autoencoders")
-    state = t.get("activation_state_dict") or {}
-    k = _int(state.get("k"), "activation_state_dict.k", path)
+    state = t.get("activation_state_dict", {})
+    if not isinstance(state, dict):
+        raise FormatError(f"{path}: field 'activation_state_dict' must be a dict, got {type(state).__name__}")
+    d_in, n = matrix(t, "decoder.weight", path)
+    shapes(t, {"encoder.weight": (n, d_in), "latent_bias": (n,), "pre_bias": (d_in,)}, path)
+    k = _int(state.get("k"), "activation_state_dict.k", path, n, "OpenAI's codes kept per token")
     return build("topk", {"W_enc": t["encoder.weight"].T, "b_enc": t["latent_bias"],
                           "W_dec": t["decoder.weight"].T, "b_dec": t["pre_bias"]}, path,
                  k=k, processing="raw", input_norm="layer_norm", fold=fold, metadata={"source_format": "openai"})

@@ -14,6 +14,12 @@ llama.cpp's server, a hosted API) through :class:`LLMClient`:
   raises :class:`LLMError` at once, with the server's own message;
 - every answer is cached on disk under the sha256 of the canonical request JSON
   (``{cache_dir}/{key[:2]}/{key}.json``, written atomically), so a rerun costs nothing.
+  An entry that cannot be read back whole (truncated, damaged, not this request's, no
+  answer text) is a miss: the request is sent again and the entry rewritten. A process
+  killed while writing leaves a ``.KEY.PID-XXXX.tmp`` file; the client removes the ones
+  of dead writers (and any older than an hour) the first time it writes into that
+  folder. When the disk is full the answer is still returned, with a warning that it
+  was not cached.
   The key covers the model name, the messages and every sampling parameter, not the
   server URL or the API key: the same model name on two servers shares entries (give
   each server its own ``cache_dir`` when that matters). Sampled answers (temperature > 0)
@@ -42,11 +48,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from saekit.fileio import disk_full_error, pid_alive
 
 ENV_BASE_URL = "SAEKIT_LLM_BASE_URL"
 ENV_MODEL = "SAEKIT_LLM_MODEL"
@@ -56,6 +65,9 @@ ENV_CACHE_DIR = "SAEKIT_LLM_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/saekit/llm")
 #: ``cache_dir`` value (config or environment) that turns the cache off.
 CACHE_OFF = "off"
+#: A temporary cache file older than this (seconds) is stale whoever wrote it.
+STALE_TMP_SECONDS = 3600.0
+_TMP_NAME = re.compile(r"\.[0-9a-f]{16}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp")
 
 Messages = str | Sequence[dict[str, str]]
 
@@ -201,6 +213,8 @@ class LLMClient:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.stats = LLMStats()
         self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._swept: set[str] = set()  # cache folders already cleared of stale temporaries
+        self._sweep_lock = threading.Lock()
         self._jitter = random.Random()
         host = urllib.parse.urlsplit(self.url).hostname
         handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
@@ -274,7 +288,13 @@ class LLMClient:
             return cached
         response = self._send(body)
         answer_text(response, where=f"answer from {self.url}")  # never cache an unusable answer
-        self._cache_write(key, body, response)
+        try:
+            self._cache_write(key, body, response)
+        except OSError as e:
+            err = disk_full_error(e, self._cache_path(key))
+            if err is None:
+                raise
+            warnings.warn(f"{err}; the answer is used but not cached", RuntimeWarning, stacklevel=2)
         return response
 
     def _send(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -333,15 +353,45 @@ class LLMClient:
             return None  # unreadable (a foreign or damaged file): ask again, then overwrite
         if not isinstance(entry, dict) or entry.get("request") != json.loads(json.dumps(body)):
             return None
-        return entry.get("response")
+        try:
+            answer_text(entry.get("response"))
+        except LLMError:
+            return None  # no usable answer in it: ask again, then overwrite
+        return entry["response"]
+
+    def _sweep(self, folder: Path) -> None:
+        """Remove temporary entries left by writers that died: those whose pid is gone,
+        and any older than :data:`STALE_TMP_SECONDS` (a writer takes milliseconds).
+        Once per folder per client."""
+        with self._sweep_lock:
+            if str(folder) in self._swept:
+                return
+            self._swept.add(str(folder))
+        now = time.time()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            m = _TMP_NAME.fullmatch(entry.name)
+            if not m:
+                continue
+            try:
+                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+                if old or (m.group(1) is not None and not pid_alive(int(m.group(1)))):
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # gone already, or not ours to remove
 
     def _cache_write(self, key: str, body: dict[str, Any], response: dict[str, Any]) -> None:
         path = self._cache_path(key)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._sweep(path.parent)
         # A unique temporary name per writer: two threads may write the same key at once.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".tmp")
+        # The pid in it tells a later sweep whether its writer is still alive.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.{os.getpid()}-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(json.dumps({"request": body, "response": response}, ensure_ascii=False).encode("utf-8"))

@@ -297,6 +297,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.add_argument("--out", default="runs/interp", help="output directory (default runs/interp)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run: the feature store "
+                                                         "from where it stopped, LLM answers from their cache")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in the output directory")
     p.set_defaults(fn=run_cli)
     return p
 
@@ -304,8 +307,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_cli(args: argparse.Namespace) -> int:
     from saekit.data import load_tokens
     from saekit.dictionaries import load_dictionary
+    from saekit.jobs import claim_output
     from saekit.models import load_model
 
+    claim_output(args.out, overwrite=args.overwrite, resume=args.resume, what="feature description run",
+                 can_resume=True)
     cfg = InterpConfig(features=args.features, n_tokens=args.n_tokens, n_score_tokens=args.n_score_tokens,
                        ctx_len=args.ctx_len, prism_features=args.prism_features, llm=args.llm,
                        llm_features=args.llm_features, seed=args.seed)

@@ -32,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saekit.fileio import atomic_write_bytes, atomic_write_text
+from saekit.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
 
 SCHEMA = "saekit.interp.store/1"
 MANIFEST = "manifest.json"
@@ -257,12 +259,19 @@ class FeatureStore:
     # -- disk ------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write ``manifest.json`` and ``store.safetensors`` into a directory (atomic per file:
-        the tensors first, then the manifest that names them)."""
+        """Write ``manifest.json`` and ``store.safetensors`` into a directory.
+
+        A directory that holds nothing else (or does not exist yet) is replaced as a
+        whole (:func:`saekit.fileio.atomic_directory`): a crash or a full disk leaves the
+        previous pair of files, never a new tensors file beside an old manifest. A
+        directory holding other files too is written per file (atomic each, the tensors
+        first, then the manifest that names them by sha256): a crash between the two
+        leaves a pair that :meth:`load` rejects and :func:`collect` starts over from.
+        A full disk raises :class:`saekit.fileio.DiskFullError` naming the path.
+        """
         from safetensors.torch import save
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         out = {k: v for k, v in self.t.items() if not k.endswith("_ctx")}
         for prefix in ("top", "smp"):
             ctx = self._context(prefix)
@@ -273,29 +282,115 @@ class FeatureStore:
                         f"{prefix}_ctx_shape": torch.tensor(list(ctx.shape))})
         data = save({k: v.contiguous() for k, v in out.items()})
         self.manifest["tensors_sha256"] = hashlib.sha256(data).hexdigest()
-        atomic_write_bytes(path / TENSORS, data)
-        atomic_write_text(path / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        text = json.dumps(self.manifest, indent=2) + "\n"
+        if _store_only(path):
+            with atomic_directory(path) as tmp:  # fsyncs both files once, then renames
+                (tmp / TENSORS).write_bytes(data)
+                (tmp / MANIFEST).write_text(text, encoding="utf-8")
+        else:
+            atomic_write_bytes(path / TENSORS, data)
+            atomic_write_text(path / MANIFEST, text)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStore:
+        """Read a store written by :meth:`save`: the tensors file must match the manifest's
+        ``tensors_sha256``, and the manifest's fields their types and the tensors; any
+        problem raises a ``ValueError`` naming the file and field (``FileNotFoundError``
+        when the files are not there)."""
+        import re
+
         from safetensors.torch import load
 
         path = Path(path)
         mfile, tfile = path / MANIFEST, path / TENSORS
-        if not mfile.exists() or not tfile.exists():
+        if not mfile.is_file() or not tfile.is_file():
             raise FileNotFoundError(f"{path} is not a feature store: expected {MANIFEST} and {TENSORS}")
         try:
-            manifest = json.loads(mfile.read_text())
-        except json.JSONDecodeError as e:
+            manifest = json.loads(mfile.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ValueError(f"{mfile}: invalid JSON ({e})") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{mfile}: expected a JSON object, got {type(manifest).__name__}")
         if manifest.get("schema") != SCHEMA:
             raise ValueError(f"{mfile}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
-        data = tfile.read_bytes()
-        if hashlib.sha256(data).hexdigest() != manifest.get("tensors_sha256"):
+
+        def bad(name: str, what: str) -> ValueError:
+            return ValueError(f"{mfile}: field {name!r} must be {what}, got {manifest.get(name, '<missing>')!r}")
+
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        sha = manifest.get("tensors_sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise bad("tensors_sha256", "64 lowercase hex digits")
+        for name in ("n_tokens", "next_window"):
+            if not count(manifest.get(name)):
+                raise bad(name, "a non-negative integer")
+        for name in ("n_windows", "ctx_len", "top_k", "n_samples", "seed"):
+            if name in manifest and not count(manifest[name]):
+                raise bad(name, "a non-negative integer")
+        if not isinstance(manifest.get("complete"), bool):
+            raise bad("complete", "true or false")
+        ctx = manifest.get("context")
+        if not (isinstance(ctx, list) and len(ctx) == 2 and all(count(v) for v in ctx)):
+            raise bad("context", "[left, right], two non-negative integers")
+        hist = manifest.get("histogram")
+        if hist != [*HIST_RANGE, HIST_BINS] or not count(hist[2]) or any(isinstance(v, bool) for v in hist):
+            # collect bins log10(activation) with these constants, and resumes with them
+            raise bad("histogram", f"{[*HIST_RANGE, HIST_BINS]} (log10 range and bins of this schema)")
+        for name in ("model", "processing", "hook", "dataset", "tokens_sha256", "features_sha256"):
+            if name in manifest and manifest[name] is not None and not isinstance(manifest[name], str):
+                raise bad(name, "a string or null")
+        if "dictionary" in manifest and not isinstance(manifest["dictionary"], dict):
+            raise bad("dictionary", "an object")
+        try:
+            data = tfile.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{tfile}: unreadable ({e})") from None
+        if hashlib.sha256(data).hexdigest() != sha:
             raise ValueError(f"{tfile}: sha256 differs from the manifest's tensors_sha256 "
                              "(a truncated or replaced file)")
-        return cls(manifest, load(data))
+        try:
+            t = load(data)
+        except Exception as e:  # the hash matched, so the manifest's sha256 was made for a bad file
+            raise ValueError(f"{tfile}: not a readable safetensors file ({e})") from None
+        # The manifest against the tensors it describes (its own fields carry no hash).
+        need = ("tokens", "features", "count", "hist", "token_count", "top_win", "smp_win", "top_ctx_shape")
+        missing = [k for k in need if k not in t]
+        if missing:
+            raise ValueError(f"{tfile}: missing tensor(s) {missing}")
+        tokens, n_f = t["tokens"], len(t["features"])
+        checks = [("n_tokens", int(t["token_count"].sum()), manifest["n_tokens"]),
+                  ("histogram", t["hist"].shape[-1], hist[2]),
+                  ("top_k", t["top_win"].shape[-1], manifest.get("top_k", t["top_win"].shape[-1])),
+                  ("n_samples", t["smp_win"].shape[-1], max(manifest.get("n_samples", 1), 1)),
+                  ("context", int(t["top_ctx_shape"][-1]) if len(t["top_ctx_shape"]) else -1,
+                   min(ctx[0] + 1 + ctx[1], tokens.shape[-1]) if tokens.ndim == 2 else -1)]
+        if tokens.ndim == 2:
+            checks += [("n_windows", tokens.shape[0], manifest.get("n_windows", tokens.shape[0])),
+                       ("ctx_len", tokens.shape[1], manifest.get("ctx_len", tokens.shape[1]))]
+        for name, have, said in checks:
+            if have != said:
+                raise ValueError(f"{mfile}: field {name!r} says {said}, but {TENSORS} holds {have}; "
+                                 "the manifest was edited or belongs to another store")
+        if tokens.ndim != 2 or manifest["next_window"] > tokens.shape[0] or t["count"].shape != (n_f,):
+            raise ValueError(f"{mfile}: field 'next_window' {manifest['next_window']} or the tensors' shapes "
+                             f"disagree (tokens {tuple(tokens.shape)}, {n_f} features)")
+        return cls(manifest, t)
+
+
+_OWN_TEMPORARY = re.compile(rf"\.({re.escape(MANIFEST)}|{re.escape(TENSORS)})\.tmp-\d+(-[0-9a-f]{{8}})?")
+
+
+def _store_only(path: Path) -> bool:
+    """Whether ``path`` is missing or a directory holding only a store's files (and the
+    temporaries of their per-file writes), so that it may be replaced as a whole."""
+    if not path.exists():
+        return not path.is_symlink()
+    if not path.is_dir() or path.is_symlink():
+        return False
+    return all(p.name in (MANIFEST, TENSORS) or _OWN_TEMPORARY.fullmatch(p.name) for p in path.iterdir())
 
 
 # --------------------------------------------------------------------------- the pass
@@ -409,8 +504,14 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
            "sum": torch.zeros(0, dtype=torch.float64), "max": torch.zeros(0)}
     token_count = torch.zeros(n_vocab, dtype=torch.int64)
     start = 0
+    old = None
     if out is not None and resume and (Path(out) / MANIFEST).exists():
-        old = FeatureStore.load(out)
+        try:
+            old = FeatureStore.load(out)
+        except (ValueError, OSError) as e:  # damaged, or half-replaced by a crash (see save)
+            warnings.warn(f"cannot resume from the feature store in {out} ({e}); starting the pass over",
+                          stacklevel=2)
+    if old is not None:
         same = {k: old.manifest.get(k) for k in identity} == identity
         if same and old.complete:
             return old  # this exact pass is done already

@@ -68,6 +68,10 @@ runs to a tighter fit. The default 0.04 was chosen on one set of synthetic matri
 and checked on others (``eval/bench_snmf_stopping.py``, which reports where it meets
 the issue's target, at least 4× faster than the MU loop to its 200-pass error, and
 where it does not).
+
+Checkpoints. ``checkpoint=DIR, checkpoint_every=N`` writes the fit's whole state between
+passes, atomically (:mod:`saekit.training.snmf_checkpoint`); a fit started again with
+the same arguments resumes from it and ends with the uninterrupted fit's dictionary.
 """
 
 from __future__ import annotations
@@ -92,6 +96,8 @@ from saekit.dictionaries.snmf import (
     winner_take_all,
     wta_keep,
 )
+from saekit.fileio import remove_directory
+from saekit.jobs import Interrupted, requested
 
 SOLVERS = ("hals", "apg", "mu")
 INITS = ("svd", "random", "kmeans")
@@ -272,7 +278,7 @@ def converged(lows: list[float], it: int, stop_gain: float, floor: float = 0.0) 
 def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None, seed: int = 0,
              hook: str | None = None, model: Any = None, processing: str | None = None,
              device: Any = None, progress: bool = False, history: list | None = None,
-             **options: Any) -> SNMF:
+             checkpoint: str | Path | None = None, checkpoint_every: int = 0, **options: Any) -> SNMF:
     """Fit an SNMF (``kind="snmf"``) or NMF (``"nmf"``) dictionary with ``d_dict`` features.
 
     Parameters
@@ -304,6 +310,20 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
         A list to which one record per pass is appended (``iter``, ``loss``,
         ``rel_error`` = ‖A − GW‖_F / ‖A‖_F, ``seconds``, ``dead``, and ``gain``, the
         elasticity ``stop_gain`` is compared with, None for the first five passes).
+    checkpoint
+        A directory for the fit's state (:mod:`saekit.training.snmf_checkpoint`). If it
+        holds a checkpoint, the fit resumes from it and ends with exactly the dictionary,
+        ``history`` records and metadata of an uninterrupted fit (fp32 on CPU; timings
+        aside); one from a different fit (config, options, seed, data, world size) is
+        refused with a ValueError. Stale temporary directories that a killed write left
+        beside it are removed. The directory is deleted when the fit returns, so save
+        the dictionary; a fit killed before that resumes from its last checkpoint, or
+        starts over (same result) if it had returned.
+    checkpoint_every
+        Write the checkpoint after every this many passes (0: never write, though an
+        existing checkpoint is still resumed). Each write holds the dictionary and, unless
+        ``codes="recompute"``, every chunk's codes (bf16 for ``"memmap"``), gathered on
+        rank 0 under ``torchrun``.
 
     Returns
     -------
@@ -339,6 +359,22 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     chunk = int(o["chunk_tokens"])
     chunks = [(i, lo, min(lo + chunk, n)) for i, lo in enumerate(range(0, n, chunk))]
     mine = chunks[rank::world]
+    if checkpoint_every < 0 or (checkpoint_every and checkpoint is None):
+        raise ValueError(f"checkpoint_every={checkpoint_every} needs a checkpoint directory and must be >= 0")
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    resumed = None
+    if ckpt is not None:
+        from saekit.fileio import clean_stale
+        from saekit.training import snmf_checkpoint as sc
+
+        fit_id = sc.fingerprint(cfg, seed, n, _rows(data, 0, min(n, 64)), world)
+        if rank == 0:  # what a killed checkpoint write left beside it
+            clean_stale(ckpt.parent, ckpt.name)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        resumed = sc.load(ckpt, fit_id, dev)
     store = o["codes"]
     if store == "auto":
         store = "memory" if sum(hi - lo for _, lo, hi in mine) * d_dict * 4 <= 2 << 30 else "memmap"
@@ -358,7 +394,9 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     g = torch.Generator().manual_seed(seed)
     proj: Tensor | None = None
     centroids: Tensor | None = None
-    if o["init"] == "svd":
+    if resumed is not None:
+        pass  # past pass 0: no initial codes needed
+    elif o["init"] == "svd":
         C = torch.zeros(d_in, d_in, dtype=torch.float64, device=dev)
         for _, lo, hi in mine:
             A = load(lo, hi)
@@ -408,13 +446,26 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     stopped, gain = "max_iter", None
     s_AA = None
     t0 = time.time()
+    records: list[dict] = []  # the history, kept for checkpoints
+    start = 0
+    if resumed is not None:
+        meta, get = resumed
+        W, Q, inv_scale, reseed, s_AA, best_W = map(get, ("W", "Q", "inv_scale", "reseed", "s_AA", "best_W"))
+        start, L, best, best_iter, stale, lows, gain, records = (
+            meta[x] for x in ("next_pass", "L", "best", "best_iter", "stale", "lows", "gain", "records"))
+        g.set_state(get("generator").cpu())
+        for i, _, _ in mine if store != "recompute" else []:
+            codes.put(i, get(f"codes.{i}").float())
+        t0 -= meta["seconds"]
+        if history is not None:
+            history.extend(records)
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=o["max_iter"], desc=f"fit {kind}", unit="pass")
+        bar = tqdm(total=o["max_iter"], initial=max(start - 1, 0), desc=f"fit {kind}", unit="pass")
     it = 0
-    for it in range(o["max_iter"] + 1):
+    for it in range(start, o["max_iter"] + 1):
         S_GA = torch.zeros(d_dict, d_in, dtype=torch.float64, device=dev)
         S_GG = torch.zeros(d_dict, d_dict, dtype=torch.float64, device=dev)
         aa = torch.zeros((), dtype=torch.float64, device=dev)
@@ -457,6 +508,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
             gain = stop_gain_value(lows, it, floor)
             rec = {"iter": it, "loss": loss, "rel_error": math.sqrt(max(loss, 0) / max(float(s_AA), 1e-30)),
                    "seconds": time.time() - t0, "dead": int(reseed.sum()), "gain": gain}
+            records.append(rec)
             if history is not None:
                 history.append(rec)
             if bar is not None:
@@ -493,6 +545,22 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
         Q = W @ W.T
         if solver == "apg":  # its step size; the other solvers do not need it
             L = float(torch.linalg.eigvalsh(Q.double())[-1].clamp_min(1e-30))
+        stop = requested()  # SIGINT/SIGTERM inside saekit.jobs.graceful: checkpoint, then stop
+        if ckpt is not None and (stop or checkpoint_every and (it + 1) % checkpoint_every == 0):
+            state = {"W": W, "Q": Q, "inv_scale": inv_scale, "reseed": reseed, "s_AA": s_AA,
+                     "generator": g.get_state(), **({"best_W": best_W} if best_W is not None else {})}
+            if store != "recompute":
+                state |= sc.gather_codes(codes, chunks, rank, world,
+                                         torch.bfloat16 if store == "memmap" else torch.float32)
+            if rank == 0:
+                sc.save(ckpt, {"fit": fit_id, "next_pass": it + 1, "L": L, "best": best, "best_iter": best_iter,
+                               "stale": stale, "lows": lows, "gain": gain, "records": records,
+                               "seconds": time.time() - t0}, state)
+        if stop:
+            if bar is not None:
+                bar.close()
+            where = f"; checkpoint {ckpt}" if ckpt is not None else ""
+            raise Interrupted(f"{stop} after pass {it + 1}{where}")
     if bar is not None:
         bar.close()
     W = best_W if best_W is not None else W
@@ -517,4 +585,6 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
                            "fit_seconds": round(time.time() - t0, 2), "codes": store, "seed": seed,
                            "codes_disk_bytes": codes.disk_bytes,
                            **provenance()})
+    if ckpt is not None and rank == 0:  # finished: the caller saves the dictionary
+        remove_directory(ckpt)
     return d.eval()

@@ -19,10 +19,10 @@ resumed run ends with exactly the weights of an uninterrupted one (fp32, CPU).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +34,8 @@ from torch import Tensor
 from saekit.activations.cache import CacheRows
 from saekit.dictionaries import REGISTRY, DictionaryConfig
 from saekit.dictionaries.sae import SAE
-from saekit.fileio import atomic_write_text
+from saekit.fileio import atomic_write_text, remove_directory
+from saekit.jobs import Interrupted, graceful, requested
 from saekit.training.schedule import default_lr, default_schedule
 
 CHECKPOINT = "checkpoint"
@@ -298,27 +299,35 @@ class Trainer:
 
             it = tqdm(it, desc=f"train {self.sae.cfg.kind}", unit="step", initial=self.step, total=self.steps)
         t_last, tok_last = time.time(), self.step * self.batch_size
-        for _ in it:
-            t = time.time()
-            nxt = self.step + 1
-            want = (log is not None and (nxt % log_every == 0 or nxt == self.steps)) or (progress and nxt % 20 == 0)
-            m = self.train_step(metrics=want)
-            self.train_seconds += time.time() - t
-            if log is not None and (self.step % log_every == 0 or self.step == self.steps):
-                now = time.time()
-                tokens = self.step * self.batch_size
-                log.write({"step": self.step, "tokens": tokens, **m,
-                           "tokens_per_s": (tokens - tok_last) / max(now - t_last, 1e-9)})
-                t_last, tok_last = now, tokens
-            if progress and self.step % 20 == 0:
-                it.set_postfix(loss=f"{m['loss']:.3g}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
-            if out is not None and main and every and self.step % every == 0 and self.step < self.steps:
-                self.save_checkpoint(out / CHECKPOINT)
-            if eval_fn is not None and main and eval_steps and self.step % eval_steps == 0 and self.step < self.steps:
-                result = eval_fn(self.snapshot())
-                if log is not None:
-                    log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
-            yield self.step
+        with graceful():
+            for _ in it:
+                t = time.time()
+                nxt = self.step + 1
+                want = (log is not None and (nxt % log_every == 0 or nxt == self.steps)) or (progress and nxt % 20 == 0)
+                m = self.train_step(metrics=want)
+                self.train_seconds += time.time() - t
+                if log is not None and (self.step % log_every == 0 or self.step == self.steps):
+                    now = time.time()
+                    tokens = self.step * self.batch_size
+                    log.write({"step": self.step, "tokens": tokens, **m,
+                               "tokens_per_s": (tokens - tok_last) / max(now - t_last, 1e-9)})
+                    t_last, tok_last = now, tokens
+                if progress and self.step % 20 == 0:
+                    it.set_postfix(loss=f"{m['loss']:.3g}", fvu=f"{m['fvu']:.3f}", l0=f"{m['l0']:.1f}")
+                if out is not None and main and every and self.step % every == 0 and self.step < self.steps:
+                    self.save_checkpoint(out / CHECKPOINT)
+                if eval_fn is not None and main and eval_steps and self.step % eval_steps == 0 and self.step < self.steps:
+                    result = eval_fn(self.snapshot())
+                    if log is not None:
+                        log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
+                yield self.step
+                if requested():
+                    if progress:
+                        it.close()
+                    if out is not None and main:
+                        self.save_checkpoint(out / CHECKPOINT)
+                    where = f"; checkpoint {out / CHECKPOINT}" if out is not None else ""
+                    raise Interrupted(f"{requested()} at step {self.step} of {self.steps}{where}")
         sae = self.finish(out / "dictionary" if out is not None and main else None)
         if eval_fn is not None and main:
             result = eval_fn(sae)
@@ -326,7 +335,7 @@ class Trainer:
                 log.write({"step": self.step, "tokens": self.step * self.batch_size, "eval": result})
                 atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
         if out is not None and main:
-            shutil.rmtree(out / CHECKPOINT, ignore_errors=True)  # the dictionary supersedes it
+            remove_directory(out / CHECKPOINT)  # the dictionary supersedes it
         if log is not None:
             log.close()
 
@@ -367,20 +376,108 @@ class Trainer:
 
         with atomic_directory(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+            with open(tmp / "state.safetensors", "rb") as f:
+                state_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            fields = json.dumps(meta, sort_keys=True, separators=(",", ":"))  # state.json's own fields too
+            meta["sha256"] = {"state.safetensors": state_sha256,
+                              "state.json": hashlib.sha256(fields.encode()).hexdigest()}
             (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the state :meth:`save_checkpoint` wrote. Checks, each failing with a
+        ``ValueError`` that names the file and the field or tensor: the sha256 of
+        ``state.safetensors`` and of ``state.json``'s fields when ``state.json`` records
+        them (``"sha256": {"state.safetensors": ..., "state.json": ...}``; older
+        checkpoints have none), every field's type and range, that the checkpoint is of
+        this run, and every tensor's name, dtype, shape and finiteness."""
+        import hashlib
+
         from safetensors.torch import load_file
 
         path = Path(path)
+        jfile, tfile = path / "state.json", path / "state.safetensors"
         try:
-            meta = json.loads((path / "state.json").read_text())
-            tensors = load_file(path / "state.safetensors", device=str(self.dev))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"checkpoint {path} cannot be read ({e})") from e
-        if meta["config"] != self.sae.cfg.to_dict() or meta["steps"] != self.steps:
+            meta = json.loads(jfile.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+            raise ValueError(f"checkpoint {path} cannot be read ({jfile}: {e})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{jfile}: expected a JSON object, got {type(meta).__name__}")
+        hashes = meta.get("sha256")
+        if hashes is not None:
+            if not isinstance(hashes, dict) or not set(hashes) <= {"state.safetensors", "state.json"} or not all(
+                    isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+                    for v in hashes.values()):
+                raise ValueError(f"{jfile}: field 'sha256' must map state.safetensors/state.json to 64 hex "
+                                 f"digits, got {hashes!r}")
+            fields = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True,
+                                separators=(",", ":"))
+            if "state.json" in hashes and hashlib.sha256(fields.encode()).hexdigest() != hashes["state.json"]:
+                raise ValueError(f"{jfile}: its fields' sha256 differs from the one recorded in it; the file was "
+                                 "modified since it was written")
+            if "state.safetensors" in hashes:
+                try:
+                    with open(tfile, "rb") as f:
+                        got = hashlib.file_digest(f, "sha256").hexdigest()
+                except OSError as e:
+                    raise ValueError(f"checkpoint {path} cannot be read ({tfile}: {e})") from None
+                if got != hashes["state.safetensors"]:
+                    raise ValueError(f"{tfile}: sha256 {got} differs from {hashes['state.safetensors']} recorded "
+                                     "in state.json; the file was modified or truncated since it was written")
+
+        def number(name: str, integer: bool, low: float) -> Any:
+            v = meta.get(name)
+            ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
+            if not ok or isinstance(v, bool) or v < low:
+                kind = "an integer" if integer else "a finite number"
+                raise ValueError(f"{jfile}: field {name!r} must be {kind} >= {low}, got {v!r}"
+                                 + (" (missing)" if name not in meta else ""))
+            return v
+
+        steps = number("steps", True, 1)
+        step, seen = number("step", True, 0), number("seen", True, 0)
+        scale, seconds = number("scale", False, 0), number("train_seconds", False, 0)
+        if scale <= 0 or step > steps:
+            raise ValueError(f"{jfile}: step {step} of {steps} steps, scale {scale}: out of range")
+        if meta.get("config") != self.sae.cfg.to_dict() or steps != self.steps:
             raise ValueError(f"checkpoint {path} is from a different run (config or length differs); "
                              "resume with the same config")
+        try:
+            tensors = load_file(tfile, device=str(self.dev))
+        except Exception as e:  # safetensors' own error type for truncated/corrupt files, OSError
+            raise ValueError(f"checkpoint {path} cannot be read ({tfile}: {e})") from None
+        # What each tensor must be: this trainer's own state, and Adam's per parameter.
+        want = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        want.update(since_fired=self.since_fired, fired=self.fired)
+        params = self.opt.param_groups[0]["params"] if len(self.opt.param_groups) == 1 else \
+            [p for g in self.opt.param_groups for p in g["params"]]
+        opt_keys: dict[int, set[str]] = {}
+        for key in tensors:
+            if key.startswith("opt."):
+                _, i, name = (key.split(".", 2) + ["", ""])[:3]
+                if not i.isdigit() or int(i) >= len(params) or name not in ("step", "exp_avg", "exp_avg_sq"):
+                    raise ValueError(f"{tfile}: unexpected tensor {key!r} (Adam state is opt.<i>.step/exp_avg/"
+                                     f"exp_avg_sq for {len(params)} parameters)")
+                opt_keys.setdefault(int(i), set()).add(name)
+                p = params[int(i)]
+                want[key] = torch.zeros((), dtype=torch.float32) if name == "step" else p.detach()
+        for i, names in opt_keys.items():
+            if names != {"step", "exp_avg", "exp_avg_sq"}:
+                raise ValueError(f"{tfile}: Adam state of parameter {i} has {sorted(names)}, expected "
+                                 "step, exp_avg and exp_avg_sq")
+        missing = sorted(set(want) - set(tensors))
+        unknown = sorted(set(tensors) - set(want))
+        if missing or unknown:
+            raise ValueError(f"{tfile}: " + (f"missing tensor(s) {missing}" if missing else "")
+                             + ("; " if missing and unknown else "") + (f"unexpected tensor(s) {unknown}" if unknown else ""))
+        for key, ref in want.items():
+            t = tensors[key]
+            if t.dtype != ref.dtype or t.shape != ref.shape:
+                raise ValueError(f"{tfile}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected "
+                                 f"{ref.dtype} {tuple(ref.shape)}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"{tfile}: tensor {key!r} has NaN/inf values")
+        if (tensors["since_fired"] < 0).any() or (tensors["fired"] < 0).any():
+            raise ValueError(f"{tfile}: tensor 'since_fired' or 'fired' has negative counts")
         self.sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")})
         opt = self.opt.state_dict()
         opt["state"] = {}
@@ -391,8 +488,15 @@ class Trainer:
         self.opt.load_state_dict(opt)
         self.since_fired = tensors["since_fired"]
         self.fired = tensors["fired"]
-        self.step, self.seen = meta["step"], meta["seen"]
-        self.scale, self.train_seconds = meta["scale"], meta["train_seconds"]
+        self.step, self.seen = step, seen
+        self.scale, self.train_seconds = scale, seconds
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class _MetricsLog:
@@ -403,9 +507,9 @@ class _MetricsLog:
 
     def __init__(self, path: Path, step: int, wandb_project: str | None = None, config: dict | None = None):
         self.path = path
-        if path.exists():
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in keep))
+        if path.exists():  # a killed run may have left a partial last line: drop it too
+            atomic_write_text(path, "".join(line + "\n" for line in path.read_text().splitlines()
+                                            if _step_of(line) is not None and _step_of(line) <= step))
         self.wandb = None
         if wandb_project:
             import wandb
@@ -455,6 +559,11 @@ def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = 
     ``checkpoint_every``, ...). Trainers resumed at different steps catch up in turn:
     at each round only those at the lowest step move. Returns the finished dictionaries.
     """
+    with graceful():  # one signal handler for all: each trainer checkpoints, then Interrupted
+        return _train_together(jobs, progress)
+
+
+def _train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool) -> list[SAE]:
     runs = [(t, t.steps_of_run(**{**kw, "progress": False})) for t, kw in jobs]
     bar = None
     if progress:
@@ -463,13 +572,21 @@ def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = 
         bar = tqdm(total=max(t.steps for t, _ in runs), initial=min(t.step for t, _ in runs),
                    desc=f"train {len(runs)} dictionaries", unit="step")
     active = list(runs)
-    while active:
-        low = min(t.step for t, _ in active)
-        for t, gen in [r for r in active if r[0].step == low]:
-            if next(gen, None) is None:  # exhausted: the dictionary is finished
-                active.remove((t, gen))
-        if bar is not None and active and min(t.step for t, _ in active) > low:
-            bar.update(min(t.step for t, _ in active) - low)
+    try:
+        while active:
+            low = min(t.step for t, _ in active)
+            for t, gen in [r for r in active if r[0].step == low]:
+                if next(gen, None) is None:  # exhausted: the dictionary is finished
+                    active.remove((t, gen))
+            if bar is not None and active and min(t.step for t, _ in active) > low:
+                bar.update(min(t.step for t, _ in active) - low)
+    except Interrupted:  # the others checkpoint too (each does when advanced once more)
+        for _, gen in active:
+            try:
+                next(gen, None)
+            except Interrupted:
+                pass
+        raise
     if bar is not None:
         bar.close()
     return [t.sae for t, _ in runs]
