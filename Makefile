@@ -36,7 +36,7 @@ demo: .venv/.ready
 	$(OFFLINE) .venv/bin/saekit demo --overwrite
 
 test: .venv/.ready
-	$(OFFLINE) $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json

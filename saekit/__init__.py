@@ -29,6 +29,7 @@ _API = {
     "CacheWriter": "saekit.activations",
     "open_cache": "saekit.activations",
     "fit": "saekit.training",
+    "train": "saekit.training.recipe",
     "fit_hierarchy": "saekit.hierarchy",
     "load_dictionary": "saekit.dictionaries",
     "Dictionary": "saekit.dictionaries",

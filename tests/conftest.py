@@ -12,7 +12,15 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under load (another job on the cores) OpenMP's busy-waiting workers turn each small
+# torch op into a wait for a descheduled thread: 3x slower runs measured with one busy
+# core. Passive workers cost ~15% idle on the smallest ops. Set before torch loads, and
+# inherited by the subprocesses tests start (the Makefile sets it too, in case a plugin
+# imports torch first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_LM = Path(os.environ.get("SAEKIT_TEST_DEMO_LM", ROOT / "checkpoints" / "demo-lm"))

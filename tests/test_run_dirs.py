@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,7 +236,8 @@ def test_no_shipped_file_names_a_machine_path():
     bad = []
     for name in tracked:
         path = ROOT / name
-        if path.suffix not in (".json", ".jsonl", ".md", ".toml", ".csv", ".html", ".txt", ".py") or not path.is_file():
+        if (path.suffix not in (".json", ".jsonl", ".md", ".toml", ".csv", ".html", ".txt", ".py")
+                or not path.is_file() or path.resolve() == Path(__file__).resolve()):
             continue
         text = path.read_text(errors="replace")
         if str(ROOT) + "/" in text or "/home/" in text or "/root/" in text:
@@ -256,3 +258,17 @@ def test_a_model_inside_the_repository_is_recorded_relative_to_it(demo_model):
         assert saekit.load_model("checkpoints/demo-lm").cfg.d_model == demo_model.cfg.d_model
     finally:
         os.chdir(cwd)
+
+
+@pytest.mark.timeout(300)
+def test_train_from_python_returns_the_dictionaries(tmp_path):
+    sets = [*SETS, "n_tokens=4096", "sweep=[{k = 4}, {k = 8}]"]
+    out = saekit.train(ROOT / "train" / "demo.toml", out=tmp_path / "run", overrides=sets)
+    assert sorted(p.name for p in out) == ["blocks.2.mlp.hook_post__k=4", "blocks.2.mlp.hook_post__k=8"]
+    assert [d.cfg.k for _, d in sorted(out.items())] == [4, 8]
+    for run_dir, d in out.items():
+        _same(d.saelens_tensors(), _tensors(run_dir))
+    with pytest.raises(OutputExists, match="--resume"):
+        saekit.train(ROOT / "train" / "demo.toml", out=tmp_path / "run", overrides=sets)
+    again = saekit.train(ROOT / "train" / "demo.toml", out=tmp_path / "run", overrides=sets, resume=True)
+    assert again.keys() == out.keys()

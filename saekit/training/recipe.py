@@ -32,6 +32,24 @@ def default_out(recipe: str | Path) -> Path:
     return Path("runs") / "train" / Path(recipe).stem
 
 
+def train(recipe: str | Path | None, out: str | Path | None = None, overrides: list[str] | None = None, *,
+          resume: bool = False, overwrite: bool = False) -> dict[Path, Any]:
+    """Run a training recipe from Python, as ``saekit train`` does: ``{run directory:
+    dictionary}`` for every hook × sweep variant (finished ones skipped on ``resume``
+    are loaded from disk). ``overrides`` are ``--set`` strings (``["k=16", "d_dict=2048"]``).
+
+    >>> saekit.train("train/demo.toml", out="runs/train/demo", overrides=["n_tokens=200_000"])  # doctest: +SKIP
+    """
+    from saekit.dictionaries import load_dictionary
+
+    root = Path(out) if out is not None else default_out(recipe or "defaults")
+    done = {run_dir: trainer.sae for run_dir, trainer in
+            run_recipe(recipe, root, overrides, resume=resume, overwrite=overwrite, log=print)}
+    names = [name for name, _ in load_config(recipe, overrides).runs()]
+    return {root / n: done[root / n] if root / n in done else load_dictionary(root / n / "dictionary")
+            for n in names if root / n in done or (root / n / "dictionary").exists()}
+
+
 def run_recipe(recipe: str | Path | None, out: str | Path | None = None, overrides: list[str] | None = None, *,
                resume: bool = False, overwrite: bool = False, log=print) -> list[tuple[Path, Any]]:
     """Train (or fit) every dictionary of ``recipe``; return ``(run directory, trainer)``
