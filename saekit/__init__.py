@@ -7,9 +7,11 @@ TransformerLens load on first use.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
-__version__ = "0.1.0"
+from saekit.version import __version__
 
 _API = {
     "load_model": "saekit.models",
@@ -31,20 +33,38 @@ _API = {
     "fit": "saekit.training",
     "train": "saekit.training.recipe",
     "fit_hierarchy": "saekit.hierarchy",
-    "load_dictionary": "saekit.dictionaries",
+    "load_dictionary": "saekit.formats",
     "Dictionary": "saekit.dictionaries",
     "DictionaryConfig": "saekit.dictionaries",
+    "Comparison": "saekit.compare",
 }
 
 _SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "evals", "formats", "ground_truth", "hierarchy",
                "interp", "metrics", "models", "report", "superposition", "toy", "toy_report", "training"}
 
-# Eager on purpose: a lazy entry would be replaced by the submodule as soon as anything
-# runs `from saekit.compare import ...` (the import system binds submodules on the
-# package); saekit.compare imports only the standard library at module level.
-from saekit.compare import Comparison, compare  # noqa: E402
+__all__ = [*_API, "compare", "__version__"]
 
-__all__ = [*_API, "compare", "Comparison", "__version__"]
+
+class _Package(types.ModuleType):
+    """The package's class: ``saekit.compare`` is the function :func:`saekit.compare.compare`.
+
+    The import system binds a submodule on its package once it loads it, so after
+    ``from saekit.compare import Comparison`` a plain attribute ``compare`` would be the
+    module. A property on the package's class wins over that binding: it loads the
+    submodule on first use (``import saekit`` stays light) and always returns the
+    function; the binding itself is ignored (the module stays in ``sys.modules``).
+    """
+
+    @property
+    def compare(self) -> Any:
+        return importlib.import_module("saekit.compare").compare
+
+    @compare.setter
+    def compare(self, value: Any) -> None:
+        pass  # the import system binding the submodule saekit.compare: keep the function
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
@@ -58,4 +78,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | {"compare"})

@@ -26,13 +26,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_harvest(args: argparse.Namespace) -> int:
     import torch
 
-    import saekit
-    from saekit.activations import CacheWriter
-    from saekit.data import text_convention
-    from saekit.models import hook_width, model_name, model_processing
+    from saekit.activations import CacheWriter, iter_harvest
+    from saekit.data import load_tokens, text_convention
+    from saekit.models import hook_width, load_model, model_name, model_processing
 
-    model = saekit.load_model(args.model, device=args.device)
-    tokens = saekit.load_tokens(args.data, model, args.n_tokens, args.ctx_len)
+    model = load_model(args.model, device=args.device)
+    tokens = load_tokens(args.data, model, args.n_tokens, args.ctx_len)
     hooks = args.hooks
     widths = {h: hook_width(model, h) for h in hooks}
     dtype = getattr(torch, args.dtype)
@@ -40,7 +39,7 @@ def _cmd_harvest(args: argparse.Namespace) -> int:
                      data=str(args.data), dtype=dtype, shard_tokens=args.shard_tokens,
                      ctx_len=args.ctx_len, extra={"text": text_convention(model)},
                      overwrite=args.overwrite) as writer:
-        for batch in saekit.iter_harvest(model, hooks, tokens, args.batch_size, device="cpu",
+        for batch in iter_harvest(model, hooks, tokens, args.batch_size, device="cpu",
                                          progress=True):
             writer.add(batch)
         cache = writer.close()
@@ -111,9 +110,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _info_dictionary(spec: str) -> int:
-    import saekit
+    from saekit.formats import load_dictionary
 
-    d = saekit.load_dictionary(spec)
+    d = load_dictionary(spec)
     c = d.cfg
     source = c.metadata.get("source_format", "saekit")
     print(f"{c.kind} dictionary {spec} ({source}): d_in={c.d_in}, d_dict={c.d_dict}, k={c.k}, hook={c.hook}, "
@@ -138,7 +137,7 @@ def _info_dictionary(spec: str) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from saekit import formats
-    from saekit.dictionaries import load_dictionary
+    from saekit.formats import load_dictionary
 
     d = load_dictionary(args.src)
     if Path(args.dst).exists() and not args.overwrite:

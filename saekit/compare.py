@@ -16,13 +16,25 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
-if TYPE_CHECKING:  # torch loads on first use: `saekit --help` registers this module's parser
-    from torch import Tensor
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.activations.harvest import harvest, model_device
+from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
+from saekit.dictionaries import REGISTRY
+from saekit.fileio import atomic_write_bytes, atomic_write_text
+from saekit.formats import load_dictionary
+from saekit.jobs import claim_output
+from saekit.metrics import Correlation, Match, match, mmcs, unit_rows
+from saekit.models import W_out, hook_width, load_model, model_name, validate_hook
+from saekit.report import figure_png, json_safe, markdown_table, write_csv
+from saekit.training.api import fit
+from saekit.training.evaluate import evaluate
 
 #: Hook kinds whose activations live in the residual-stream basis (d_model).
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out")
@@ -35,11 +47,6 @@ CORR_THRESHOLD = 0.5
 # --------------------------------------------------------------------------- directions and matching
 
 
-def _unit(w: Tensor) -> Tensor:
-    w = w.detach().float()  # at least float32: half-precision dot products lose the third digit
-    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def residual_directions(dictionary: Any, model: Any) -> Tensor:
     """Unit feature directions in the residual stream, ``[d_dict, d_model]``.
 
@@ -48,15 +55,13 @@ def residual_directions(dictionary: Any, model: Any) -> Tensor:
     hooks (``hook_resid_pre|mid|post``, ``hook_mlp_out``) are there already; any other
     hook raises ValueError.
     """
-    from saekit.models import W_out, validate_hook
-
     layer, kind = validate_hook(model, dictionary.cfg.hook)
     w = dictionary.W_dec.detach().float()
     if kind == "mlp.hook_post":
         w = w @ W_out(model, layer).to(w.device, w.dtype)
     elif kind not in RESIDUAL_KINDS:
         raise ValueError(f"{dictionary.cfg.hook}: no map into the residual stream")
-    return _unit(w)
+    return unit_rows(w)
 
 
 def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]:
@@ -69,8 +74,6 @@ def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]
     Otherwise both hooks must map into the residual stream at the same layer
     (TransformerLens' block index).
     """
-    from saekit.models import validate_hook
-
     if hook_a == hook_b and not hook_a.endswith("mlp.hook_post"):
         return hook_a, ""
     (la, ka), (lb, kb) = validate_hook(model, hook_a), validate_hook(model, hook_b)
@@ -82,40 +85,12 @@ def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]
     return f"residual stream, layer {la}", ""
 
 
-class Match(NamedTuple):
-    """A one-to-one matching: ``rows[i]`` of the first set goes with ``cols[i]`` of the
-    second (int64 ``[min(n_a, n_b)]``), at |cosine| ``cos[i]`` (float64)."""
-
-    rows: Tensor
-    cols: Tensor
-    cos: Tensor
-
-
-def match(a: Tensor, b: Tensor) -> Match:
-    """Hungarian matching of the rows of ``a`` and ``b`` that maximises the total |cosine|.
-
-    Signs are ignored: a direction and its negative are one feature up to the sign of
-    its code. The cost is cubic in the number of rows (seconds at 4k, long at 16k).
-    """
-    import torch
-    from scipy.optimize import linear_sum_assignment
-
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"directions must be [n, d] with one d, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ua = _unit(a)
-    sim = (ua @ _unit(b).to(ua.device).T).abs().cpu().double().numpy()
-    r, c = linear_sum_assignment(sim, maximize=True)
-    return Match(torch.from_numpy(r), torch.from_numpy(c), torch.from_numpy(sim[r, c]).clamp(0, 1))
-
-
 _CHANCE: dict[tuple[int, int, int], float] = {}
 
 
 def chance_matched_cos(n_a: int, n_b: int, d: int) -> float:
     """Mean matched |cos| of seeded random directions of these shapes: what matching
     reaches with no shared structure at all (high when d is small)."""
-    import torch
-
     if (n_a, n_b, d) not in _CHANCE:
         g = torch.Generator().manual_seed(0)
         m = match(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
@@ -131,8 +106,6 @@ class ConceptCounts:
     and from them precision, recall and F1 of firing against each concept."""
 
     def __init__(self, d_dict: int, n_classes: int, device: Any = None):
-        import torch
-
         self.tp = torch.zeros(d_dict, n_classes, dtype=torch.long, device=device)
         self.fires = torch.zeros(d_dict, dtype=torch.long, device=device)
         self.pos = torch.zeros(n_classes, dtype=torch.long, device=device)
@@ -140,8 +113,6 @@ class ConceptCounts:
     def update(self, active: Tensor, labels: Tensor) -> None:
         """``active``: bool ``[n, d_dict]`` from the dictionary's ``active()``; ``labels``:
         ``[n]`` class indices, -1 for none."""
-        import torch
-
         labels = labels.to(active.device)
         onehot = torch.nn.functional.one_hot(labels.clamp_min(0), self.pos.numel()) * (labels >= 0)[:, None]
         # A float32 matmul of 0/1 values is exact while a batch has under 2**24 rows.
@@ -156,39 +127,10 @@ class ConceptCounts:
                 "f1": 2 * tp / (fires + pos).clamp_min(1)}
 
 
-class _Correlation:
-    """Pearson correlation of paired code columns over streamed tokens, in float64. Codes
-    are shifted by the first batch's mean so that Σx²/n − mean² does not cancel."""
-
-    def __init__(self, cols_a: Tensor, cols_b: Tensor):
-        self.cols_a, self.cols_b, self.n, self.shift, self.sums = cols_a, cols_b, 0, None, 0.0
-
-    def update(self, a: Tensor, b: Tensor) -> None:
-        import torch
-
-        a, b = a[:, self.cols_a.to(a.device)].double(), b[:, self.cols_b.to(b.device)].to(a.device).double()
-        if self.shift is None:
-            self.shift = (a.mean(0), b.mean(0))
-        a, b = a - self.shift[0], b - self.shift[1]
-        self.sums = self.sums + torch.stack([a.sum(0), b.sum(0), (a * a).sum(0), (b * b).sum(0), (a * b).sum(0)])
-        self.n += len(a)
-
-    def result(self) -> Tensor:
-        """float64 ``[m]`` on the CPU; NaN where a code never varies (a dead feature)."""
-        import torch
-
-        sa, sb, saa, sbb, sab = (self.sums / self.n).cpu()
-        va, vb = saa - sa * sa, sbb - sb * sb
-        r = (sab - sa * sb) / (va * vb).clamp_min(1e-300).sqrt()
-        return torch.where((va > 1e-24) & (vb > 1e-24), r.clamp(-1, 1), torch.nan)
-
-
 # --------------------------------------------------------------------------- the report
 
 
 def _table(rows: list[dict], cols: list[str] | None = None) -> str:
-    from saekit.report import markdown_table
-
     cell = lambda v: "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
     return markdown_table([{c: cell(r.get(c)) for c in (cols or list(r))} for r in rows])
 
@@ -223,8 +165,6 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready Python values (NaN/inf become None)."""
-        from saekit.report import json_safe
-
         return json_safe(dataclasses.asdict(self))
 
     def markdown(self, images: bool = True) -> str:
@@ -251,15 +191,10 @@ class Comparison:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write report.md, compare.json, a CSV per table and the PNGs, each atomically."""
-        from saekit.fileio import atomic_write_text
-        from saekit.report import write_csv
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, png in self._figures().items():
-            tmp = out / f".{name}.tmp-{os.getpid()}"
-            tmp.write_bytes(png)
-            os.replace(tmp, out / name)
+            atomic_write_bytes(out / name, png)
         for name in ("reconstruction", "matching", "stability", "concepts"):
             if getattr(self, name):
                 write_csv(out / f"{name}.csv", getattr(self, name))
@@ -269,8 +204,6 @@ class Comparison:
 
     def _figures(self) -> dict[str, bytes]:
         from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
-
-        from saekit.report import figure_png
 
         fig = Figure(figsize=(6, 4.2))
         ax = fig.subplots()
@@ -306,10 +239,6 @@ class Comparison:
 
 def _resolve(dictionaries: Any, names: Any, model: Any) -> tuple[list[Any], list[str]]:
     """Load paths (onto the model's device), name every dictionary, check it fits the model."""
-    from saekit.activations.harvest import model_device
-    from saekit.dictionaries import load_dictionary
-    from saekit.models import hook_width, model_name
-
     if isinstance(dictionaries, (str, Path)) or hasattr(dictionaries, "W_dec"):
         dictionaries = [dictionaries]
     dev = model_device(model)
@@ -346,7 +275,7 @@ def _match_pair(a: Any, b: Any, model: Any) -> tuple[str, Match | None, Tensor |
     space, reason = common_space(a.cfg.hook, b.cfg.hook, model)
     if space is None:
         return reason, None, None, None
-    wa, wb = ((_unit(a.W_dec), _unit(b.W_dec)) if space == a.cfg.hook
+    wa, wb = ((unit_rows(a.W_dec), unit_rows(b.W_dec)) if space == a.cfg.hook
               else (residual_directions(a, model), residual_directions(b, model)))
     return space, match(wa, wb), wa, wb
 
@@ -391,14 +320,6 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
     in one streamed pass feeding the correlations and concept counts. The other LM
     passes are ``evaluate``'s (its harvest and the spliced/ablated CE/KL forwards).
     """
-    import torch
-
-    import saekit
-    from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
-    from saekit.metrics import mmcs
-    from saekit.models import load_model, model_name
-    from saekit.training.evaluate import evaluate
-
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     model = load_model(model)
@@ -407,7 +328,7 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
     if tokens is None:
         tokens = load_tokens("demo:heldout" if data == "demo" else data, model, n_tokens, ctx_len)
     hooks = list(dict.fromkeys(d.cfg.hook for d in dicts))
-    acts = saekit.harvest(model, hooks, tokens, batch_size, progress=progress)
+    acts = harvest(model, hooks, tokens, batch_size, progress=progress)
     n = len(acts[hooks[0]])
     if n == 0:
         raise ValueError("the tokens hold no real tokens to evaluate on (all BOS/padding)")
@@ -425,7 +346,7 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
     # feed the correlations of the matched pairs.
     pairs = [(i, j, *_match_pair(dicts[i], dicts[j], model))
              for i in range(len(dicts)) for j in range(i + 1, len(dicts))]
-    corrs = {(i, j): _Correlation(m.rows, m.cols) for i, j, _, m, *_ in pairs if m is not None}
+    corrs = {(i, j): Correlation(m.rows, m.cols) for i, j, _, m, *_ in pairs if m is not None}
     try:  # concept labels need every concept word to be one token (the demo LM's tokenizer)
         labels = concept_labels(tokens.cpu(), model)[token_mask(tokens.cpu(), model)]  # harvest's token order
         counts = [ConceptCounts(d.cfg.d_dict, len(FAMILIES), d.W_dec.device) for d in dicts]
@@ -434,8 +355,6 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
     chunk = max(256, min(8192, 2**24 // max(d.cfg.d_dict for d in dicts)))  # ≤ 64 MB of codes per dictionary
     starts = range(0, n, chunk)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="codes", unit="chunk")
     with torch.no_grad():
         for lo in starts:
@@ -480,9 +399,6 @@ def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data
 
 def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size, refit_options) -> list[dict]:
     """Refit each distinct configuration with seeds 0..seeds-1; match the refits pairwise."""
-    import saekit
-    from saekit.dictionaries import REGISTRY
-
     by_kind = bool(refit_options) and all(k in REGISTRY for k in refit_options)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(d.cfg for d in dicts):
@@ -493,7 +409,7 @@ def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size,
         c = dicts[idx[0]].cfg
         x = acts[c.hook][:refit_tokens]
         extra = (refit_options.get(c.kind, {}) if by_kind else refit_options) or {}
-        fits = [saekit.fit(x, kind=c.kind, d_dict=c.d_dict, k=c.k, seed=s, hook=c.hook, model=model,
+        fits = [fit(x, kind=c.kind, d_dict=c.d_dict, k=c.k, seed=s, hook=c.hook, model=model,
                            batch_size=refit_batch_size, **{**c.options, **extra})
                 for s in range(seeds)]
         cos = [match(fits[s].W_dec, fits[t].W_dec).cos.mean().item() for s in range(seeds) for t in range(s + 1, seeds)]
@@ -525,9 +441,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``saekit compare``: print the tables, write the report."""
-    from saekit.jobs import claim_output
-    from saekit.models import load_model
-
     claim_output(args.out, overwrite=args.overwrite, what="comparison report")
     model = load_model(args.model, device=args.device)
     result = compare(args.dicts, model, data=args.data, n_tokens=args.n_tokens, ctx_len=args.ctx_len,

@@ -22,9 +22,14 @@ from pathlib import Path
 import torch
 
 from saekit import report
+from saekit.activations import harvest
 from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
-from saekit.metrics import ce_kl_recovered_all
+from saekit.evals import sensitivity, steering
+from saekit.formats import export, load_dictionary
+from saekit.interp.pipeline import InterpConfig, interp, split_tokens
+from saekit.metrics import StreamingStats, ce_kl_recovered_all, fvu_with_se
 from saekit.models import is_native_dir, load_model
+from saekit.training import fit
 
 DEMO_LM = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"
 
@@ -123,8 +128,6 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     mid = f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
     hooks = ([f"blocks.{L}.mlp.hook_post" for L in range(model.cfg.n_layers)] + ["blocks.1.hook_resid_post"]
              if plan.all_layers else [mid, f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"])
-    from saekit.activations import harvest
-
     t1 = time.time()
     acts = harvest(model, hooks, tokens, batch_size=32, progress=True)
     dt = time.time() - t1
@@ -147,8 +150,6 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     if shipped.is_dir() and _is_demo_lm(model_path):
         # A dictionary loaded from disk (checkpoints/, made by `make checkpoints`) runs
         # through the same evaluation as the ones just trained.
-        from saekit.dictionaries import load_dictionary
-
         d = load_dictionary(shipped)
         rec = ce_kl_recovered_all(model, [d], tokens[:plan.ce_windows])[0]
         row, _, _ = _evaluate_dictionary(model, d, acts[mid], tokens, rec)
@@ -171,8 +172,6 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
               + report.text_table(effect_rows))
     sae.save(out / "sae")
     snmf.save(out / "snmf")
-    from saekit.formats import export
-
     export(sae, out / "sae-saelens", to="saelens")  # sae_lens.SAE.load_from_disk reads it
 
     interp_rows, dashboards = describe_features(model, tokens, {"TopK SAE": (sae, out / "sae"),
@@ -261,8 +260,6 @@ def describe_features(model, tokens: torch.Tensor, dictionaries: dict, out: Path
     described from the first three quarters of the held-out windows and scored on the
     last quarter, PRISM clusters for 16 of them. Returns the summary rows and the
     dashboard of each dictionary."""
-    from saekit.interp.pipeline import InterpConfig, interp, split_tokens
-
     cfg = InterpConfig(features="64", prism_features=16, prism_windows=12, llm_features=16)
     describe_tokens, score_tokens = split_tokens(tokens, 3 * len(tokens) // 4)
     rows, dashboards = [], {}
@@ -286,8 +283,6 @@ def perturbation_effects(model, hook: str, sae, snmf) -> list[dict]:
     reconstruction over KL of a cov-mixture step of the same size (< 1: not
     pathological); and the log-probability gain of a concept's tokens when steering
     along its direction at KL 0.25 (mean over the planted concepts)."""
-    from saekit.evals import sensitivity, steering
-
     sens = sensitivity.run(sensitivity.Config(hook=hook, dictionaries=[sae, snmf], n_tokens=2048, radii=[0.3],
                                               feature_classes=["active"]), model=model).summary
     steer = steering.run(steering.Config(hook=hook, dictionaries=[sae, snmf], select_by=["output"], target_kls=[0.25],
@@ -315,9 +310,6 @@ def train_demo_sae(model, hook: str, heldout_acts: torch.Tensor, heldout_tokens:
     """Fit a TopK SAE and an SNMF on training-split activations of ``hook``; evaluate
     both on held-out ones. Returns ``(sae, snmf, rows, concepts per dictionary, log10
     firing frequency of the SAE)``."""
-    from saekit.activations import harvest
-    from saekit.training import fit
-
     train_tokens = load_tokens(plan.data, model, plan.train_tokens, seed=1)
     train = harvest(model, [hook], train_tokens, batch_size=32)[hook]
     sae_kw = dict(plan.sae)
@@ -345,8 +337,6 @@ def train_demo_sae(model, hook: str, heldout_acts: torch.Tensor, heldout_tokens:
 
 def _evaluate_dictionary(model, d, heldout_acts: torch.Tensor, heldout_tokens: torch.Tensor, rec):
     """FVU (± SE over windows), L0, dead features and CE/KL recovered (``rec``, ± SE) of ``d``."""
-    from saekit.metrics import StreamingStats, fvu_with_se
-
     with torch.no_grad():
         stats = StreamingStats()
         codes_all, recon = [], []

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import secrets
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,11 +43,15 @@ __all__ = [
     "atomic_write_text",
     "clean_stale",
     "disk_full_error",
+    "file_sha256",
     "fsync_dir",
+    "fsync_file",
     "pid_alive",
     "publish_directory",
     "raising_disk_full",
+    "partial_directory",
     "remove_directory",
+    "remove_stale_files",
 ]
 
 #: errno values that mean "no room for these bytes": disk full, quota, file size limit.
@@ -108,7 +114,14 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: str | Path) -> None:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as 64 hex digits (read in chunks, never whole)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fsync_file(path: str | Path) -> None:
+    """Make a file's data durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -198,17 +211,48 @@ def _clean_tmp_files_once(parent: Path) -> None:
     if key in _CLEANED:
         return
     _CLEANED.add(key)
+    remove_stale_files(parent, _TMP_FILE)
+
+
+def remove_stale_files(folder: str | Path, pattern: re.Pattern[str], max_age: float | None = None) -> list[Path]:
+    """Remove a dead writer's temporary files from ``folder``.
+
+    Parameters
+    ----------
+    folder
+        Where to look (not recursively); an unreadable folder is left alone.
+    pattern
+        Matched against whole file names; its first group, when it matched, is the
+        writer's pid: the file goes when that process is no longer alive.
+    max_age
+        Also remove matching files older than this many seconds, whoever wrote them
+        (for names without a pid, or a pid reused since).
+
+    Returns
+    -------
+    list of Path
+        What was removed. Files that vanish or cannot be removed meanwhile are skipped.
+    """
+    now, removed = time.time(), []
     try:
-        entries = list(os.scandir(parent))
+        entries = list(os.scandir(folder))
     except OSError:
-        return
+        return removed
     for entry in entries:
-        m = _TMP_FILE.fullmatch(entry.name)
+        m = pattern.fullmatch(entry.name)
+        if not m:
+            continue
         try:
-            if m and entry.is_file(follow_symlinks=False) and not pid_alive(int(m.group(1))):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            pid = m.group(1) if pattern.groups else None
+            old = max_age is not None and now - entry.stat(follow_symlinks=False).st_mtime > max_age
+            if old or (pid is not None and not pid_alive(int(pid))):
                 os.unlink(entry.path)
+                removed.append(Path(entry.path))
         except OSError:
-            pass
+            pass  # gone already, or not ours to remove
+    return removed
 
 
 # --------------------------------------------------------------------------- files
@@ -308,12 +352,27 @@ def _fsync_tree(root: Path, umask: int) -> None:
                 continue
             if dirpath == str(root):
                 os.chmod(f, 0o666 & ~umask)
-            _fsync_path(f)
+            fsync_file(f)
         for name in dirnames:
             d = os.path.join(dirpath, name)
             if not os.path.islink(d):
                 fsync_dir(d)
     fsync_dir(root)
+
+
+def partial_directory(path: str | Path) -> Path:
+    """A new, empty temporary sibling of ``path`` to fill (``.NAME.partial-<pid>-<random>``),
+    for :func:`publish_directory` to put in its place once complete.
+
+    The parent is created if needed, and the temporaries that dead writers of ``path`` left
+    are removed first (:func:`clean_stale`). Out-of-space errors become
+    :class:`DiskFullError`.
+    """
+    path = Path(path)
+    with raising_disk_full(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path.parent, path.name)
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
 
 
 @contextmanager
@@ -323,10 +382,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     place); on an exception it is deleted and ``path`` is left as it was. Out-of-space
     errors raised in the block or while publishing become :class:`DiskFullError`."""
     path = Path(path)
-    with raising_disk_full(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(path.parent, path.name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    tmp = partial_directory(path)
     umask = os.umask(0)
     os.umask(umask)
     try:

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata as md
 import json
 import os
 from pathlib import Path
 from typing import NamedTuple
+
+import torch
 
 from saekit.fileio import atomic_directory
 
@@ -72,8 +75,6 @@ def install_command(name: str) -> str:
 
 def builtin_gguf_path(name: str) -> Path:
     """The GGUF file of a built-in model inside its installed wheel (not imported)."""
-    import importlib.metadata as md
-
     if name not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; available: {sorted(BUILTIN_MODELS)}")
     spec = BUILTIN_MODELS[name]
@@ -127,7 +128,6 @@ def gguf_to_hf_dir(gguf: str | Path, cache: str | Path | None = None) -> Path:
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

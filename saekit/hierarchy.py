@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from saekit.dictionaries.snmf import SNMF
+from saekit.training.snmf import fit_snmf
 
 
 class Hierarchy(NamedTuple):
@@ -76,8 +77,6 @@ def fit_hierarchy(data: Any, ranks: list[int], *, hook: str | None = None, model
 
     ``options`` go to every level's ``fit_snmf`` (``wta_fraction``, ``solver``, ...).
     """
-    from saekit.training.snmf import fit_snmf
-
     if not ranks or any(b >= a for a, b in zip(ranks, ranks[1:], strict=False)):
         raise ValueError(f"ranks must be a non-empty, strictly decreasing list, got {ranks}")
     levels = [fit_snmf(data, ranks[0], hook=hook, model=model, seed=seed, **options)]

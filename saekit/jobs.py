@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch.distributed as dist
+
 _requested: list[str] = []
 _depth = [0]  # graceful() blocks open (nested when several trainers run in lockstep)
 
@@ -80,8 +82,6 @@ def graceful() -> Iterator[None]:
     ``KeyboardInterrupt``. Outside the main thread (where handlers cannot be set) and
     in a ``torch.distributed`` job (whose ranks must stop at the same step) signals
     keep their usual effect."""
-    import torch.distributed as dist
-
     if _depth[0] or threading.current_thread() is not threading.main_thread() or (
             dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         _depth[0] += bool(_depth[0])

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+
+from saekit.data import document_start, text_convention
+from saekit.gguf import BUILTIN_MODELS, resolve_model_dir
 
 PROCESSINGS = ("hooked", "raw")
 NATIVE_ARCHITECTURE = "TransformerLensNative"
@@ -30,7 +35,7 @@ HOOK_TEMPLATES = (
     "blocks.{L}.hook_mlp_out",
     "blocks.{L}.hook_resid_post",
 )
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
 
 
 def is_hooked_model(obj: Any) -> bool:
@@ -78,8 +83,6 @@ def source_fields(model: Any, processing: str | None = None) -> dict[str, Any]:
     (:func:`saekit.data.text_convention`)."""
     if model is None or isinstance(model, str):
         return {"model": model, "processing": processing, "metadata": {}}
-    from saekit.data import text_convention
-
     try:
         text = {"text": text_convention(model)}
     except (TypeError, ValueError):  # a model without a usable tokenizer
@@ -139,8 +142,6 @@ def boot_native(cfg: dict, tokenizer: Any = None, device: Any = None, dtype: Any
 
 
 def _load_native(directory: Path, device: Any, dtype: Any) -> Any:
-    from safetensors.torch import load_file
-
     cfg = read_native_config(directory)
     tok = load_tokenizer(directory / "tokenizer.json", cfg.get("tokenizer"))
     model = boot_native({**cfg, "init_weights": False}, tokenizer=tok, device=device, dtype=dtype,
@@ -213,8 +214,6 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"load_model expects a path, a model name or a hooked model, got {type(spec).__name__}")
     dev = resolve_device(device)
-    from saekit.gguf import BUILTIN_MODELS, resolve_model_dir
-
     converted = resolve_model_dir(spec)  # a built-in name or a .gguf file: a cached HF directory
     path = converted or Path(spec).expanduser()
     if not path.exists() and not path.is_absolute() and (REPO / path).exists():
@@ -245,8 +244,6 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
         # TransformerLens turns BOS-prepending on in the tokenizer it attaches, so the
         # document-start rule must read the tokenizer as the model's authors shipped it.
         from transformers import AutoTokenizer
-
-        from saekit.data import document_start
 
         model.saekit_document_start = document_start(
             AutoTokenizer.from_pretrained(str(path if path.is_dir() else spec)))
@@ -285,13 +282,13 @@ def validate_hook(model: Any, hook: str) -> tuple[int, str]:
         kinds = ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES)
         raise ValueError(f"unknown hook {hook!r} for {model_name(model)} ({layers} layers). "
                          f"Valid hooks: {kinds} with L in 0..{layers - 1}")
-    m = _HOOK_RE.match(hook)
+    m = HOOK_RE.match(hook)
     assert m is not None
     return int(m.group(1)), m.group(2)
 
 
 def hook_layer(hook: str) -> int:
-    m = _HOOK_RE.match(hook)
+    m = HOOK_RE.match(hook)
     if m is None:
         raise ValueError(f"unknown hook {hook!r}; expected one of "
                          + ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES))
@@ -321,10 +318,8 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- splice
 
 
-def _check_dictionary_fits(model: Any, dictionary: Any) -> str:
+def check_dictionary_fits(model: Any, dictionary: Any) -> str:
     """The dictionary's hook, checked against the model (width, processing)."""
-    import warnings
-
     hook = dictionary.cfg.hook
     if not hook:
         raise ValueError(f"{dictionary!r} has no recorded hook, so it cannot be spliced; "
@@ -360,7 +355,7 @@ def splice(model: Any, dictionary: Any, error_term: bool = False, edit: Any = No
     >>> with saekit.splice(model, sae):                       # doctest: +SKIP
     ...     loss = model(tokens, return_type="loss")
     """
-    hook = _check_dictionary_fits(model, dictionary)
+    hook = check_dictionary_fits(model, dictionary)
 
     def replace(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
         flat = x.reshape(*x.shape[:2], -1)

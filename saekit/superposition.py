@@ -46,6 +46,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 __all__ = [
     "ToyModels", "train_toy_models", "sample_toy_inputs", "toy_forward", "torch_threads",
@@ -256,8 +257,6 @@ def _train(n_features: int, n_hidden: int, S: Tensor, imp: Tensor, n_instances: 
     opt = torch.optim.Adam([W, b], lr=lr)
     bar = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(bar, desc=desc, unit="step", mininterval=0.5)
     for step in bar:
         if lr_schedule == "cosine":

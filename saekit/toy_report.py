@@ -15,12 +15,17 @@ module's parser); torch and matplotlib load when a function runs.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from saekit import superposition as sp
+from saekit.fileio import atomic_write_bytes
 from saekit.ground_truth import (
     KINDS,
     MATCH,
@@ -28,6 +33,18 @@ from saekit.ground_truth import (
     synthetic_data,
     toy_hidden_data,
 )
+from saekit.jobs import claim_output
+from saekit.report import (
+    atomic_write_text,
+    figure_png,
+    html_img,
+    html_page,
+    html_table,
+    markdown_table,
+    text_table,
+    write_csv,
+)
+from saekit.superposition import REGIMES, feature_norms, interference, torch_threads
 
 # --------------------------------------------------------------------------- the report
 
@@ -114,8 +131,6 @@ def _checks(sweep: Any, sens: Any, phase: Any, pent: Any, anti: Any, bench: list
 
 
 def _regime(code: Any) -> str:
-    from saekit.superposition import REGIMES
-
     return REGIMES[int(code)]
 
 
@@ -131,15 +146,11 @@ def run_toy(out: Path = Path("runs/toy"), quick: bool = False, progress: bool = 
     threads (:func:`saekit.superposition.torch_threads`; ``None`` keeps torch's setting):
     every tensor here is small.
     """
-    from saekit.superposition import torch_threads
-
     with torch_threads(threads):
         return _run_toy(Path(out), quick, progress)
 
 
 def _run_toy(out: Path, quick: bool, progress: bool) -> dict[str, Any]:
-    from saekit import superposition as sp
-
     out.mkdir(parents=True, exist_ok=True)
     cfg = toy_settings(quick)
     train = dict(cfg["train"], progress=progress)
@@ -218,9 +229,6 @@ def _run_toy(out: Path, quick: bool, progress: bool) -> dict[str, Any]:
         "checks": checks,
     }
     figures = _figures(sweep, sens, phase, geo, bench)
-    from saekit.fileio import atomic_write_bytes
-    from saekit.report import atomic_write_text, write_csv
-
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
 
@@ -239,9 +247,6 @@ def _figures(sweep: Any, sens: Any, phase: Any, geo: Any, bench: list[dict[str, 
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
     from matplotlib.patches import Patch
-
-    from saekit.report import figure_png
-    from saekit.superposition import REGIMES, feature_norms, interference
 
     figs: dict[str, bytes] = {}
     density = (1 - sweep.sparsity).tolist()
@@ -332,8 +337,6 @@ def _figures(sweep: Any, sens: Any, phase: Any, geo: Any, bench: list[dict[str, 
 
 def _edges(centres: Any) -> Any:
     """Cell edges around sorted 1-D centres (half-way between, mirrored at the ends)."""
-    import torch
-
     c = centres.double()
     if len(c) == 1:
         return torch.stack([c[0] - 0.5, c[0] + 0.5])
@@ -467,8 +470,6 @@ def _check_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _markdown(result: dict[str, Any], cfg: dict[str, Any], pent: Any, phase: Any) -> str:
-    from saekit.report import markdown_table
-
     text = _text(result, cfg, pent)
     bench = [{k: v for k, v in r.items() if k != "seconds"} for r in result["benchmark"]["rows"]]
     parts = [
@@ -496,10 +497,6 @@ def _markdown(result: dict[str, Any], cfg: dict[str, Any], pent: Any, phase: Any
 
 
 def _html(result: dict[str, Any], figures: dict[str, bytes], pent: Any, phase: Any) -> str:
-    import html
-
-    from saekit.report import html_img, html_page, html_table
-
     text = {k: f"<p>{html.escape(v)}</p>" for k, v in _text(result, result["settings"], pent).items()}
     rows = result["sparsity_sweep"]["rows"]
     return html_page("Toy models of superposition", [
@@ -534,9 +531,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``saekit toy``: run the experiments, print the checks and the benchmark, write the report."""
-    from saekit.jobs import claim_output
-    from saekit.report import text_table
-
     out = claim_output(args.out, overwrite=args.overwrite, what="toy report")
     result = run_toy(out, quick=args.quick)
     print("\n" + text_table(_check_rows(result)))

@@ -3,6 +3,7 @@ activation correlation, stability across seeds, concept F1, the report files and
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_concept_counts_by_hand():
 
 
 def test_streamed_correlation_equals_numpy():
-    from saekit.compare import _Correlation
+    from saekit.metrics import Correlation as _Correlation
 
     g = torch.Generator().manual_seed(0)
     a = torch.randn(1000, 4, generator=g).relu()
@@ -209,6 +210,7 @@ def test_stability_refits_each_configuration_with_each_seed(demo_model, demo_tok
         return fits[-1][1]
 
     monkeypatch.setattr(saekit, "fit", spy)
+    monkeypatch.setattr(sys.modules["saekit.compare"], "fit", spy)  # compare calls the defining module's fit
     mlp0 = sets["mlp0"]
     report = compare([mlp0, sets["resid"], mlp0], demo_model, demo_tokens[:24], names=["a", "r", "b"], seeds=2,
                      batch_size=24, refit_batch_size=128, refit_options={"lr": 2e-3})
@@ -256,6 +258,7 @@ def test_cli_end_to_end(sets, tmp_path, capsys, monkeypatch, demo_model):
         return demo_model
 
     monkeypatch.setattr(saekit.models, "load_model", load_model)
+    monkeypatch.setattr(sys.modules["saekit.compare"], "load_model", load_model)  # bound where it is used
     ap = argparse.ArgumentParser(prog="saekit")
     add_parser(ap.add_subparsers(dest="command", required=True))
     args = ap.parse_args(["compare", str(tmp_path / "a" / "dictionary"), str(tmp_path / "b"), "--model",

@@ -507,6 +507,7 @@ def test_llm_batch_killed_at_random_points_reruns_to_identical_answers(zygote, t
             resent = len(server.requests) - sent
             assert resent == n - len(cached), "the rerun must ask exactly for the answers not cached"
             assert len(cache_entries(cache)) == n and not list(cache.rglob("*.tmp"))
+            assert not list(cache.rglob(".*.tmp-*")), "the rerun removes the killed writer's temporaries"
             report.append(f"trial {trial}: kill at {delay:.3f}s of {T:.3f}s, killed={run['killed']}, "
                           f"entries cached {len(cached)}/{n}, .tmp left {len(tmps)}, rerun sent {resent}")
         print("\n".join(report))

@@ -114,6 +114,7 @@ def test_all_variants_of_a_batch_share_stacked_forwards(demo_model, topk, monkey
         return real(model, tokens, hook, deltas, n_variants=n_variants, **kw)
 
     monkeypatch.setattr(common, "perturbation_kl", spy)
+    monkeypatch.setattr(S, "perturbation_kl", spy)  # bound where it is used
     cfg = S.Config(hook=HOOK, dictionaries=[topk], n_tokens=512, ctx_len=32, batch_size=8, radii=[0.1, 0.3],
                    families=["isotropic", "real_mixture"], feature_classes=["active"], max_rows=32,
                    pathology_families=["isotropic", "real_mixture"])

@@ -74,7 +74,7 @@ def select(rows, **where):
 @pytest.mark.parametrize("recipe", ["steering_demo.toml", "steering_gpt2.toml"])
 def test_recipes_load_into_config(recipe):
     cfg = load_config(ROOT / "eval" / recipe, cls=steering.Config)
-    steering._validate(cfg)
+    steering.validate(cfg)
     if recipe == "steering_demo.toml":
         assert cfg == steering.Config()  # the recipe spells out the defaults
     else:  # the SNMF paper's protocol on GPT-2 small
@@ -139,9 +139,9 @@ def test_steering_a_feature_is_a_splice_edit(demo_model, demo_tokens):
 def test_sampling_rules():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(200, 1)
     g = torch.Generator().manual_seed(0)
-    assert (steer._sample(logits, 1.0, 1, 1.0, g) == 1).all()  # top-k 1 is greedy
-    assert (steer._sample(logits, 1.0, 0, 0.1, g) == 1).all()  # a tiny nucleus is the argmax
-    drawn = steer._sample(logits, 1.0, 2, 1.0, g)
+    assert (steer.sample_next(logits, 1.0, 1, 1.0, g) == 1).all()  # top-k 1 is greedy
+    assert (steer.sample_next(logits, 1.0, 0, 0.1, g) == 1).all()  # a tiny nucleus is the argmax
+    drawn = steer.sample_next(logits, 1.0, 2, 1.0, g)
     assert set(drawn.tolist()) == {1, 3}  # top-k 2 keeps the two best
 
 
@@ -290,7 +290,7 @@ def test_unreachable_target_is_reported_not_hidden(demo_model):
     ids = [torch.tensor(v) for v in vocab.values()]
     fw = steer.SteeredForwards(demo_model, HOOK, 64)
     _, _, clean = fw.next_token(prompts, torch.zeros(1, 512), None, ids)
-    vectors = directions._unit(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)))
+    vectors = directions.unit_rows(torch.randn(2, 512, generator=torch.Generator().manual_seed(0)))
     cal = steer.calibrate(fw, prompts, vectors, [0.1, 0.5], clean[0], ids, (1e-3, 1.0), 10, 0.05)
     assert not cal.calibrated.any() and (cal.kl < 0.1).all()
     assert torch.allclose(cal.strength, torch.ones(2, 2), rtol=1e-2)  # the top of the bracket

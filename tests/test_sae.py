@@ -148,10 +148,13 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     before = (tmp_path / "d" / "sae_weights.safetensors").read_bytes()
     import safetensors.torch
 
+    from saekit.dictionaries import base as dictionaries_base
+
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(dictionaries_base, "save_file", boom)  # bound where it is used
     with torch.no_grad():
         sae.W_dec.add_(1.0)
     with pytest.raises(OSError, match="disk full"):

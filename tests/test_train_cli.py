@@ -14,7 +14,7 @@ from conftest import DEMO_LM, ROOT, train_in_one_and_two_processes
 import saekit
 from saekit.config import TrainConfig, load_config
 from saekit.dictionaries import REGISTRY, DictionaryConfig
-from saekit.models import _HOOK_RE, portable_spec
+from saekit.models import HOOK_RE, portable_spec
 
 RECIPES = sorted(p for p in (ROOT / "train").glob("*.toml") if p.name != "demo_lm.toml")
 
@@ -23,7 +23,7 @@ RECIPES = sorted(p for p in (ROOT / "train").glob("*.toml") if p.name != "demo_l
 def test_every_recipe_loads_and_validates(recipe):
     cfg = load_config(recipe)
     assert isinstance(cfg, TrainConfig)
-    assert _HOOK_RE.match(cfg.hook), cfg.hook
+    assert HOOK_RE.match(cfg.hook), cfg.hook
     assert cfg.kind in REGISTRY
     DictionaryConfig(kind=cfg.kind, d_in=1, d_dict=cfg.d_dict, k=cfg.k, options=cfg.options)
     assert cfg.n_tokens >= cfg.batch_size

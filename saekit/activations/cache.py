@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from saekit.fileio import file_sha256
+
 __all__ = ["ActivationCache", "CacheError", "open_cache"]
 
 FORMAT = "saekit-activation-cache"
@@ -44,9 +46,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 # safetensors' own dtype codes, as they appear in a shard's header.
-_ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 # safetensors refuses headers above 100 MB; a larger length field means garbage.
 _MAX_HEADER = 100_000_000
@@ -77,23 +79,19 @@ class CacheError(ValueError):
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """An int that is not a bool (manifest fields)."""
     # bool is an int subclass; a manifest saying "d": true is still malformed.
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """Return the torch dtype for ``dtype`` (a torch dtype or its name)."""
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPE_NAMES:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPE_NAMES:
         return dtype
     raise ValueError(f"cache dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_shard_header(path: Path, size: int) -> tuple[int, dict[str, Any]]:
@@ -134,10 +132,10 @@ def _check_shard_layout(path: Path, n: int, d: int, dtype: torch.dtype) -> None:
     if not isinstance(entry, dict):
         found = sorted(k for k in header if k != "__metadata__")
         raise CacheError(f"shard {path}: expected a tensor named {TENSOR!r}, found {found}")
-    want_code, got_code = _ST_CODES[dtype], entry.get("dtype")
+    want_code, got_code = ST_CODES[dtype], entry.get("dtype")
     if got_code != want_code:
         raise CacheError(
-            f"shard {path}: dtype {got_code} but manifest says {_DTYPE_NAMES[dtype]} ({want_code})"
+            f"shard {path}: dtype {got_code} but manifest says {DTYPE_NAMES[dtype]} ({want_code})"
         )
     if entry.get("shape") != [n, d]:
         raise CacheError(f"shard {path}: shape {entry.get('shape')} but manifest says {[n, d]}")
@@ -161,7 +159,7 @@ def _verified_key(path: Path, sha: str) -> tuple[Any, ...]:
 def _check_sha(path: Path, sha: str) -> None:
     """Hash the file and compare with the manifest; remember success for this process."""
     key = _verified_key(path, sha)
-    got = _file_sha256(path)
+    got = file_sha256(path)
     if got != sha:
         raise CacheError(f"shard {path}: corrupted (sha256 {got}, manifest says {sha})")
     _VERIFIED.add(key)
@@ -182,7 +180,7 @@ def _manifest_error(path: Path, what: str) -> CacheError:
 
 def _validate_shard_entries(mpath: Path, hook: str, spec: Any) -> int:
     """Validate one hook's manifest entry; return its total row count."""
-    if not isinstance(spec, dict) or not _is_int(spec.get("d")) or spec["d"] <= 0:
+    if not isinstance(spec, dict) or not is_int(spec.get("d")) or spec["d"] <= 0:
         raise _manifest_error(mpath, f"hook {hook!r} needs a positive integer 'd', found {spec!r}")
     shards = spec.get("shards")
     if not isinstance(shards, list):
@@ -206,7 +204,7 @@ def _validate_shard_entries(mpath: Path, hook: str, spec: Any) -> int:
         # another hook's name.
         if Path(f).parent.as_posix() != hook:
             raise _manifest_error(mpath, f"{where} file {f!r} is not in the hook's folder {hook!r}/")
-        if not _is_int(n) or n <= 0:
+        if not is_int(n) or n <= 0:
             raise _manifest_error(mpath, f"{where} needs a positive 'n_tokens', found {n!r}")
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
             raise _manifest_error(mpath, f"{where} needs a lowercase hex 'sha256', found {sha!r}")
@@ -220,14 +218,14 @@ def _validate_manifest(m: Any, mpath: Path) -> None:
         raise _manifest_error(mpath, "manifest is not a JSON object")
     if m.get("format") != FORMAT:
         raise _manifest_error(mpath, f"format {m.get('format')!r}, expected {FORMAT!r}")
-    if m.get("version") != VERSION or not _is_int(m.get("version")):
+    if m.get("version") != VERSION or not is_int(m.get("version")):
         raise _manifest_error(
             mpath, f"unsupported version {m.get('version')!r} (this saekit reads version {VERSION})"
         )
     for key, typ in _REQUIRED.items():
         if key not in m:
             raise _manifest_error(mpath, f"missing field {key!r}")
-        ok = _is_int(m[key]) if typ is int else isinstance(m[key], typ)
+        ok = is_int(m[key]) if typ is int else isinstance(m[key], typ)
         if not ok:
             raise _manifest_error(
                 mpath, f"field {key!r} should be {typ.__name__}, found {m[key]!r}"
@@ -237,7 +235,7 @@ def _validate_manifest(m: Any, mpath: Path) -> None:
     if m["n_tokens"] < 0:
         raise _manifest_error(mpath, f"n_tokens {m['n_tokens']} is negative")
     ctx = m.get("ctx_len", None)
-    if ctx is not None and (not _is_int(ctx) or ctx <= 0):
+    if ctx is not None and (not is_int(ctx) or ctx <= 0):
         raise _manifest_error(mpath, f"ctx_len should be a positive integer or null, found {ctx!r}")
     if not m["hooks"]:
         raise _manifest_error(mpath, "manifest lists no hooks")
@@ -331,7 +329,7 @@ class ActivationCache:
     def _shard_info(self, hook: str, i: int) -> tuple[Path, int, int, str]:
         spec = self._spec(hook)
         shards = spec["shards"]
-        if not _is_int(i) or not 0 <= i < len(shards):
+        if not is_int(i) or not 0 <= i < len(shards):
             raise IndexError(f"hook {hook!r} has {len(shards)} shards; no shard {i!r}")
         s = shards[i]
         return self.path / s["file"], s["n_tokens"], spec["d"], s["sha256"]
@@ -399,9 +397,9 @@ class ActivationCache:
             If ``batch_size < 1`` or ``start`` is outside ``[0, n_tokens]``.
         """
         self._spec(hook)  # fail now, not on the first next()
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not _is_int(start) or not 0 <= start <= self.n_tokens:
+        if not is_int(start) or not 0 <= start <= self.n_tokens:
             raise ValueError(f"start must be in [0, {self.n_tokens}], got {start!r}")
         return self._batches(hook, batch_size, shuffle, seed, start)
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -18,20 +17,22 @@ from typing import Any
 import torch
 
 from saekit.activations.cache import (
-    _DTYPE_NAMES,
-    _ST_CODES,
+    DTYPE_NAMES,
     FORMAT,
     MANIFEST,
+    ST_CODES,
     TENSOR,
     VERSION,
     ActivationCache,
-    _is_int,
-    _resolve_dtype,
+    is_int,
+    resolve_dtype,
 )
 from saekit.fileio import (
     clean_stale,
     disk_full_error,
     fsync_dir,
+    fsync_file,
+    partial_directory,
     publish_directory,
     raising_disk_full,
 )
@@ -57,7 +58,7 @@ def _check_hook_name(hook: Any) -> None:
 def _shard_header(n: int, d: int, dtype: torch.dtype) -> bytes:
     """Return a safetensors header (length prefix included) for one [n, d] tensor."""
     nbytes = n * d * dtype.itemsize
-    meta = {TENSOR: {"dtype": _ST_CODES[dtype], "shape": [n, d], "data_offsets": [0, nbytes]}}
+    meta = {TENSOR: {"dtype": ST_CODES[dtype], "shape": [n, d], "data_offsets": [0, nbytes]}}
     header = json.dumps(meta, separators=(",", ":")).encode()
     # Pad as safetensors does, so the tensor data starts 8-byte aligned in the mmap.
     header += b" " * (-len(header) % 8)
@@ -66,7 +67,7 @@ def _shard_header(n: int, d: int, dtype: torch.dtype) -> bytes:
 
 def _write_shard(path: Path, parts: list[torch.Tensor]) -> str:
     """Write the rows of ``parts`` (each ``[n_i, d]``, one dtype) as one safetensors
-    tensor and return the file's sha256. The caller fsyncs it (see ``_fsync_file``).
+    tensor and return the file's sha256. The caller fsyncs it (``fsync_file``).
 
     The file is assembled here rather than with ``safetensors.torch.save`` so the
     bytes are hashed as they are written, straight from the parts: no concatenated
@@ -86,14 +87,6 @@ def _write_shard(path: Path, parts: list[torch.Tensor]) -> str:
                 f.write(data)
                 h.update(data)
     return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- writer
@@ -179,12 +172,12 @@ class CacheWriter:
         for name, value in (("model", model), ("processing", processing), ("data", data)):
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {value!r}")
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)
         if shard_tokens is None:
             shard_tokens = max(1, SHARD_BYTES // (max(self.hooks.values()) * self.dtype.itemsize))
-        if not _is_int(shard_tokens) or shard_tokens < 1:
+        if not is_int(shard_tokens) or shard_tokens < 1:
             raise ValueError(f"shard_tokens must be a positive integer, got {shard_tokens!r}")
-        if ctx_len is not None and (not _is_int(ctx_len) or ctx_len < 1):
+        if ctx_len is not None and (not is_int(ctx_len) or ctx_len < 1):
             raise ValueError(f"ctx_len must be a positive integer or None, got {ctx_len!r}")
         extra = dict(extra or {})
         try:
@@ -214,13 +207,8 @@ class CacheWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saekit-cache")
         self._in_flight: list[Future] = []
         self._state = "open"
+        self._tmp = partial_directory(self.path)
         with raising_disk_full(self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{self.path.name}.partial-{os.getpid()}-", dir=self.path.parent
-                )
-            )
             try:
                 for h in self.hooks:
                     (self._tmp / h).mkdir()
@@ -234,7 +222,7 @@ class CacheWriter:
             raise ValueError(f"hooks must be a non-empty {{name: width}} mapping, got {hooks!r}")
         for hook, d in hooks.items():
             _check_hook_name(hook)
-            if not _is_int(d) or d < 1:
+            if not is_int(d) or d < 1:
                 raise ValueError(f"hook {hook!r}: width must be a positive integer, got {d!r}")
         return dict(hooks)
 
@@ -363,7 +351,7 @@ class CacheWriter:
             "model": m["model"],
             "processing": m["processing"],
             "data": m["data"],
-            "dtype": _DTYPE_NAMES[self.dtype],
+            "dtype": DTYPE_NAMES[self.dtype],
             "n_tokens": self._n_written,
             "ctx_len": m["ctx_len"],
             "created": now,
@@ -391,7 +379,7 @@ class CacheWriter:
             # pages back during the harvest, and nothing is published before this.
             for shards in self._shards.values():
                 for entry in shards:
-                    _fsync_file(self._tmp / entry["file"])
+                    fsync_file(self._tmp / entry["file"])
             mpath = self._tmp / MANIFEST
             with open(mpath, "x", encoding="utf-8") as f:
                 json.dump(self._manifest(), f, indent=1, allow_nan=False)

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from saekit.data import token_mask
 from saekit.models import HOOK_TEMPLATES, hook_width, validate_hook
@@ -35,7 +36,7 @@ class _StopForward(Exception):
     """Raised from the last hook to end the forward pass early."""
 
 
-def _order(model: Any, hooks: Sequence[str]) -> list[str]:
+def hook_order(model: Any, hooks: Sequence[str]) -> list[str]:
     """Validate hooks and sort them by where they fire in the forward pass."""
     if isinstance(hooks, str):
         hooks = [hooks]
@@ -65,7 +66,7 @@ def forward_hooks(model: Any, hooks: Sequence[str], tokens: torch.Tensor) -> dic
 
     ``attn.hook_z`` comes back flattened over heads, ``[batch, seq, n_heads * d_head]``.
     """
-    ordered = _order(model, hooks)
+    ordered = hook_order(model, hooks)
     last = ordered[-1]
     acts: dict[str, torch.Tensor] = {}
 
@@ -117,12 +118,10 @@ def iter_harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_s
         mask = token_mask(tokens, model)
     elif mask.shape != tokens.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}")
-    ordered = _order(model, hooks)
+    ordered = hook_order(model, hooks)
     mdev = model_device(model)
     starts = range(0, len(tokens), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="harvest", unit="batch")
     for b, i in enumerate(starts):
         batch = tokens[i:i + batch_size].to(mdev, non_blocking=True)
@@ -165,5 +164,5 @@ def harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_size: 
             out[h][row:row + len(x)] = x
         row += len(next(iter(acts.values())))
     if not out:
-        return {h: torch.empty((0, hook_width(model, h))) for h in _order(model, hooks)}
+        return {h: torch.empty((0, hook_width(model, h))) for h in hook_order(model, hooks)}
     return {h: out[h] for h in hooks} if not isinstance(hooks, str) else out

@@ -15,6 +15,7 @@ current batch is held.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,9 @@ import torch
 from torch import Tensor
 
 from saekit.activations.buffer import ShuffleBuffer
+from saekit.activations.cache import ActivationCache, CacheRows
 from saekit.activations.harvest import iter_harvest
+from saekit.data import token_mask
 from saekit.models import hook_width
 
 _END = object()
@@ -156,8 +159,6 @@ class LiveStream:
         return {h: cls(model, h, tokens, batch_size, _source=source) for h in hooks}
 
     def _count(self) -> int:
-        from saekit.data import token_mask
-
         return int(token_mask(self.tokens, self.model).sum())
 
     def __len__(self) -> int:
@@ -177,3 +178,26 @@ class LiveStream:
         finally:
             if len(self.source.hooks) == 1:
                 self.source.close()
+
+
+def as_rows(data: Any) -> Tensor | CacheRows | LiveStream:
+    """The row storage a trainer or fitter reads: a tensor or a stream stays as it is; an
+    activation cache (a path or an :class:`ActivationCache` of one hook) becomes
+    :class:`CacheRows`.
+
+    Parameters
+    ----------
+    data
+        ``[n, d_in]`` tensor, :class:`CacheRows`, :class:`LiveStream`, a cache directory
+        or an :class:`ActivationCache`.
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
+    if isinstance(data, (Tensor, CacheRows, LiveStream)):
+        return data
+    if isinstance(data, (str, os.PathLike, ActivationCache)):
+        return CacheRows(data)
+    raise TypeError(f"data must be a tensor [n, d_in] or an activation cache; got {type(data).__name__}")

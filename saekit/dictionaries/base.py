@@ -21,7 +21,6 @@ and the field or tensor.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import re
@@ -30,7 +29,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from saekit.fileio import atomic_directory, file_sha256
 
 SCHEMA_VERSION = 1
 #: The SAELens release whose directory layout saekit writes (checked with sae-lens 6.54.12).
@@ -190,11 +192,6 @@ def _same_type(v: Any, default: Any) -> bool:
     return isinstance(v, type(default))
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, or :class:`FormatError` naming the file."""
     try:
@@ -212,8 +209,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 def read_safetensors_file(path: Path) -> dict[str, Tensor]:
     """All tensors of a safetensors file, or :class:`FormatError` naming it."""
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise FormatError(f"{path}: missing")
     try:
@@ -319,10 +314,6 @@ class Dictionary(nn.Module):
         when known, ``sparsity.safetensors``: the one writer behind every format saved.
         When ``cfg`` has a ``saekit`` section (saekit's own format), the sha256 of every
         tensor file written is recorded there, under ``sha256``."""
-        from safetensors.torch import save_file
-
-        from saekit.fileio import atomic_directory
-
         cpu = lambda d: {k: v.detach().to("cpu").contiguous() for k, v in d.items()}  # noqa: E731
         files = {weights: cpu(tensors)}
         if extra:

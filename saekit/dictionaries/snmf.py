@@ -29,7 +29,9 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, register
@@ -104,8 +106,6 @@ def hals_blocked(G: Tensor, P: Tensor, Q: Tensor, sweeps: int = 1, features: int
         # numpy's own OpenBLAS would start its threads for each tiny dot product beside
         # torch's: on 2 cores the demo LM's fit (64k × 512, 128 features) took 67 s so
         # against 12 s with numpy's BLAS on one thread (and 21 s with hals_sweep).
-        from threadpoolctl import threadpool_limits
-
         with threadpool_limits(1, user_api="blas"):
             return _hals_blocked(G, P, Q, sweeps, features)
     return _hals_blocked(G, P, Q, sweeps, features)
@@ -140,8 +140,6 @@ def _hals_blocked(G: Tensor, P: Tensor, Q: Tensor, sweeps: int, features: int) -
 
 def _block_numpy(g: Any, r: Any, q: Any, dlt: Any, b0: int, b1: int, inv: list[float]) -> None:
     """``hals_blocked``'s inner loop over features ``b0:b1`` on numpy views (in place)."""
-    import numpy as np
-
     buf = np.empty_like(g[0])
     for m in range(b1 - b0):
         j = b0 + m

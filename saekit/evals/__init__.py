@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # saekit.evals.common imports torch; the CLI parser must stay light
-    from saekit.evals.common import EvalResult
+from saekit.config import load_config
+from saekit.evals.common import EvalConfig, EvalResult
+from saekit.jobs import claim_output
+from saekit.report import text_table
 
 #: evaluator name (the CLI's) -> module
 EVALUATORS = {
@@ -30,29 +31,6 @@ EVALUATORS = {
 }
 
 
-@dataclass
-class EvalConfig:
-    """Fields every evaluator's config has."""
-
-    model: str = "checkpoints/demo-lm"
-    """Model spec for ``saekit.load_model``."""
-    hook: str = "blocks.2.hook_resid_pre"
-    """Hook the evaluator perturbs or reads (TransformerLens name)."""
-    dictionaries: list[str] | None = None
-    """Dictionaries (paths, registry ids) whose features are evaluated, where the
-    evaluator uses them; each must be fitted on ``hook`` (or its evaluator says how
-    it maps)."""
-    data: str = "demo:heldout"
-    """Text source for ``saekit.load_tokens``."""
-    n_tokens: int = 8192
-    ctx_len: int = 128
-    batch_size: int = 16
-    """Windows per forward pass (perturbation variants are stacked on top of it)."""
-    seed: int = 0
-    device: str | None = None
-    """Default: cuda when present, else cpu."""
-
-
 def evaluator(name: str) -> Any:
     if name not in EVALUATORS:
         raise ValueError(f"unknown evaluator {name!r}; available: {sorted(EVALUATORS)}")
@@ -61,8 +39,6 @@ def evaluator(name: str) -> Any:
 
 def run(name: str, config: str | Path | None = None, overrides: list[str] | None = None, **kw: Any) -> EvalResult:
     """Run evaluator ``name`` with the TOML ``config`` and ``key=value`` overrides."""
-    from saekit.config import load_config
-
     mod = evaluator(name)
     return mod.run(load_config(config, overrides, cls=mod.Config), **kw)
 
@@ -79,9 +55,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from saekit.jobs import claim_output
-    from saekit.report import text_table
-
     out = claim_output(args.out or Path("runs") / "eval" / args.name, overwrite=args.overwrite,
                        what=f"{args.name} evaluation")
     result = run(args.name, args.config, args.set, progress=True)
@@ -91,14 +64,6 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"wrote {out}/report.md, {result.name}.csv, {result.name}.json, index.html"
           + (", " + ", ".join(result.figures) if result.figures else ""))
     return 0
-
-
-def __getattr__(name: str) -> Any:
-    if name == "EvalResult":
-        from saekit.evals.common import EvalResult
-
-        return EvalResult
-    raise AttributeError(f"module 'saekit.evals' has no attribute {name!r}")
 
 
 __all__ = ["EVALUATORS", "EvalConfig", "EvalResult", "add_parser", "evaluator", "run"]

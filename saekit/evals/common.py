@@ -17,14 +17,44 @@ import copy
 import dataclasses
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from saekit.evals import EvalConfig
+from saekit.activations.harvest import model_device
+from saekit.data import token_mask
+from saekit.fileio import atomic_write_bytes, atomic_write_text
+from saekit.formats import load_dictionary
+from saekit.models import hook_width, load_model
+from saekit.report import html_img, html_page, html_table, json_safe, markdown_table, write_csv
+
+
+@dataclass
+class EvalConfig:
+    """Fields every evaluator's config has."""
+
+    model: str = "checkpoints/demo-lm"
+    """Model spec for ``saekit.load_model``."""
+    hook: str = "blocks.2.hook_resid_pre"
+    """Hook the evaluator perturbs or reads (TransformerLens name)."""
+    dictionaries: list[str] | None = None
+    """Dictionaries (paths, registry ids) whose features are evaluated, where the
+    evaluator uses them; each must be fitted on ``hook`` (or its evaluator says how
+    it maps)."""
+    data: str = "demo:heldout"
+    """Text source for ``saekit.load_tokens``."""
+    n_tokens: int = 8192
+    ctx_len: int = 128
+    batch_size: int = 16
+    """Windows per forward pass (perturbation variants are stacked on top of it)."""
+    seed: int = 0
+    device: str | None = None
+    """Default: cuda when present, else cpu."""
+
 
 
 class EvalResult(NamedTuple):
@@ -46,16 +76,6 @@ class EvalResult(NamedTuple):
     def save(self, out: str | Path) -> Path:
         """Write ``{name}.csv``, ``{name}.json`` (rows, summary, config), the PNGs,
         ``report.md`` and ``index.html``, each atomically."""
-        from saekit.fileio import atomic_write_bytes, atomic_write_text
-        from saekit.report import (
-            html_img,
-            html_page,
-            html_table,
-            json_safe,
-            markdown_table,
-            write_csv,
-        )
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / f"{self.name}.csv", self.rows)
@@ -99,16 +119,12 @@ def _kl_from_logits(P: Tensor, clean_logp: Tensor, logits: Tensor, top: Tensor) 
 
 def input_mask(tokens: Tensor, model: Any) -> Tensor:
     """Positions whose input is a real token (the ones KL is averaged over)."""
-    from saekit.data import token_mask
-
     return token_mask(tokens, model)
 
 
 @torch.no_grad()
 def clean_log_probs(model: Any, tokens: Tensor, batch_size: int = 16) -> Tensor:
     """``[batch, seq, vocab]`` float32 next-token log-probabilities of the untouched model."""
-    from saekit.activations.harvest import model_device
-
     dev = model_device(model)
     return torch.cat([model(tokens[i:i + batch_size].to(dev)).float().log_softmax(-1).cpu()
                       for i in range(0, len(tokens), batch_size)])
@@ -141,8 +157,6 @@ def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Call
     ``[n_variants, batch, seq]`` float32 KL per token (0 at position 0; mask with
     :func:`input_mask` before averaging).
     """
-    from saekit.activations.harvest import model_device
-
     dev = model_device(model)
     B = len(tokens)
     if isinstance(deltas, Tensor):
@@ -170,8 +184,6 @@ def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Call
               [(v, v + 1, b0, min(b0 + max_rows, B)) for v in range(V) for b0 in range(0, B, max_rows)])
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=V * B, desc=f"perturb {hook}", unit="window")
     for v0, v1, b0, b1 in chunks:
         d = make(torch.arange(v0, v1))[:, b0:b1].flatten(0, 1).to(dev)  # [rows, seq, d]
@@ -253,9 +265,6 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
                       field_name: str = "dictionaries") -> list[tuple[str, Any]]:
     """``[(name, dictionary)]`` for each spec (path, registry id or ``Dictionary``), each
     checked to be fitted on ``hook`` of ``model`` and moved to the model's device."""
-    from saekit.activations.harvest import model_device
-    from saekit.models import hook_width
-
     if not specs:
         return []
     if isinstance(specs, (str, Path)):
@@ -265,8 +274,6 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
     taken: set[str] = set()
     for i, spec in enumerate(specs):
         if isinstance(spec, (str, Path)):
-            from saekit.dictionaries import load_dictionary
-
             d = load_dictionary(spec)
         elif hasattr(spec, "W_dec") and hasattr(spec, "cfg"):
             d = spec
@@ -306,6 +313,4 @@ def settings(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def load_model_for(cfg: EvalConfig, model: Any) -> Any:
-    from saekit.models import load_model
-
     return load_model(cfg.model if model is None else model, device=cfg.device)

@@ -13,6 +13,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.compare import ConceptCounts
+from saekit.data import CONCEPTS, get_tokenizer
+from saekit.metrics import unit_rows
+from saekit.models import W_out, validate_hook
+
 SELECT_MODES = ("output", "input")
 RANDOM_KINDS = ("isotropic", "covariance")
 #: Labelled positions a concept needs before a feature or a DiffMean is chosen for it.
@@ -51,8 +56,6 @@ def concept_vocabulary(model: Any, concepts: dict[str, list[str]] | None = None)
     is skipped with a warning; a concept left with none, or a token claimed by two
     concepts, is an error.
     """
-    from saekit.data import get_tokenizer
-
     if concepts is None:
         concepts = planted_concepts()
     if not isinstance(concepts, dict) or not concepts:
@@ -97,10 +100,6 @@ def concept_positions(tokens: Tensor, vocab: dict[str, list[int]]) -> tuple[Tens
 # --------------------------------------------------------------------------- directions
 
 
-def _unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
 class DirectionSelector:
     """Chooses the steered directions from a stream of activation batches, in memory
     independent of the number of tokens: per concept and mode, the best-F1 feature of
@@ -114,8 +113,6 @@ class DirectionSelector:
 
     def __init__(self, concepts: list[str], dictionaries: list[Any], names: list[str], select_by: list[str],
                  width: int, n_random: int, random_kind: str = "isotropic", seed: int = 0):
-        from saekit.compare import ConceptCounts
-
         self.concepts, self.dictionaries, self.names, self.select_by = concepts, dictionaries, names, select_by
         self.n_random, self.random_kind = n_random, random_kind
         C = len(concepts)
@@ -169,7 +166,7 @@ class DirectionSelector:
             raise ValueError("no neutral positions (no concept word at or after them) in the selection tokens")
         out: list[Direction] = []
         for d, name, counts in zip(self.dictionaries, self.names, self.counts, strict=True):
-            W = _unit(d.W_dec.detach().float().cpu())
+            W = unit_rows(d.W_dec.detach().float().cpu())
             for m in self.select_by:
                 f1 = counts[m].scores()["f1"].cpu()
                 for c, concept in enumerate(self.concepts):
@@ -180,12 +177,12 @@ class DirectionSelector:
             means = self.sums[m] / self.positions[m][:, None]
             for c, concept in enumerate(self.concepts):
                 out.append(Direction(f"diffmean/{m}", "diffmean", m, concept, -1, math.nan, 1,
-                                     _unit((means[c] - base).float())))
+                                     unit_rows((means[c] - base).float())))
         if self.random_kind == "isotropic":
             rand = torch.randn(self.n_random, len(base), generator=self.gen)
         else:
             rand = (self.g_acts - self.g_sum * (self.total_sum / self.n)).float()
-        out += [Direction("random", "random", "", None, r, math.nan, 1, v) for r, v in enumerate(_unit(rand))]
+        out += [Direction("random", "random", "", None, r, math.nan, 1, v) for r, v in enumerate(unit_rows(rand))]
         return [d._replace(sign=s, vector=d.vector * s) for s in signs for d in out]
 
 
@@ -194,8 +191,6 @@ def direction_logits(model: Any, hook: str, vectors: Tensor) -> Tensor:
     with ``r`` the direction in the residual stream (via ``W_out`` for ``mlp.hook_post``,
     ``W_O`` for ``attn.hook_z``). LN_final's bias is dropped: it adds the same logits
     to every direction."""
-    from saekit.models import W_out, validate_hook
-
     layer, kind = validate_hook(model, hook)
     W_U = model.W_U.detach()
     v = vectors.to(W_U.device, W_U.dtype)
@@ -218,6 +213,4 @@ def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
 
 def planted_concepts() -> dict[str, list[str]]:
     """The demo corpus's planted families as concept name -> words."""
-    from saekit.data import CONCEPTS
-
     return {fam: [w for words in groups.values() for w in words] for fam, groups in CONCEPTS.items()}

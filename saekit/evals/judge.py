@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from saekit.interp.llm import parse_rating
+
 # AxBench (Wu et al. 2025, stanfordnlp/axbench, Apache-2.0): the concept prompt of the
 # paper's appendix and the fluency prompt of axbench/evaluators/prompt_templates.py.
 CONCEPT_PROMPT = """[System]
@@ -72,8 +74,6 @@ def judge(client: Any, items: list[tuple[str, str]], max_tokens: int = 512,
           progress: bool = False) -> list[JudgeScore]:
     """AxBench concept and fluency ratings of ``(concept description, text)`` pairs at
     temperature 0; a fluency prompt shared by several pairs is sent once."""
-    from saekit.interp.llm import parse_rating
-
     prompts = [CONCEPT_PROMPT.format(concept=c, sentence=t) for c, t in items]
     prompts += [FLUENCY_PROMPT.format(sentence=t) for _, t in items]
     answers = client.chat_many(prompts, temperature=0.0, max_tokens=max_tokens, progress=progress)

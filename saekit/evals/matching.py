@@ -47,15 +47,23 @@ Deviations from the authors' code, and why:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.evals import EvalConfig
-from saekit.evals.common import EvalResult
+from saekit.activations.harvest import iter_harvest, model_device
+from saekit.data import load_tokens
+from saekit.evals.common import EvalConfig, EvalResult
+from saekit.formats import load_dictionary
+from saekit.metrics.streaming import Correlation
+from saekit.metrics.uncertainty import mean_se
+from saekit.models import hook_layer, hook_width, load_model, model_processing, validate_hook
+from saekit.report import figure_png
 
 #: Rows of the [d_a, d_b] matrices finalised at a time (bounds the temporary memory).
 ROW_CHUNK = 1024
@@ -84,14 +92,15 @@ class Config(EvalConfig):
     """Text column of a dataset source."""
 
 
-class CoActivation:
+class CoActivation(Correlation):
     """Streaming statistics of two code matrices over the same tokens, in float64.
 
     Accumulates, for every pair ``(i, j)``, what Pearson correlation, Jaccard
     similarity, sufficiency and necessity need: ``Σa``, ``Σa²``, ``Σb``, ``Σb²``,
     ``Σ aᵀb`` (codes shifted by the first batch's mean, so the covariance does not
-    cancel) and the firing and co-firing counts. :class:`saekit.compare`'s paired
-    correlation is the diagonal of :meth:`pearson` for matched columns.
+    cancel: :class:`saekit.metrics.Correlation`, which it extends) and the firing and
+    co-firing counts. :mod:`saekit.compare` correlates a matching's pairs with the same
+    :class:`~saekit.metrics.Correlation`, for matched columns only.
 
     Examples
     --------
@@ -103,17 +112,12 @@ class CoActivation:
     """
 
     def __init__(self, d_a: int, d_b: int, device: Any = None):
-        dev = torch.device(device or "cpu")
-        f64 = dict(dtype=torch.float64, device=dev)
-        self.n_tokens = 0
-        self.shift: tuple[Tensor, Tensor] | None = None
-        self.sum_a, self.sum_b = torch.zeros(d_a, **f64), torch.zeros(d_b, **f64)
-        self.sq_a, self.sq_b = torch.zeros(d_a, **f64), torch.zeros(d_b, **f64)
-        self.cross = torch.zeros(d_a, d_b, **f64)
+        super().__init__(d_a, d_b, device=device or "cpu")
+        dev = self.cross.device
         self.fires_a = torch.zeros(d_a, dtype=torch.int64, device=dev)
         self.fires_b = torch.zeros(d_b, dtype=torch.int64, device=dev)
         # float64 holds integer counts exactly up to 2^53 tokens
-        self.cofires = torch.zeros(d_a, d_b, **f64)
+        self.cofires = torch.zeros(d_a, d_b, dtype=torch.float64, device=dev)
 
     def update(self, codes_a: Tensor, codes_b: Tensor, active_a: Tensor, active_b: Tensor) -> CoActivation:
         """Add a batch: codes ``[n, d_a]``, ``[n, d_b]`` and their firing masks, row t of
@@ -129,50 +133,14 @@ class CoActivation:
             raise ValueError(f"codes_a has {len(codes_a)} tokens, codes_b {len(codes_b)}: rows must pair up")
         if not len(codes_a):
             return self
+        super().update(codes_a, codes_b)
         dev = self.cross.device
-        a, b = codes_a.to(dev, torch.float64), codes_b.to(dev, torch.float64)
-        if self.shift is None:
-            self.shift = (a.mean(0), b.mean(0))
-        a, b = a - self.shift[0], b - self.shift[1]
-        self.sum_a += a.sum(0)
-        self.sum_b += b.sum(0)
-        self.sq_a += (a * a).sum(0)
-        self.sq_b += (b * b).sum(0)
-        self.cross += a.T @ b
         fa, fb = active_a.to(dev), active_b.to(dev)
         self.fires_a += fa.sum(0)
         self.fires_b += fb.sum(0)
         # 0/1 products summed over < 2^24 tokens are exact in float32
         self.cofires += (fa.T.float() @ fb.float()).double()
-        self.n_tokens += len(a)
         return self
-
-    def _need_tokens(self) -> None:
-        if self.n_tokens == 0:
-            raise ValueError("CoActivation has seen no tokens: call update() first")
-
-    def variances(self) -> tuple[Tensor, Tensor]:
-        """Per-feature code variances of ``A`` and ``B`` (float64)."""
-        self._need_tokens()
-        ma, mb = self.sum_a / self.n_tokens, self.sum_b / self.n_tokens
-        return (self.sq_a / self.n_tokens - ma * ma).clamp_min(0), (self.sq_b / self.n_tokens - mb * mb).clamp_min(0)
-
-    def live(self) -> tuple[Tensor, Tensor]:
-        """Bool masks of the features whose code varies (a correlation exists)."""
-        va, vb = self.variances()
-        return va > 1e-24, vb > 1e-24
-
-    def pearson(self, rows: slice = slice(None)) -> Tensor:
-        """float64 ``[rows, d_b]`` Pearson correlations; NaN where a code never varies."""
-        self._need_tokens()
-        n = self.n_tokens
-        ma, mb = self.sum_a[rows] / n, self.sum_b / n
-        va, vb = self.variances()
-        va = va[rows]
-        cov = self.cross[rows] / n - ma[:, None] * mb[None, :]
-        r = cov / (va[:, None] * vb[None, :]).clamp_min(1e-300).sqrt()
-        ok = (va > 1e-24)[:, None] & (vb > 1e-24)[None, :]
-        return torch.where(ok, r.clamp(-1, 1), torch.nan)
 
     def jaccard(self, rows: slice = slice(None)) -> Tensor:
         """float64 ``[rows, d_b]``: co-firing over either firing; NaN where neither ever fires."""
@@ -253,8 +221,6 @@ def co_activation(model: Any, dict_a: Any, dict_b: Any, tokens: Tensor, batch_si
     per-call cost that small batches would pay often. A chunk overshoots by less than
     one forward batch.
     """
-    from saekit.activations.harvest import iter_harvest, model_device
-
     dev = model_device(model)
     hooks = list(dict.fromkeys([dict_a.cfg.hook, dict_b.cfg.hook]))  # one hook when both share it
     stats = CoActivation(dict_a.cfg.d_dict, dict_b.cfg.d_dict, device=dev)
@@ -282,10 +248,6 @@ def co_activation(model: Any, dict_a: Any, dict_b: Any, tokens: Tensor, batch_si
 
 
 def _check_dictionaries(model: Any, dicts: Sequence[Any], names: Sequence[str], hook: str | None) -> None:
-    import warnings
-
-    from saekit.models import hook_width, model_processing, validate_hook
-
     for d, name in zip(dicts, names, strict=True):
         h = d.cfg.hook
         if not h:
@@ -324,11 +286,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
     pass-through fractions (forward and backward, over live features), the mean and
     median best correlation, dead fractions; plots in ``layers.png``.
     """
-    import saekit
-    from saekit.data import load_tokens
-    from saekit.metrics.uncertainty import mean_se
-    from saekit.models import hook_layer, load_model
-
     if dictionaries is not None:
         dicts = list(dictionaries)
         names = [f"{'AB'[i] if i < 2 else i}: {d.cfg.kind} {d.cfg.d_dict} on {d.cfg.hook}" for i, d in enumerate(dicts)]
@@ -344,13 +301,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
         raise ValueError(f"Config.pass_through_threshold must be in (0, 1], got {cfg.pass_through_threshold}")
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
-    from saekit.activations.harvest import model_device
-
     dev = model_device(model)
     if not dicts:
         cache: dict[str, Any] = {}
         for s in names:  # a spec named twice loads once: the self-comparison encodes once
-            cache.setdefault(s, saekit.load_dictionary(s))
+            cache.setdefault(s, load_dictionary(s))
         dicts = [cache[s] for s in names]
     dicts = [d.to(dev).eval() for d in dicts]
     _check_dictionaries(model, dicts, names, cfg.hook)
@@ -402,10 +357,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False,
 
 
 def _figure(best: BestMatches, live_a: Tensor, live_b: Tensor, thr: float, names: Sequence[str]) -> bytes:
-    import numpy as np
     from matplotlib.figure import Figure
-
-    from saekit.report import figure_png
 
     fwd = best.pearson[live_a].numpy()
     bwd = best.backward_pearson[live_b].numpy()

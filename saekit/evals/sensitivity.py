@@ -64,18 +64,30 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from saekit.evals import EvalConfig
+from saekit.activations.harvest import forward_hooks, model_device
+from saekit.data import load_tokens
 from saekit.evals.common import (
     CovGaussian,
+    EvalConfig,
     EvalResult,
     check_choices,
+    clean_log_probs,
     encode_rows,
     fit_gaussian,
+    input_mask,
+    kl_per_token,
     load_dictionaries,
     load_model_for,
+    median_norm,
+    perturbation_kl,
     settings,
 )
+from saekit.metrics.reconstruction import unit_rows
+from saekit.metrics.uncertainty import bootstrap_se
+from saekit.models import splice, validate_hook
+from saekit.report import figure_png
 
 BASELINE_FAMILIES = ("isotropic", "cov_difference", "cov_mixture", "real_difference", "real_mixture")
 FEATURE_CLASSES = ("active", "alive", "dead")
@@ -132,8 +144,8 @@ class Config(EvalConfig):
 # --------------------------------------------------------------------------- directions
 
 
-def unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+#: Kept for old imports: :func:`saekit.metrics.unit_rows` is the one row normaliser.
+unit = unit_rows
 
 
 def baseline_directions(family: str, x: Tensor, pool: Tensor, gauss: CovGaussian | None,
@@ -202,17 +214,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         Summary: the median norm, the mean KL per family at the reference radius, and
         each pathology ratio.
     """
-    from saekit.activations.harvest import forward_hooks, model_device
-    from saekit.data import load_tokens
-    from saekit.evals.common import (
-        clean_log_probs,
-        input_mask,
-        kl_per_token,
-        median_norm,
-        perturbation_kl,
-    )
-    from saekit.models import splice, validate_hook
-
     check_choices(cfg.families, BASELINE_FAMILIES, "families")
     check_choices(cfg.feature_classes, FEATURE_CLASSES, "feature_classes")
     check_choices(cfg.pathology_families, BASELINE_FAMILIES, "pathology_families")
@@ -273,8 +274,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     distinct: dict[tuple[str, str], set[int]] = {}
     batches = range(n_batches)
     if progress:
-        from tqdm.auto import tqdm
-
         batches = tqdm(batches, desc="sensitivity", unit="batch")
     for b in batches:
         sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
@@ -347,8 +346,6 @@ def _rows(cfg: Config, kls: dict, recon_kls: dict, eps: dict, mask: Tensor, dist
           unit_scale: float, window_sums: dict) -> list[dict[str, Any]]:
     """One row per (experiment, family, dictionary, radius); ``kl_mean_se`` and
     ``kl_ratio_se`` are bootstrap standard errors over windows."""
-    from saekit.metrics.uncertainty import bootstrap_se
-
     qcols = [f"kl_q{round(q * 100):02d}" for q in cfg.quantiles]
     rows = []
     for key, parts in kls.items():
@@ -401,8 +398,6 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
 
 def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
     from matplotlib.figure import Figure
-
-    from saekit.report import figure_png
 
     figs: dict[str, bytes] = {}
     curve = [r for r in rows if r["experiment"] == "curve"]

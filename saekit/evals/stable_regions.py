@@ -48,11 +48,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from saekit.evals import EvalConfig
-from saekit.evals.common import EvalResult
+from saekit.activations.harvest import model_device, model_lock
+from saekit.data import get_tokenizer, load_tokens, special_ids, token_mask
+from saekit.evals.common import EvalConfig, EvalResult
+from saekit.gguf import resolve_model_dir
+from saekit.models import (
+    boot_native,
+    is_native_dir,
+    load_model,
+    load_tokenizer,
+    model_processing,
+    read_native_config,
+    resolve_device,
+    validate_hook,
+)
+from saekit.report import figure_png
 
 #: Control models, by row label: the trained model and its random-init twin.
 TRAINED, RANDOM_INIT = "trained", "random-init"
@@ -144,21 +159,12 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
     seed
         Fixes the weights; the global RNG is left as it was.
     """
-    from saekit.models import (
-        is_native_dir,
-        load_tokenizer,
-        read_native_config,
-        resolve_device,
-    )
-
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"random_init_twin needs a model spec (path or name) to rebuild, got "
                         f"{type(spec).__name__}; set Config.model to the model's path or name")
     dev = resolve_device(device)
     path = Path(spec).expanduser()
     if is_native_dir(path):
-        from saekit.models import boot_native
-
         cfg = read_native_config(path)
         tok = load_tokenizer(path / "tokenizer.json", cfg.get("tokenizer"))
         twin = boot_native({**cfg, "init_weights": True, "seed": seed}, tokenizer=tok, device=dev,
@@ -166,8 +172,6 @@ def random_init_twin(spec: Any, seed: int = 0, device: Any = None, dtype: Any = 
         used = "native"
     else:
         from transformer_lens.model_bridge import TransformerBridge
-
-        from saekit.gguf import resolve_model_dir
 
         source = resolve_model_dir(spec) or spec  # a built-in name or a GGUF: its converted directory
         with torch.random.fork_rng(devices=[]):
@@ -201,8 +205,6 @@ def _bootstrap_medians(x: Tensor, seed: int, n_boot: int = 1000) -> Tensor:
 def sample_prompts(model: Any, cfg: Config) -> Tensor:
     """``[n_pairs + 1, prompt_len]`` prompts: windows of ``cfg.data`` shuffled with
     ``cfg.seed``, each with a real token at the patched position and no padding."""
-    from saekit.data import load_tokens, special_ids, token_mask
-
     n_prompts = cfg.n_pairs + 1
     ctx = cfg.prompt_len + (0 if cfg.prepend_bos else 1)  # load_tokens leads with BOS
     pool = 8 * n_prompts  # windows to draw from: prompts from more of the text than n_prompts
@@ -232,8 +234,6 @@ def _run_patched(model: Any, tokens: Tensor, hook: str, read_hook: str, position
     """One forward of ``tokens [rows, seq]`` with the activation at ``(hook, position)``
     replaced by ``patch [rows, d]`` (None: the clean run). Returns the activation seen
     at the hook and the read-out, both ``[rows, d]`` at ``position``."""
-    from saekit.activations.harvest import model_lock
-
     seen: dict[str, Tensor] = {}
 
     def write(x: Tensor, hook: Any = None) -> Tensor:
@@ -268,8 +268,6 @@ def interpolation_curves(model: Any, prompts: Tensor, hook: str, read_hook: str,
     A clean pass gives ``A``, ``B`` and ``F_clean``; then each forward runs
     ``batch_size`` pairs × ``n_steps`` points stacked along the batch axis.
     """
-    from saekit.activations.harvest import model_device
-
     dev = model_device(model)
     clean_write, clean_read = [], []
     rows = batch_size * n_steps  # the clean pass runs as many prompts per forward
@@ -284,8 +282,6 @@ def interpolation_curves(model: Any, prompts: Tensor, hook: str, read_hook: str,
     distance = torch.empty(n_pairs, n_steps)
     starts = range(0, n_pairs, batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=desc, unit="batch")
     for lo in starts:
         hi = min(lo + batch_size, n_pairs)
@@ -331,8 +327,6 @@ def _check(cfg: Config) -> None:
 
 
 def _check_hooks(model: Any, cfg: Config) -> None:
-    from saekit.models import validate_hook
-
     validate_hook(model, cfg.hook)
     if cfg.read_hook not in model.hook_dict:
         near = sorted(h for h in model.hook_dict if h.startswith(("ln_final", "unembed")) or "resid_post" in h)
@@ -361,9 +355,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     Mann–Whitney p-value (trained sharper than random-init) and the median ``r(α)``
     curves; the curves and the sharpness histograms as ``stable_regions.png``.
     """
-    from saekit.data import get_tokenizer
-    from saekit.models import load_model, model_processing
-
     _check(cfg)
     if model is None:
         model = load_model(cfg.model, device=cfg.device, processing=cfg.processing)
@@ -371,8 +362,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     prompts = sample_prompts(model, cfg)
     models = {TRAINED: model}
     if cfg.control:
-        from saekit.activations.harvest import model_device
-
         spec = getattr(model, "saekit_spec", None) or cfg.model
         dtype = next(model.parameters()).dtype
         processing = model_processing(model)  # "native" for native checkpoints, which ignore it
@@ -423,10 +412,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
 
 
 def _figure(results: dict[str, tuple[Curves, Sharpness]], alphas: Tensor, cfg: Config) -> bytes:
-    import numpy as np
     from matplotlib.figure import Figure
-
-    from saekit.report import figure_png
 
     fig = Figure(figsize=(10, 3.8))
     ax_curve, ax_hist = fig.subplots(1, 2)

@@ -14,7 +14,10 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from saekit.activations.harvest import model_device, model_lock
+from saekit.data import get_tokenizer, special_ids
 from saekit.evals.common import kl_per_token
 
 
@@ -50,8 +53,6 @@ class Prompts(NamedTuple):
 def steered_logits(model: Any, hook: str, tokens: Tensor, deltas: Tensor) -> Tensor:
     """Logits ``[rows, seq, vocab]`` with ``deltas[r]`` added at ``hook`` at every
     position but 0 of row ``r`` (``tokens [rows, seq]``, ``deltas [rows, width]``)."""
-    from saekit.activations.harvest import model_lock
-
     def add(x: Tensor, hook: Any = None) -> Tensor:
         flat = x.reshape(*x.shape[:2], -1)
         new = flat + deltas[:, None, :].to(flat.dtype)
@@ -67,8 +68,6 @@ class SteeredForwards:
     ``hook``; counts the rows, tokens and seconds (``summary["lm_tokens_per_s"]``)."""
 
     def __init__(self, model: Any, hook: str, max_rows: int):
-        from saekit.activations.harvest import model_device
-
         self.model, self.hook, self.max_rows = model, hook, max_rows
         self.device = model_device(model)
         self.rows = self.tokens = 0
@@ -114,8 +113,6 @@ class SteeredForwards:
 
 def tokenize_prompts(model: Any, prompts: list[str]) -> Prompts:
     """BOS + each prompt's tokens, right-padded into one tensor."""
-    from saekit.data import get_tokenizer, special_ids
-
     tok = get_tokenizer(model)
     bos, pad = special_ids(model)
     enc = []
@@ -146,8 +143,6 @@ def calibrate(fw: SteeredForwards, prompts: Prompts, vectors: Tensor, targets: l
     todo = torch.ones(n, T, dtype=torch.bool)
     it = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc="calibrate KL", unit="step")
     done = 0
     for _ in it:
@@ -171,7 +166,7 @@ def calibrate(fw: SteeredForwards, prompts: Prompts, vectors: Tensor, targets: l
     return Calibration(best_a.float(), best_kl.float(), best_err <= rtol, best_lp, done)
 
 
-def _sample(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> Tensor:
+def sample_next(logits: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> Tensor:
     """One token per row of ``logits [rows, vocab]``: temperature, then top-k, then nucleus."""
     logits = logits.float() / temperature
     if 0 < top_k < logits.shape[-1]:
@@ -206,8 +201,6 @@ def generate(fw: SteeredForwards, prompts: Prompts, deltas: Tensor, n_new: int, 
     nll = torch.zeros(n * P * S)
     chunks = range(0, len(rows), fw.max_rows)
     if progress:
-        from tqdm.auto import tqdm
-
         chunks = tqdm(chunks, desc="generate", unit="chunk")
     for lo in chunks:
         r = rows[lo:lo + fw.max_rows]
@@ -222,7 +215,7 @@ def generate(fw: SteeredForwards, prompts: Prompts, deltas: Tensor, n_new: int, 
             last = logits[torch.arange(len(r), device=logits.device), (pos - 1).to(logits.device)]
             nxt = last.argmax(-1).cpu()
             if not greedy.all():
-                nxt[~greedy] = _sample(last[(~greedy).to(last.device)], temperature, top_k, top_p, gen)
+                nxt[~greedy] = sample_next(last[(~greedy).to(last.device)], temperature, top_k, top_p, gen)
             buf[torch.arange(len(r)), pos] = nxt
             out[r, step] = nxt
         logits = fw.logits(buf[:, :int(start.max()) + n_new - 1], None)

@@ -81,8 +81,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.evals import EvalConfig
-from saekit.evals.common import EvalResult, load_dictionaries
+from saekit.activations.harvest import harvest
+from saekit.data import get_tokenizer, load_tokens, token_mask
+from saekit.evals.common import EvalConfig, EvalResult, load_dictionaries
 from saekit.evals.directions import (
     RANDOM_KINDS,
     SELECT_MODES,
@@ -102,6 +103,10 @@ from saekit.evals.steer import (
     repetition_rate,
     tokenize_prompts,
 )
+from saekit.interp.llm import client_from_config
+from saekit.metrics.uncertainty import mean_se
+from saekit.models import hook_width, load_model, model_name
+from saekit.report import figure_png
 
 STRENGTH_UNITS = ("median_norm", "absolute")
 
@@ -183,7 +188,9 @@ class Config(EvalConfig):
 # --------------------------------------------------------------------------- run
 
 
-def _validate(cfg: Config) -> None:
+def validate(cfg: Config) -> None:
+    """Check the config's fields; a ValueError names the field and what was expected."""
+
     def bad(name: str, expected: str) -> ValueError:
         return ValueError(f"steering config field {name!r}: expected {expected}, got {getattr(cfg, name)!r}")
 
@@ -265,12 +272,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
       continuations; NaN without a judge), ``judge_unparsed``;
     - ``example``: the first prompt and its greedy continuation.
     """
-    import saekit
-    from saekit.data import get_tokenizer, load_tokens, token_mask
-    from saekit.interp.llm import client_from_config
-    from saekit.models import hook_width, load_model, model_name
-
-    _validate(cfg)
+    validate(cfg)
     t_start = time.perf_counter()
     model = load_model(model if model is not None else cfg.model, device=cfg.device)
     width = hook_width(model, cfg.hook)
@@ -295,7 +297,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     current, following = concept_positions(tokens, vocab)
     selector = DirectionSelector(concepts, dicts, names, cfg.select_by, width, cfg.n_random, cfg.random_kind,
                                  cfg.seed)
-    batches = saekit.harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, stream=True, progress=progress)
+    batches = harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, stream=True, progress=progress)
     for lo, batch in zip(range(0, len(tokens), cfg.batch_size), batches, strict=True):
         keep = mask[lo:lo + cfg.batch_size]
         selector.update(batch[cfg.hook], current[lo:lo + cfg.batch_size][keep], following[lo:lo + cfg.batch_size][keep])
@@ -433,8 +435,6 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def _se(rows: list[dict], key: str) -> float:
     """Standard error of :func:`_mean` over the rows (concepts × directions × prompts)."""
-    from saekit.metrics.uncertainty import mean_se
-
     return mean_se(_values(rows, key))
 
 
@@ -469,8 +469,6 @@ def _figure(rows: list[dict], cfg: Config) -> bytes:
     """Δ log-prob of the concept, success@k and perplexity against the target KL, one
     line per method (mean over concepts; random: over concepts and directions)."""
     from matplotlib.figure import Figure
-
-    from saekit.report import figure_png
 
     panels = [("delta_logprob", "Δ log-prob of concept tokens"), ("success_at_k" if cfg.n_samples else
               "success_greedy", f"success@{cfg.n_samples}" if cfg.n_samples else "success (greedy)"),

@@ -80,14 +80,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.evals import EvalConfig
+from saekit.activations.harvest import forward_hooks, hook_order, model_device
+from saekit.data import load_tokens
 from saekit.evals.common import (
     CovGaussian,
+    EvalConfig,
     EvalResult,
     check_choices,
     encode_rows,
     fit_gaussian,
+    input_mask,
     load_dictionaries,
+    load_model_for,
     settings,
 )
 from saekit.evals.trajectories import (
@@ -97,6 +101,10 @@ from saekit.evals.trajectories import (
     run_trajectories,
     walks,
 )
+from saekit.metrics import unit_rows
+from saekit.metrics.uncertainty import mean_se
+from saekit.models import validate_hook
+from saekit.report import figure_png
 
 TYPES = ("real", "random", "synthetic_baseline", "synthetic_structured")
 EXPERIMENTS = ("sensitivity", "plateau")
@@ -196,7 +204,7 @@ def feature_stats(dictionary: Any, stat_acts: Tensor) -> FeatureStats:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     W = dictionary.W_dec.detach().float().cpu()
-    return FeatureStats(freq, order, rank, W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12), logged)
+    return FeatureStats(freq, order, rank, unit_rows(W), logged)
 
 
 def nearest(values: np.ndarray, order: np.ndarray, target: float, start: int, k: int,
@@ -302,12 +310,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """
     from scipy.stats import ks_2samp
 
-    from saekit.activations.harvest import _order, forward_hooks, model_device
-    from saekit.data import load_tokens
-    from saekit.evals.common import input_mask, load_model_for
-    from saekit.metrics.uncertainty import mean_se
-    from saekit.models import validate_hook
-
     check_choices(cfg.types, TYPES, "types")
     check_choices(cfg.experiments, EXPERIMENTS, "experiments")
     check_choices(cfg.readouts, READOUTS, "readouts")
@@ -335,7 +337,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     want_l2 = "l2" in cfg.readouts
     if want_l2:
         validate_hook(model, cfg.read_hook)
-        if cfg.read_hook == cfg.hook or _order(model, [cfg.hook, cfg.read_hook])[0] != cfg.hook:
+        if cfg.read_hook == cfg.hook or hook_order(model, [cfg.hook, cfg.read_hook])[0] != cfg.hook:
             raise ValueError(f"read_hook {cfg.read_hook!r} must come after hook {cfg.hook!r} in the forward pass")
     dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
     synth_types = [t for t in cfg.types if t.startswith("synthetic")]
@@ -449,8 +451,6 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
 
 def _figures(cfg: Config, kinds: list[tuple[str, str]], curves: dict, results: dict, P: int) -> dict[str, bytes]:
     from matplotlib.figure import Figure
-
-    from saekit.report import figure_png
 
     figs: dict[str, bytes] = {}
     labels = [t if not d else f"{t} ({d})" for t, d in kinds]

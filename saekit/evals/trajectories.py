@@ -10,6 +10,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.activations.harvest import model_device, model_lock
 
 
 class Trajectories(NamedTuple):
@@ -47,8 +50,6 @@ def run_trajectories(model: Any, prompts: Tensor, tr: Trajectories, hook: str, r
     Walks go in groups; each group first runs its step-0 rows (the references), then all
     its other (walk, step) rows, ``batch_size`` rows per forward pass.
     """
-    from saekit.activations.harvest import model_device, model_lock
-
     dev = model_device(model)
     J = len(tr.prompt)
     l2 = torch.full((J, n_steps), math.nan)
@@ -81,8 +82,6 @@ def run_trajectories(model: Any, prompts: Tensor, tr: Trajectories, hook: str, r
 
     starts = range(0, J, group)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=f"walks at {hook}", unit="group")
     for g0 in starts:
         js = torch.arange(g0, min(J, g0 + group))

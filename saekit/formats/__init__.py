@@ -15,17 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saekit.formats import readers
-from saekit.formats.readers import FormatError
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.sae import SAE
+from saekit.formats import readers, registry
+from saekit.formats.readers import FORMATS, READERS, FormatError
+from saekit.models import portable_spec
 
-READERS = {
-    "saelens": readers.read_saelens,
-    "sparsify": readers.read_sparsify,
-    "dictionary_learning": readers.read_dictionary_learning,
-    "gemma_scope": readers.read_gemma_scope,
-    "openai": readers.read_openai,
-}
-FORMATS = ("saekit", *READERS)
 EXPORTS = ("saekit", "saelens", "sparsify")
 
 
@@ -74,9 +69,6 @@ def load(path: str | Path, device: Any = None, fold_decoder_norms: bool = True, 
     ``overrides`` (``hook``, ``model``, ``processing``) replace what the file says or
     leaves out, as the registry does for releases whose files do not name their hook.
     """
-    from saekit.dictionaries.base import Dictionary
-    from saekit.models import portable_spec
-
     fmt, where = detect(path)
     if fmt == "saekit":
         d = Dictionary.load(where)
@@ -100,8 +92,6 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
     - ``sparsify``: a sparsify hookpoint directory (``cfg.json`` + ``sae.safetensors``),
       TopK with raw inputs only. ``path`` is that hookpoint directory.
     """
-    from saekit.dictionaries.sae import SAE
-
     d = load(dictionary) if isinstance(dictionary, (str, Path)) else dictionary
     if to not in EXPORTS:
         raise ValueError(f"unknown export format {to!r}; choose one of {EXPORTS}")
@@ -125,4 +115,29 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
                                          "W_dec": d.W_dec, "b_dec": d.b_dec}, weights="sae.safetensors")
 
 
-__all__ = ["EXPORTS", "FORMATS", "FormatError", "detect", "export", "load"]
+def load_dictionary(spec: str | Path, device: Any = None, fold_decoder_norms: bool = True) -> Dictionary:
+    """Load a dictionary: an existing path wins (saekit, SAELens, sparsify,
+    dictionary_learning, Gemma Scope or OpenAI layout, detected); then a registry id
+    ``RELEASE/ID`` (``checkpoints/registry.toml``); ``hf://org/repo/path`` forces the hub.
+    Downloads go through the Hugging Face cache, so offline runs use what is cached.
+    ``fold_decoder_norms``: see :mod:`saekit.formats.readers`."""
+    s = str(spec)
+    if s.startswith("hf://"):
+        parts = s.removeprefix("hf://").strip("/").split("/")
+        if len(parts) < 2:
+            raise ValueError(f"{s!r}: expected hf://org/repo[/path]")
+        local = registry.fetch("/".join(parts[:2]), "/".join(parts[2:]))
+        return load(local, device, fold_decoder_norms)
+    if Path(s).exists():
+        return load(s, device, fold_decoder_norms)
+    entry = registry.resolve(s) if "/" in s and not Path(s).is_absolute() else None
+    if entry is None:
+        known = ", ".join(sorted(registry.load_registry())[:12])
+        raise FileNotFoundError(f"{s}: no such file or directory, and not a registry id RELEASE/ID "
+                                f"(releases in {registry.registry_path()}: {known}); hf://org/repo/path reads the hub")
+    local = registry.fetch(entry["repo_id"], entry["path"], entry["format"], entry.get("revision"))
+    return load(local, device, fold_decoder_norms, hook=entry["hook"], model=entry.get("model"),
+                        processing=entry.get("processing"))
+
+
+__all__ = ["EXPORTS", "FORMATS", "READERS", "FormatError", "detect", "export", "load", "load_dictionary"]

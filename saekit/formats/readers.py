@@ -22,10 +22,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.dictionaries import sae, snmf  # noqa: F401  (register the kinds in REGISTRY)
 from saekit.dictionaries.base import (
+    REGISTRY,
     Dictionary,
     DictionaryConfig,
     FormatError,
@@ -34,7 +37,7 @@ from saekit.dictionaries.base import (
     read_safetensors_file,
 )
 
-__all__ = ["FormatError", "read_dictionary_learning", "read_gemma_scope", "read_openai", "read_saelens",
+__all__ = ["FORMATS", "READERS", "FormatError", "read_dictionary_learning", "read_gemma_scope", "read_openai", "read_saelens",
            "read_sparsify"]
 
 
@@ -71,8 +74,6 @@ def read_pt(path: Path) -> dict[str, Any]:
 
 
 def read_npz(path: Path) -> dict[str, Tensor]:
-    import numpy as np
-
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: torch.from_numpy(np.ascontiguousarray(f[k])) for k in f.files}
@@ -101,8 +102,6 @@ def build(kind: str, tensors: dict[str, Tensor], where: Path, *, k: int | None =
     ``rescale``: the file's codes are the pre-activations times ‖W_dec,i‖ (SAELens'
     ``rescale_acts_by_decoder_norm``), which folding makes exact for any kind.
     """
-    from saekit.dictionaries import REGISTRY
-
     for name, t in tensors.items():
         check_tensor(name, t, where)
     W_dec = tensors["W_dec"]
@@ -410,3 +409,15 @@ def read_openai(path: Path, fold: bool = True) -> Dictionary:
     return build("topk", {"W_enc": t["encoder.weight"].T, "b_enc": t["latent_bias"],
                           "W_dec": t["decoder.weight"].T, "b_dec": t["pre_bias"]}, path,
                  k=k, processing="raw", input_norm="layer_norm", fold=fold, metadata={"source_format": "openai"})
+
+
+#: Reader of each foreign format, by name.
+READERS = {
+    "saelens": read_saelens,
+    "sparsify": read_sparsify,
+    "dictionary_learning": read_dictionary_learning,
+    "gemma_scope": read_gemma_scope,
+    "openai": read_openai,
+}
+#: Every format :func:`saekit.formats.load` reads: saekit's own and the foreign ones.
+FORMATS = ("saekit", *READERS)

@@ -26,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from saekit.formats.readers import FormatError
+from saekit.formats.readers import FORMATS, FormatError
 
 REGISTRY_FILE = Path(__file__).resolve().parents[2] / "checkpoints" / "registry.toml"
 FIELDS = {"repo_id", "format", "model", "processing", "id", "path", "hook", "revision", "description"}
@@ -47,8 +47,6 @@ def registry_path() -> Path:
 
 def load_registry(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """Every release of the registry file, checked."""
-    from saekit.formats import FORMATS
-
     path = Path(path) if path is not None else registry_path()
     try:
         data = tomllib.loads(path.read_text())

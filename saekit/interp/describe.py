@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.evals.directions import direction_logits
 from saekit.interp.store import FeatureStore
 
 
@@ -119,8 +120,6 @@ def logit_lens(model: Any, dictionary: Any, features: Sequence[int], vocab: Sequ
     ``{"promoted": [{"token", "value"}], "suppressed": [...]}``. ``seen`` (a bool mask
     over the vocabulary, e.g. ``store.token_counts() > 0``) keeps tokens that occur in
     the corpus, which drops the untrained junk rows of large vocabularies."""
-    from saekit.evals.directions import direction_logits
-
     w = dictionary.W_dec.detach()[torch.as_tensor(list(features), dtype=torch.long)]
     logits = direction_logits(model, dictionary.cfg.hook, w).float()
     if seen is not None:

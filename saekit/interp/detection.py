@@ -18,12 +18,12 @@ from typing import Any
 from saekit.interp.llm import LLMClient
 from saekit.interp.prompts import (
     MAXACT_THRESHOLD,
-    _maxact_mask,
-    _messages,
-    _numbered,
-    _render,
-    _strip_thinking,
-    _tokens_acts,
+    chat_messages,
+    maxact_mask,
+    numbered,
+    render_marked,
+    strip_thinking,
+    tokens_and_acts,
 )
 
 _BINARY_WORDS = {"1": 1, "0": 0, "yes": 1, "no": 0, "true": 1, "false": 0}
@@ -47,7 +47,7 @@ def parse_binary_list(text: str, n: int) -> list[int] | None:
     """
     if not isinstance(text, str) or n < 1:
         return None
-    text = _strip_thinking(text)
+    text = strip_thinking(text)
     for inside in reversed(_BRACKETED.findall(text)):
         items = [x.strip().strip("'\"").lower() for x in re.split(r"[,;\s]+", inside) if x.strip()]
         if len(items) == n and all(x in _BINARY_WORDS for x in items):
@@ -110,9 +110,9 @@ def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
     for f, (description, feature_items) in enumerate(zip(descriptions, items, strict=True)):
         for start in range(0, len(feature_items), per_prompt):
             chunk = feature_items[start:start + per_prompt]
-            user = (f"Description: {description}\n\n{_numbered([t for t, _ in chunk], 'Example')}\n\n"
+            user = (f"Description: {description}\n\n{numbered([t for t, _ in chunk], 'Example')}\n\n"
                     f"Answer with a list of {len(chunk)} values, 0 or 1, one per example in order.")
-            requests.append(_messages(system, user))
+            requests.append(chat_messages(system, user))
             slots.append((f, [y for _, y in chunk]))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
     labels: list[list[int]] = [[] for _ in descriptions]
@@ -169,8 +169,8 @@ def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequen
     items = []
     for f, (pos, neg) in enumerate(zip(activating, non_activating, strict=True)):
         rng = random.Random(f"detection:{seed}:{f}")
-        feature_items = ([("".join(_tokens_acts(ex)[0]), 1) for ex in pos]
-                         + [("".join(_tokens_acts(ex)[0]), 0) for ex in neg])
+        feature_items = ([("".join(tokens_and_acts(ex)[0]), 1) for ex in pos]
+                         + [("".join(tokens_and_acts(ex)[0]), 0) for ex in neg])
         rng.shuffle(feature_items)
         items.append(feature_items)
     return _classify(client, _DETECTION_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)
@@ -207,15 +207,15 @@ def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence
         feature_items: list[tuple[str, int]] = []
         marked_counts = []
         for ex in pos:
-            tokens, acts = _tokens_acts(ex)
-            mask = _maxact_mask(acts, threshold, None)
+            tokens, acts = tokens_and_acts(ex)
+            mask = maxact_mask(acts, threshold, None)
             marked_counts.append(sum(mask))
-            feature_items.append((_render(tokens, mask, "<<", ">>"), 1))
+            feature_items.append((render_marked(tokens, mask, "<<", ">>"), 1))
         n_marks = max(1, math.ceil(sum(marked_counts) / len(marked_counts))) if marked_counts else 1
         for ex in neg:
-            tokens, _ = _tokens_acts(ex)
+            tokens, _ = tokens_and_acts(ex)
             chosen = set(rng.sample(range(len(tokens)), min(n_marks, len(tokens))))
-            feature_items.append((_render(tokens, [i in chosen for i in range(len(tokens))], "<<", ">>"), 0))
+            feature_items.append((render_marked(tokens, [i in chosen for i in range(len(tokens))], "<<", ">>"), 0))
         rng.shuffle(feature_items)
         items.append(feature_items)
     return _classify(client, _FUZZING_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)

@@ -42,7 +42,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import urllib.error
@@ -55,7 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.fileio import disk_full_error, pid_alive
+from tqdm.auto import tqdm
+
+from saekit.fileio import atomic_write_bytes, disk_full_error, remove_stale_files
 
 ENV_BASE_URL = "SAEKIT_LLM_BASE_URL"
 ENV_MODEL = "SAEKIT_LLM_MODEL"
@@ -261,8 +262,6 @@ class LLMClient:
             return []
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(unique), desc="LLM", unit="request")
 
         def one(key: str) -> tuple[str, str]:
@@ -360,28 +359,15 @@ class LLMClient:
         return entry["response"]
 
     def _sweep(self, folder: Path) -> None:
-        """Remove temporary entries left by writers that died: those whose pid is gone,
-        and any older than :data:`STALE_TMP_SECONDS` (a writer takes milliseconds).
-        Once per folder per client."""
+        """Remove the temporary entries older writers left (``.KEY.PID-XXXX.tmp``, written
+        before the cache used :func:`saekit.fileio.atomic_write_bytes`): those whose pid
+        is gone, and any older than :data:`STALE_TMP_SECONDS` (a writer takes
+        milliseconds). Once per folder per client; ``atomic_write_bytes`` clears its own."""
         with self._sweep_lock:
             if str(folder) in self._swept:
                 return
             self._swept.add(str(folder))
-        now = time.time()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            return
-        for entry in entries:
-            m = _TMP_NAME.fullmatch(entry.name)
-            if not m:
-                continue
-            try:
-                old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
-                if old or (m.group(1) is not None and not pid_alive(int(m.group(1)))):
-                    os.unlink(entry.path)
-            except OSError:
-                pass  # gone already, or not ours to remove
+        remove_stale_files(folder, _TMP_NAME, max_age=STALE_TMP_SECONDS)
 
     def _cache_write(self, key: str, body: dict[str, Any], response: dict[str, Any]) -> None:
         path = self._cache_path(key)
@@ -389,18 +375,9 @@ class LLMClient:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self._sweep(path.parent)
-        # A unique temporary name per writer: two threads may write the same key at once.
-        # The pid in it tells a later sweep whether its writer is still alive.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.{os.getpid()}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps({"request": body, "response": response}, ensure_ascii=False).encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # atomic_write_bytes names its temporary by pid and a random suffix: two threads
+        # may write the same key at once.
+        atomic_write_bytes(path, json.dumps({"request": body, "response": response}, ensure_ascii=False).encode("utf-8"))
 
 
 def _retry_after(headers: Any) -> float | None:

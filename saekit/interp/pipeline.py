@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,15 @@ import numpy as np
 import torch
 
 from saekit import report
+from saekit.data import load_tokens
+from saekit.formats import load_dictionary
+from saekit.interp import describe, detection, prism, prompts, score
+from saekit.interp.dashboard import write_dashboard
+from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
+from saekit.interp.prism import polysemanticity
+from saekit.interp.store import collect, token_strings
+from saekit.jobs import claim_output
+from saekit.models import load_model
 
 
 @dataclass
@@ -99,10 +109,6 @@ def select_features(store: Any, spec: str) -> list[int]:
 
 
 def _client(cfg: InterpConfig) -> Any:
-    import os
-
-    from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
-
     if cfg.llm == "off" or (cfg.llm == "auto" and not (os.environ.get(ENV_BASE_URL) and os.environ.get(ENV_MODEL))):
         return None
     return client_from_config()
@@ -113,10 +119,6 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
            progress: bool = True) -> InterpResult:
     """Run the whole auto-interp job; see the module docstring. ``client`` overrides
     ``cfg.llm`` with a ready :class:`~saekit.interp.llm.LLMClient`."""
-    from saekit.interp import describe, prism, score
-    from saekit.interp.dashboard import write_dashboard
-    from saekit.interp.store import collect, token_strings
-
     cfg = cfg or InterpConfig()
     client = client if client is not None else _client(cfg)
     out = Path(out)
@@ -135,8 +137,6 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                     for f in alive}
     llm_feats = alive[:cfg.llm_features] if client is not None else []
     if llm_feats:
-        from saekit.interp import prompts
-
         say(f"interp: LLM explanations for {len(llm_feats)} features ({client.model})")
         decile_sets = [[e for dec in store.deciles(f) for e in dec[:4]] for f in llm_feats]
         maxact = prompts.explain_maxact(client, [store.text(ex, vocab) for ex in decile_sets])
@@ -177,8 +177,6 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
                 scored: dict[int, list[dict]], seed: int) -> None:
     """Detection, fuzzing and CoSy on LLM-written texts for the MaxAct explanations, and
     for a random feature's MaxAct explanation as the baseline."""
-    from saekit.interp import detection, score
-
     text = {f: next(d["text"] for d in scored[f] if d["method"] == "maxact") for f in feats}
     partner = score.random_partners(feats, seed)
     pairs = [(f, text[f], "") for f in feats] + [(f, text[partner[f]], "random_") for f in feats if f in partner]
@@ -201,8 +199,6 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
 def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch.Tensor],
                             seed: int) -> float | None:
     """PRISM's baseline: the polysemanticity of as many labels drawn from the whole pool."""
-    from saekit.interp.prism import polysemanticity
-
     pool = list(embedded)
     rng = np.random.default_rng(seed)
     vals = [polysemanticity(list(rng.choice(pool, len(c), replace=False)), embedded)
@@ -305,11 +301,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from saekit.data import load_tokens
-    from saekit.dictionaries import load_dictionary
-    from saekit.jobs import claim_output
-    from saekit.models import load_model
-
     claim_output(args.out, overwrite=args.overwrite, resume=args.resume, what="feature description run",
                  can_resume=True)
     cfg = InterpConfig(features=args.features, n_tokens=args.n_tokens, n_score_tokens=args.n_score_tokens,

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from saekit.interp.describe import template
+from saekit.interp.prompts import highlight_percentile, label_clusters
 from saekit.interp.store import Example, FeatureStore
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -144,9 +146,6 @@ def clusters(store: FeatureStore, features: Sequence[int], vocab: Sequence[str],
     """
     from sklearn.cluster import KMeans
 
-    from saekit.interp.describe import template
-    from saekit.interp.prompts import highlight_percentile
-
     bands = {f: band(store, f, percentile, min_windows, max_windows) for f in features}
     texts = [highlight_percentile(t) for f in features for t in store.text(bands[f], vocab)]
     emb = embed(texts, progress=progress).numpy()
@@ -167,8 +166,6 @@ def clusters(store: FeatureStore, features: Sequence[int], vocab: Sequence[str],
         out[f] = [Cluster(_offline_label(g, vocab, template), g, float(np.mean([e.max for e in g])))
                   for g in groups]
     if client is not None:
-        from saekit.interp.prompts import label_clusters
-
         flat = [(f, j) for f in features for j in range(len(out[f]))]
         labels = label_clusters(client, [store.text(out[f][j].examples, vocab) for f, j in flat])
         for (f, j), lab in zip(flat, labels, strict=True):

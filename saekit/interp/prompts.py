@@ -31,6 +31,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from saekit.interp.llm import LLMClient, LLMError
 
 #: Goes into every request (system message); bump it whenever a prompt below changes.
@@ -43,7 +45,8 @@ MAXACT_THRESHOLD = 0.3
 # --------------------------------------------------------------------------- examples
 
 
-def _tokens_acts(ex: Any) -> tuple[list[str], list[float]]:
+def tokens_and_acts(ex: Any) -> tuple[list[str], list[float]]:
+    """An example's ``(tokens, activations)``, from a dict or an object with those fields."""
     if isinstance(ex, dict):
         tokens, acts = ex["tokens"], ex["acts"]
     else:
@@ -55,7 +58,7 @@ def _tokens_acts(ex: Any) -> tuple[list[str], list[float]]:
     return tokens, acts
 
 
-def _render(tokens: Sequence[str], mask: Sequence[bool], open: str, close: str) -> str:
+def render_marked(tokens: Sequence[str], mask: Sequence[bool], open: str, close: str) -> str:
     """Join tokens, wrapping each maximal run of masked tokens in the markers.
 
     A run's leading and trailing whitespace stays outside the markers (``On <<Monday>>``,
@@ -88,7 +91,8 @@ def _one_line(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
 
 
-def _maxact_mask(acts: Sequence[float], threshold: float, max_act: float | None) -> list[bool]:
+def maxact_mask(acts: Sequence[float], threshold: float, max_act: float | None) -> list[bool]:
+    """Tokens whose activation reaches ``threshold`` × the maximum (``max_act``, or the example's own)."""
     top = max(acts, default=0.0) if max_act is None else float(max_act)
     if not top > 0:
         return [False] * len(acts)
@@ -120,8 +124,8 @@ def mark_example(ex: Any, threshold: float = MAXACT_THRESHOLD, max_act: float | 
     str
         The marked text.
     """
-    tokens, acts = _tokens_acts(ex)
-    return _render(tokens, _maxact_mask(acts, threshold, max_act), open, close)
+    tokens, acts = tokens_and_acts(ex)
+    return render_marked(tokens, maxact_mask(acts, threshold, max_act), open, close)
 
 
 def highlight_percentile(ex: Any, percentile: float = 90.0, open: str = "[", close: str = "]") -> str:
@@ -131,20 +135,20 @@ def highlight_percentile(ex: Any, percentile: float = 90.0, open: str = "[", clo
     At-or-above (PRISM writes "above") so that a text whose firing tokens all tie, or
     a text that fires everywhere, still shows its spans.
     """
-    import numpy as np
-
-    tokens, acts = _tokens_acts(ex)
+    tokens, acts = tokens_and_acts(ex)
     if not acts:
         return ""
     cut = float(np.percentile(np.asarray(acts, dtype=np.float64), percentile))
-    return _render(tokens, [a > 0 and a >= cut for a in acts], open, close)
+    return render_marked(tokens, [a > 0 and a >= cut for a in acts], open, close)
 
 
-def _numbered(texts: Sequence[str], name: str) -> str:
+def numbered(texts: Sequence[str], name: str) -> str:
+    """One line per text: ``{name} 1: ...``, newlines folded."""
     return "\n".join(f"{name} {i}: {_one_line(t)}" for i, t in enumerate(texts, 1))
 
 
-def _messages(system: str, user: str) -> list[dict[str, str]]:
+def chat_messages(system: str, user: str) -> list[dict[str, str]]:
+    """A system and a user message, the system one tagged with :data:`PROMPT_VERSION`."""
     return [{"role": "system", "content": f"[{PROMPT_VERSION}] {system}"},
             {"role": "user", "content": user}]
 
@@ -157,7 +161,7 @@ _LABEL_TAG = re.compile(r"\b(?:label|concept)\s*:", re.IGNORECASE)
 _QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`"}
 
 
-def _strip_thinking(text: str) -> str:
+def strip_thinking(text: str) -> str:
     """The answer without reasoning models' ``<think>...</think>`` blocks."""
     return _THINK.sub("", text or "")
 
@@ -173,7 +177,7 @@ def parse_explanation(text: str) -> str:
     """The description in an explainer's answer: the text after the last
     ``[EXPLANATION]:`` (any case, markdown around it allowed), whitespace collapsed; the
     whole answer, cleaned, when the tag is missing or nothing follows it."""
-    text = _strip_thinking(text)
+    text = strip_thinking(text)
     tags = list(_EXPLANATION_TAG.finditer(text))
     if tags:
         after = _clean(text[tags[-1].end():])
@@ -186,7 +190,7 @@ def parse_explanation(text: str) -> str:
 def parse_label(text: str) -> str:
     """A short label from an answer: after the last ``Label:``/``Concept:`` if present,
     else the last non-empty line; quotes, markdown and a final period removed."""
-    text = _strip_thinking(text)
+    text = strip_thinking(text)
     tags = list(_LABEL_TAG.finditer(text))
     if tags and text[tags[-1].end():].strip():
         text = text[tags[-1].end():].strip().splitlines()[0]
@@ -212,7 +216,7 @@ def parse_lines(text: str) -> list[str]:
     A number that starts a sentence ("3.5 million ...", "1990 was ...") is kept.
     """
     items = []
-    for raw in _strip_thinking(text).splitlines():
+    for raw in strip_thinking(text).splitlines():
         line = raw.strip()
         if not line or line.startswith("```") or set(line) <= set("-*_=# "):
             continue
@@ -264,7 +268,7 @@ def explain_maxact(client: LLMClient, examples: Sequence[Sequence[Any]], *,
         if not exs:
             raise ValueError(f"feature {f} (position in examples) has no examples to explain")
         texts = [mark_example(ex, threshold) for ex in exs]
-        requests.append(_messages(_MAXACT_SYSTEM, _numbered(texts, "Example")))
+        requests.append(chat_messages(_MAXACT_SYSTEM, numbered(texts, "Example")))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
     return [parse_explanation(a) for a in answers]
 
@@ -307,7 +311,7 @@ def label_clusters(client: LLMClient, clusters: Sequence[Sequence[Any]], *, max_
         if not exs:
             raise ValueError(f"cluster {c} has no texts to label")
         texts = [highlight_percentile(ex, percentile) for ex in list(exs)[:max_texts]]
-        requests.append(_messages(_PRISM_SYSTEM, _numbered(texts, "Text") + "\n\nLabel:"))
+        requests.append(chat_messages(_PRISM_SYSTEM, numbered(texts, "Text") + "\n\nLabel:"))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
     return [parse_label(a) for a in answers]
 
@@ -358,7 +362,7 @@ def explain_output(client: LLMClient, promoted: Sequence[Sequence[Any]], suppres
             return ", ".join(json.dumps(_token_text(t), ensure_ascii=False) for t in tokens) or "(none)"
 
         user = f"Promoted tokens: {show(up)}\n\nSuppressed tokens: {show(down)}"
-        requests.append(_messages(_OUTPUT_SYSTEM, user))
+        requests.append(chat_messages(_OUTPUT_SYSTEM, user))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
     return [parse_explanation(a) for a in answers]
 
@@ -375,7 +379,7 @@ def _concept_messages(description: str, n: int, attempt: int) -> list[dict[str, 
     if attempt:  # also changes the cache key, so a retry at temperature 0 is a new request
         user += (f"\n\n(Attempt {attempt + 1}: the answer must consist of exactly {n} non-empty "
                  f"lines, one text per line, and nothing else.)")
-    return _messages(_CONCEPT_SYSTEM, user)
+    return chat_messages(_CONCEPT_SYSTEM, user)
 
 
 def generate_concept_texts(client: LLMClient, descriptions: Sequence[str], n: int = 10, retries: int = 2, *,

@@ -23,6 +23,7 @@ baseline (the description of another feature, scored on this feature's data).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -31,6 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saekit.data import get_tokenizer, special_ids, token_mask
+from saekit.interp.prism import embed
+from saekit.interp.prompts import generate_concept_texts
 from saekit.interp.store import TextExample, window_codes
 
 _EMBEDDINGS: dict[str, Tensor] = {}
@@ -108,10 +112,6 @@ class ScoringCorpus:
         """MiniLM embeddings of the chunk texts (computed once per process for the same
         texts: two dictionaries scored on one corpus share them)."""
         if self._emb is None:
-            import hashlib
-
-            from saekit.interp.prism import embed
-
             key = hashlib.sha256("\x00".join(self.texts).encode()).hexdigest()
             if key not in _EMBEDDINGS:
                 _EMBEDDINGS.clear()  # keep one corpus, not a growing pile
@@ -145,8 +145,6 @@ def scoring_corpus(model: Any, dictionary: Any, tokens: Tensor, features: Sequen
                    progress: bool = False) -> ScoringCorpus:
     """Run ``tokens [n_windows, ctx_len]`` once and cut every window after its BOS into
     chunks of ``chunk`` tokens (the model still sees the whole window)."""
-    from saekit.data import token_mask
-
     mask = token_mask(tokens, model)
     T = tokens.shape[1]
     n_chunks = (T - 1) // chunk
@@ -164,8 +162,6 @@ def scoring_corpus(model: Any, dictionary: Any, tokens: Tensor, features: Sequen
 
 
 def _embedded(descriptions: Sequence[str] | Tensor) -> Tensor:
-    from saekit.interp.prism import embed
-
     return descriptions if isinstance(descriptions, Tensor) else embed(list(descriptions))
 
 
@@ -192,8 +188,6 @@ def text_acts(model: Any, dictionary: Any, texts: Sequence[str], features: Seque
               max_len: int = 32) -> Tensor:
     """Each feature's max over each text's first ``max_len`` tokens, ``[n_texts, n_features]``
     (BOS first, padding masked)."""
-    from saekit.data import get_tokenizer, special_ids
-
     tok = get_tokenizer(model)
     bos, pad = special_ids(model)
     rows = torch.full((len(texts), max_len + 1), pad, dtype=torch.long)
@@ -207,8 +201,6 @@ def text_acts(model: Any, dictionary: Any, texts: Sequence[str], features: Seque
 def llm_cosy(client: Any, model: Any, dictionary: Any, corpus: ScoringCorpus, features: Sequence[int],
              descriptions: Sequence[str], n_texts: int = 10) -> list[CosyScore]:
     """CoSy on LLM-written texts: ``descriptions[i]`` describes ``features[i]``."""
-    from saekit.interp.prompts import generate_concept_texts
-
     texts = generate_concept_texts(client, list(descriptions), n=n_texts)
     flat = [t for ts in texts for t in ts]
     uniq = sorted(set(features))
@@ -242,8 +234,6 @@ def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple
     description (``random_*``: the same method's description of another feature that
     has one, see :func:`random_partners`, scored on this feature's data).
     """
-    from saekit.interp.prism import embed
-
     # Donors are drawn per method among the features that have a description of it, so
     # every method gets its baseline (PRISM labels exist only for some features).
     methods = sorted({m for rows in descriptions.values() for m, _ in rows})

@@ -39,16 +39,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors.torch import save
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from saekit.activations.harvest import forward_hooks, model_device
+from saekit.data import get_tokenizer, token_mask
 from saekit.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
+from saekit.interp.store_format import HIST_BINS, HIST_RANGE, MANIFEST, SCHEMA, TENSORS, read_store
+from saekit.models import model_name, model_processing
 
-SCHEMA = "saekit.interp.store/1"
-MANIFEST = "manifest.json"
-TENSORS = "store.safetensors"
-#: log10(activation) histogram range and resolution; values outside land in the end bins.
-HIST_RANGE = (-4.0, 4.0)
-HIST_BINS = 64
 #: Token-statistics pairs are merged (sorted and reduced) once this many are pending.
 _MERGE_EVERY = 1 << 21
 
@@ -81,8 +81,6 @@ class TextExample(NamedTuple):
 
 def token_strings(model_or_tokenizer: Any) -> list[str]:
     """Every token id decoded on its own (``decode([i])``), indexable by id."""
-    from saekit.data import get_tokenizer
-
     tok = get_tokenizer(model_or_tokenizer)
     n = max(len(tok), max(tok.get_vocab().values()) + 1)
     return [tok.decode([i]) for i in range(n)]
@@ -269,8 +267,6 @@ class FeatureStore:
         leaves a pair that :meth:`load` rejects and :func:`collect` starts over from.
         A full disk raises :class:`saekit.fileio.DiskFullError` naming the path.
         """
-        from safetensors.torch import save
-
         path = Path(path)
         out = {k: v for k, v in self.t.items() if not k.endswith("_ctx")}
         for prefix in ("top", "smp"):
@@ -297,87 +293,8 @@ class FeatureStore:
         """Read a store written by :meth:`save`: the tensors file must match the manifest's
         ``tensors_sha256``, and the manifest's fields their types and the tensors; any
         problem raises a ``ValueError`` naming the file and field (``FileNotFoundError``
-        when the files are not there)."""
-        import re
-
-        from safetensors.torch import load
-
-        path = Path(path)
-        mfile, tfile = path / MANIFEST, path / TENSORS
-        if not mfile.is_file() or not tfile.is_file():
-            raise FileNotFoundError(f"{path} is not a feature store: expected {MANIFEST} and {TENSORS}")
-        try:
-            manifest = json.loads(mfile.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ValueError(f"{mfile}: invalid JSON ({e})") from None
-        if not isinstance(manifest, dict):
-            raise ValueError(f"{mfile}: expected a JSON object, got {type(manifest).__name__}")
-        if manifest.get("schema") != SCHEMA:
-            raise ValueError(f"{mfile}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
-
-        def bad(name: str, what: str) -> ValueError:
-            return ValueError(f"{mfile}: field {name!r} must be {what}, got {manifest.get(name, '<missing>')!r}")
-
-        def count(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-        sha = manifest.get("tensors_sha256")
-        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise bad("tensors_sha256", "64 lowercase hex digits")
-        for name in ("n_tokens", "next_window"):
-            if not count(manifest.get(name)):
-                raise bad(name, "a non-negative integer")
-        for name in ("n_windows", "ctx_len", "top_k", "n_samples", "seed"):
-            if name in manifest and not count(manifest[name]):
-                raise bad(name, "a non-negative integer")
-        if not isinstance(manifest.get("complete"), bool):
-            raise bad("complete", "true or false")
-        ctx = manifest.get("context")
-        if not (isinstance(ctx, list) and len(ctx) == 2 and all(count(v) for v in ctx)):
-            raise bad("context", "[left, right], two non-negative integers")
-        hist = manifest.get("histogram")
-        if hist != [*HIST_RANGE, HIST_BINS] or not count(hist[2]) or any(isinstance(v, bool) for v in hist):
-            # collect bins log10(activation) with these constants, and resumes with them
-            raise bad("histogram", f"{[*HIST_RANGE, HIST_BINS]} (log10 range and bins of this schema)")
-        for name in ("model", "processing", "hook", "dataset", "tokens_sha256", "features_sha256"):
-            if name in manifest and manifest[name] is not None and not isinstance(manifest[name], str):
-                raise bad(name, "a string or null")
-        if "dictionary" in manifest and not isinstance(manifest["dictionary"], dict):
-            raise bad("dictionary", "an object")
-        try:
-            data = tfile.read_bytes()
-        except OSError as e:
-            raise ValueError(f"{tfile}: unreadable ({e})") from None
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ValueError(f"{tfile}: sha256 differs from the manifest's tensors_sha256 "
-                             "(a truncated or replaced file)")
-        try:
-            t = load(data)
-        except Exception as e:  # the hash matched, so the manifest's sha256 was made for a bad file
-            raise ValueError(f"{tfile}: not a readable safetensors file ({e})") from None
-        # The manifest against the tensors it describes (its own fields carry no hash).
-        need = ("tokens", "features", "count", "hist", "token_count", "top_win", "smp_win", "top_ctx_shape")
-        missing = [k for k in need if k not in t]
-        if missing:
-            raise ValueError(f"{tfile}: missing tensor(s) {missing}")
-        tokens, n_f = t["tokens"], len(t["features"])
-        checks = [("n_tokens", int(t["token_count"].sum()), manifest["n_tokens"]),
-                  ("histogram", t["hist"].shape[-1], hist[2]),
-                  ("top_k", t["top_win"].shape[-1], manifest.get("top_k", t["top_win"].shape[-1])),
-                  ("n_samples", t["smp_win"].shape[-1], max(manifest.get("n_samples", 1), 1)),
-                  ("context", int(t["top_ctx_shape"][-1]) if len(t["top_ctx_shape"]) else -1,
-                   min(ctx[0] + 1 + ctx[1], tokens.shape[-1]) if tokens.ndim == 2 else -1)]
-        if tokens.ndim == 2:
-            checks += [("n_windows", tokens.shape[0], manifest.get("n_windows", tokens.shape[0])),
-                       ("ctx_len", tokens.shape[1], manifest.get("ctx_len", tokens.shape[1]))]
-        for name, have, said in checks:
-            if have != said:
-                raise ValueError(f"{mfile}: field {name!r} says {said}, but {TENSORS} holds {have}; "
-                                 "the manifest was edited or belongs to another store")
-        if tokens.ndim != 2 or manifest["next_window"] > tokens.shape[0] or t["count"].shape != (n_f,):
-            raise ValueError(f"{mfile}: field 'next_window' {manifest['next_window']} or the tensors' shapes "
-                             f"disagree (tokens {tuple(tokens.shape)}, {n_f} features)")
-        return cls(manifest, t)
+        when the files are not there): :func:`saekit.interp.store_format.read_store`."""
+        return cls(*read_store(path))
 
 
 _OWN_TEMPORARY = re.compile(rf"\.({re.escape(MANIFEST)}|{re.escape(TENSORS)})\.tmp-\d+(-[0-9a-f]{{8}})?")
@@ -399,8 +316,6 @@ def _store_only(path: Path) -> bool:
 def _batch_codes(model: Any, dictionary: Any, hook: str, tokens: Tensor, keep: Tensor,
                  features: Tensor | None) -> Tensor:
     """The dictionary's active codes on every kept token, ``[n_kept, n_features]``."""
-    from saekit.activations.harvest import forward_hooks
-
     x = forward_hooks(model, [hook], tokens)[hook][keep.to(tokens.device)]
     with torch.no_grad():
         codes = dictionary.encode(x.to(dictionary.W_dec.dtype))
@@ -414,9 +329,6 @@ def window_codes(model: Any, dictionary: Any, tokens: Tensor, *, features: Seque
                  batch_size: int = 32, mask: Tensor | None = None, progress: bool = False):
     """Yield ``(first_window, dense)`` per batch: the active codes laid out by position,
     ``dense [batch, ctx_len, n_features]``, zero at masked tokens."""
-    from saekit.activations.harvest import model_device
-    from saekit.data import token_mask
-
     hook = dictionary.cfg.hook
     if not hook:
         raise ValueError("the dictionary records no hook (cfg.hook): saekit cannot tell where to read activations")
@@ -425,8 +337,6 @@ def window_codes(model: Any, dictionary: Any, tokens: Tensor, *, features: Seque
     dev = model_device(model)
     starts = range(0, len(tokens), batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc="feature pass", unit="batch")
     for i in starts:
         batch, keep = tokens[i:i + batch_size], mask[i:i + batch_size]
@@ -466,9 +376,6 @@ def collect(model: Any, dictionary: Any, tokens: Tensor, *, features: Sequence[i
     on_batch
         Called with the number of windows done after every batch.
     """
-    from saekit.data import token_mask
-    from saekit.models import model_name, model_processing
-
     if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"tokens must be an integer tensor [n_windows, ctx_len], got "
                          f"{tuple(tokens.shape)} {tokens.dtype}")

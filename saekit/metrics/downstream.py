@@ -15,6 +15,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from saekit.activations import iter_harvest
+from saekit.activations.harvest import model_device
+from saekit.data import token_mask
+from saekit.metrics.uncertainty import bootstrap_se
+from saekit.models import check_dictionary_fits, splice
+
 
 class Recovered(NamedTuple):
     """CE/KL of the clean, spliced and ablated model, and the recovered fractions."""
@@ -70,19 +76,13 @@ def ce_kl_recovered_all(model: Any, dictionaries: Sequence[Any], tokens: Tensor,
                         mask: Tensor | None = None, mean: Tensor | None = None) -> list[Recovered]:
     """:func:`ce_kl_recovered` for several dictionaries on one hook, sharing the clean
     and ablated forward passes (3 + one per dictionary instead of four per dictionary)."""
-    from saekit.activations.harvest import model_device
-    from saekit.data import token_mask
-    from saekit.models import _check_dictionary_fits, splice
-
-    hooks = {_check_dictionary_fits(model, d) for d in dictionaries}
+    hooks = {check_dictionary_fits(model, d) for d in dictionaries}
     if len(hooks) != 1:
         raise ValueError(f"ce_kl_recovered_all: the dictionaries must share one hook, got {sorted(hooks)}")
     hook = hooks.pop()
     mask = token_mask(tokens, model) if mask is None else mask
     dev = model_device(model)
     if mean is None:  # mean ablation value: the hook's mean over the evaluated tokens
-        from saekit.activations import iter_harvest
-
         total, count = None, 0
         for acts in iter_harvest(model, [hook], tokens, batch_size, mask=mask):
             s = acts[hook].double().sum(0)
@@ -120,8 +120,6 @@ def ce_kl_recovered_all(model: Any, dictionaries: Sequence[Any], tokens: Tensor,
             rows[which, :, col] = _ce(logp, target, valid)
             rows[which, :, col + 3] = ((p_clean * (clean - logp)).sum(-1) * valid).double().sum(1).cpu()
         rows[:, :, -1] = valid.sum(1).double().cpu()
-    from saekit.metrics.uncertainty import bootstrap_se
-
     names = [*_QUANTITIES, *_FRACTIONS]
     out = []
     for table in per_window:

@@ -1,16 +1,18 @@
-"""Streaming accumulation of the reconstruction and sparsity metrics."""
+"""Streaming accumulation: the reconstruction and sparsity metrics (:class:`StreamingStats`),
+and Pearson correlations between two code matrices over the same tokens (:class:`Correlation`)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from saekit.metrics.reconstruction import (
     DeadDense,
-    _active_rows,
-    _pair,
-    _token_cosine,
-    _token_l2_ratio,
+    active_rows,
     dead_dense,
+    paired_rows,
+    token_cosine,
+    token_l2_ratio,
 )
 
 
@@ -63,7 +65,7 @@ class StreamingStats:
 
     @classmethod
     def _from_batch(cls, x: Tensor, x_hat: Tensor, active: Tensor | None) -> StreamingStats:
-        x, x_hat = _pair(x, x_hat)
+        x, x_hat = paired_rows(x, x_hat)
         s = cls()
         s.n_tokens = x.shape[0]
         s._mean = x.mean(0)
@@ -71,10 +73,10 @@ class StreamingStats:
         s._sse = (x - x_hat).pow(2).sum()
         s._xhat_sq = x_hat.pow(2).sum()
         s._dot = (x * x_hat).sum()
-        s._l2_ratio = _token_l2_ratio(x, x_hat).sum()
-        s._cos = _token_cosine(x, x_hat).sum()
+        s._l2_ratio = token_l2_ratio(x, x_hat).sum()
+        s._cos = token_cosine(x, x_hat).sum()
         if active is not None:
-            active = _active_rows(active)
+            active = active_rows(active)
             if active.shape[0] != s.n_tokens:
                 raise ValueError(f"active has {active.shape[0]} tokens but x has {s.n_tokens}")
             s.n_active_tokens = active.shape[0]
@@ -181,3 +183,110 @@ class StreamingStats:
             dd = self.dead_dense()
             out.update(l0=self.l0(), frac_dead=dd.frac_dead, frac_dense=dd.frac_dense)
         return out
+
+
+#: Variance below which a code counts as constant (a dead feature): no correlation.
+CONSTANT_VARIANCE = 1e-24
+
+
+class Correlation:
+    """Streaming Pearson correlation between columns of two matrices over the same rows.
+
+    Sums are float64, and each batch is shifted by the first batch's column means before
+    the products, so ``E[ab] − E[a]E[b]`` does not cancel for codes with a large mean
+    (the textbook ``Σab/n − mean_a·mean_b`` on raw sums would).
+
+    Parameters
+    ----------
+    a, b
+        Either the widths ``d_a`` and ``d_b`` (every column of ``a`` against every column
+        of ``b``: :meth:`pearson` is ``[d_a, d_b]``, from ``Σ aᵀb``), or two int64 index
+        tensors of one length ``m`` (column ``cols_a[i]`` of ``a`` against column
+        ``cols_b[i]`` of ``b``, e.g. the pairs of a matching: :meth:`pearson` is ``[m]``).
+    device
+        Where the sums live; default: the CPU for all pairs, the first batch's device for
+        matched columns.
+
+    Examples
+    --------
+    >>> corr = Correlation(match.rows, match.cols)             # doctest: +SKIP
+    >>> for ca, cb in code_batches:
+    ...     corr.update(ca, cb)
+    >>> corr.pearson()                                          # [m] float64, NaN if dead
+    """
+
+    def __init__(self, a: int | Tensor, b: int | Tensor, device: torch.device | str | None = None):
+        self.paired = isinstance(a, Tensor)
+        self.cols_a, self.cols_b = (a, b) if self.paired else (None, None)
+        if self.paired and (not isinstance(b, Tensor) or a.shape != b.shape or a.ndim != 1):
+            raise ValueError("matched columns must be two 1-D index tensors of one length")
+        self.n_tokens = 0
+        self.shift: tuple[Tensor, Tensor] | None = None
+        self.sum_a = self.sum_b = self.sq_a = self.sq_b = self.cross = None
+        if not self.paired:
+            self._allocate(int(a), int(b), int(a), torch.device(device or "cpu"))
+        self.device = None if device is None else torch.device(device)
+
+    def _allocate(self, d_a: int, d_b: int, m: int, device: torch.device) -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.sum_a, self.sum_b = torch.zeros(d_a, **f64), torch.zeros(d_b, **f64)
+        self.sq_a, self.sq_b = torch.zeros(d_a, **f64), torch.zeros(d_b, **f64)
+        self.cross = torch.zeros(m, **f64) if self.paired else torch.zeros(d_a, d_b, **f64)
+
+    def update(self, a: Tensor, b: Tensor) -> Correlation:
+        """Add a batch: ``a [n, ·]`` and ``b [n, ·]``, row t of each the same token. Returns ``self``."""
+        if not len(a):
+            return self
+        if self.paired:
+            if self.cross is None:
+                m = len(self.cols_a)
+                self._allocate(m, m, m, self.device or a.device)
+            a, b = a[:, self.cols_a.to(a.device)], b[:, self.cols_b.to(b.device)]
+        dev = self.cross.device
+        a, b = a.to(dev, torch.float64), b.to(dev, torch.float64)
+        if self.shift is None:
+            self.shift = (a.mean(0), b.mean(0))
+        a, b = a - self.shift[0], b - self.shift[1]
+        self.sum_a += a.sum(0)
+        self.sum_b += b.sum(0)
+        self.sq_a += (a * a).sum(0)
+        self.sq_b += (b * b).sum(0)
+        self.cross += (a * b).sum(0) if self.paired else a.T @ b
+        self.n_tokens += len(a)
+        return self
+
+    def _need_tokens(self) -> None:
+        if self.n_tokens == 0:
+            raise ValueError(f"{type(self).__name__} has seen no tokens: call update() first")
+
+    def variances(self) -> tuple[Tensor, Tensor]:
+        """Per-column variances of ``a`` and ``b`` (float64; the matched columns when paired)."""
+        self._need_tokens()
+        ma, mb = self.sum_a / self.n_tokens, self.sum_b / self.n_tokens
+        return (self.sq_a / self.n_tokens - ma * ma).clamp_min(0), (self.sq_b / self.n_tokens - mb * mb).clamp_min(0)
+
+    def live(self) -> tuple[Tensor, Tensor]:
+        """Bool masks of the columns whose values vary (a correlation exists)."""
+        va, vb = self.variances()
+        return va > CONSTANT_VARIANCE, vb > CONSTANT_VARIANCE
+
+    def pearson(self, rows: slice = slice(None)) -> Tensor:
+        """float64 Pearson correlations, ``[rows, d_b]`` (all pairs) or ``[rows]`` of the
+        ``m`` matched columns; NaN where a column never varies."""
+        self._need_tokens()
+        n = self.n_tokens
+        va, vb = self.variances()
+        ma, mb, va = self.sum_a[rows] / n, self.sum_b / n, va[rows]
+        if self.paired:
+            mb, vb = mb[rows], vb[rows]
+            cov, var = self.cross[rows] / n - ma * mb, va * vb
+            ok = (va > CONSTANT_VARIANCE) & (vb > CONSTANT_VARIANCE)
+        else:
+            cov, var = self.cross[rows] / n - ma[:, None] * mb[None, :], va[:, None] * vb[None, :]
+            ok = (va > CONSTANT_VARIANCE)[:, None] & (vb > CONSTANT_VARIANCE)[None, :]
+        r = cov / var.clamp_min(1e-300).sqrt()
+        return torch.where(ok, r.clamp(-1, 1), torch.nan)
+
+    def result(self) -> Tensor:
+        """:meth:`pearson` of every pair, on the CPU."""
+        return self.pearson().cpu()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from saekit.activations.stream import as_rows
 from saekit.dictionaries import REGISTRY, Dictionary
+from saekit.models import hook_width, model_name
 from saekit.training.snmf import fit_snmf
-from saekit.training.trainer import Trainer, _as_rows
+from saekit.training.trainer import Trainer
 
 #: Kinds fitted by exact alternating passes (:func:`fit_snmf`), not by gradient.
 FITTED = ("snmf", "nmf")
@@ -40,10 +42,8 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     if kind not in REGISTRY:
         raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
     check_keywords(kind, kwargs)
-    data = _as_rows(data)
+    data = as_rows(data)
     if hook is not None and model is not None and not isinstance(model, str):
-        from saekit.models import hook_width, model_name
-
         width = hook_width(model, hook)  # an unknown hook raises here, listing the valid ones
         if data.ndim == 2 and data.shape[1] != width:
             raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the data "

@@ -18,10 +18,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from saekit.activations import LiveStream
+from saekit.activations.cache import CacheRows
+from saekit.activations.harvest import harvest
 from saekit.config import TrainConfig, load_config
+from saekit.data import load_tokens
 from saekit.fileio import atomic_write_text
+from saekit.formats import load_dictionary
 from saekit.jobs import claim_output, graceful
+from saekit.models import hook_width, load_model
 from saekit.training.api import FITTED
+from saekit.training.evaluate import evaluate
+from saekit.training.snmf import fit_snmf
 from saekit.training.trainer import CHECKPOINT, Trainer, train_together
 
 RUN_CONFIG = "run_config.json"
@@ -40,8 +51,6 @@ def train(recipe: str | Path | None, out: str | Path | None = None, overrides: l
 
     >>> saekit.train("train/demo.toml", out="runs/train/demo", overrides=["n_tokens=200_000"])  # doctest: +SKIP
     """
-    from saekit.dictionaries import load_dictionary
-
     root = Path(out) if out is not None else default_out(recipe or "defaults")
     done = {run_dir: trainer.sae for run_dir, trainer in
             run_recipe(recipe, root, overrides, resume=resume, overwrite=overwrite, log=print)}
@@ -119,19 +128,14 @@ def _claim(root: Path, cfg: TrainConfig, runs: list[tuple[str, TrainConfig]], re
 
 def _data(cfg: TrainConfig, runs, hooks: list[str], recipe, rank: int):
     """``({hook: rows}, model, processing)`` from the cache, a live stream or one harvest."""
-    import saekit
 
     if cfg.cache:
-        from saekit.activations.cache import CacheRows
-
         data = {h: CacheRows(cfg.cache, h) for h in hooks}
         manifest = data[hooks[0]].cache.manifest
         return data, manifest["model"], manifest["processing"]
     if cfg.stream:
-        from saekit.activations import LiveStream
-
-        model = saekit.load_model(cfg.model, device=cfg.device)
-        tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
+        model = load_model(cfg.model, device=cfg.device)
+        tokens = load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
         sizes = {c.batch_size for _, c in runs}
         if len(sizes) > 1:
             raise ValueError(f"{recipe}: streaming trains every run from one harvest in lockstep, so "
@@ -150,10 +154,6 @@ class _Fit:
         self.sae = None
 
     def run(self, out: Path, eval_fn=None, checkpoint_every: int = 0):
-        import torch.distributed as dist
-
-        from saekit.training.snmf import fit_snmf
-
         c = self.c
         history: list[dict] = []
         # checkpoint_every counts tokens, as for SAEs: a pass reads all n_tokens of them
@@ -180,10 +180,7 @@ def _text_tokens(cfg: TrainConfig) -> int:
 
 def _harvest_for_training(cfg: TrainConfig, hooks: list[str], recipe, rank: int):
     """Harvest the recipe's hooks into memory in one pass: ``({hook: activations}, model)``."""
-    import saekit
-    from saekit.models import hook_width
-
-    model = saekit.load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, device=cfg.device)
     need = cfg.n_tokens * sum(hook_width(model, h) for h in hooks) * 4
     budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     if need > budget:
@@ -191,8 +188,8 @@ def _harvest_for_training(cfg: TrainConfig, hooks: list[str], recipe, rank: int)
                          f"({need / 2**30:.1f} GiB for n_tokens={cfg.n_tokens:,} at {hooks}), more "
                          "than half of this machine's RAM: set `stream = true` in the recipe to harvest "
                          "while training, or build a cache with `saekit harvest` and set `cache`")
-    tokens = saekit.load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
-    acts = saekit.harvest(model, hooks, tokens, progress=rank == 0)
+    tokens = load_tokens(cfg.data, model, _text_tokens(cfg), cfg.ctx_len, seed=cfg.seed)
+    acts = harvest(model, hooks, tokens, progress=rank == 0)
     got = len(next(iter(acts.values())))
     if got < cfg.n_tokens:
         warnings.warn(f"{recipe}: the data gave {got:,} activations, fewer than n_tokens={cfg.n_tokens:,}",
@@ -203,19 +200,16 @@ def _harvest_for_training(cfg: TrainConfig, hooks: list[str], recipe, rank: int)
 def _eval_fn(cfg: TrainConfig, model, log=print):
     """The evaluation callback, when the model can be loaded (it can when training
     from the model, or from a cache whose manifest names a loadable model)."""
-    import saekit
-    from saekit.training.evaluate import evaluate
-
     if cfg.eval_tokens <= 0:
         return None
     if isinstance(model, str):
         try:
-            model = saekit.load_model(model, device=cfg.device)
+            model = load_model(model, device=cfg.device)
         except (OSError, ValueError) as e:
             log(f"no evaluation: cannot load model {model!r} ({e})")
             return None
     data = "demo:heldout" if cfg.data == "demo" else cfg.data
-    tokens = saekit.load_tokens(data, model, cfg.eval_tokens, cfg.ctx_len, seed=cfg.seed + 1)
+    tokens = load_tokens(data, model, cfg.eval_tokens, cfg.ctx_len, seed=cfg.seed + 1)
     return lambda dictionary: evaluate(model, dictionary, tokens)
 
 
@@ -223,9 +217,6 @@ def _init_distributed(cfg: TrainConfig) -> int:
     """Join the process group when started by torchrun (gloo on CPU, nccl on GPUs)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
-    import torch
-    import torch.distributed as dist
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
     if cuda:

@@ -36,38 +36,8 @@ scale-dependent loss). Dead features (all-zero code columns, which make the
 least-squares step singular and MU's zeros absorbing) are re-seeded with random
 codes, never left to produce NaN.
 
-Stopping. A fit ends at the first of (``cfg.metadata["stopped"]`` says which):
-
-- ``"converged"``: from pass 10 on, the loss's elasticity with respect to the pass
-  count over the last five passes,
-  ``g_t = ln(L_{t−5} / L_t) / ln(t / (t−5))`` (``L`` the lowest loss so far), is below
-  ``stop_gain`` (default 0.04), and those five passes brought at most a tenth of the
-  fit's fall since its first pass, ``ln(L_{t−5} / L_t) <= 0.1 · ln(L_1 / L_t)``. At
-  the current rate, running as many passes again would lower the loss by less than
-  ``stop_gain · ln 2`` (2.8%; 1.4% of the error), and in fact by less, since the rate
-  only falls. The second condition asks that the fit has clearly left its
-  initialisation: a winner-take-all fit can creep for tens of passes before its
-  supports settle (on a held-out 5,000 × 256 matrix at k = 64 and wta 0.01, the
-  elasticity alone stopped one at pass 10, above the MU loop's 200-pass error; with
-  the condition it runs on while its last passes are a large part of its progress);
-- ``"stalled"``: ``patience`` passes in a row without a ``tol`` improvement;
-- ``"max_iter"``: ``max_iter`` passes.
-
-Why this rule. The loss curves have a long tail: on a held-out 10,000 × 512 matrix at
-k = 128, the fit used to reach the MU loop's 200-pass error at pass 20 and then spend
-77 more passes on the last 0.4% (issue 15). The elasticity is scale-free (a ratio of
-losses, whatever the activations' scale), and it sets the bar by how far the fit has
-come: a pass that gains 0.5% pays at pass 5 and not at pass 50. It is counted in
-passes rather than seconds because passes of one fit cost the same time, so the two
-elasticities agree (the initialisation aside), while a clock would make the stopping
-pass, and so the dictionary, depend on the machine's load, and could stop the ranks
-of a ``torchrun`` fit at different passes (every rank sees the same all-reduced loss,
-so they stop together). ``stop_gain=0`` turns the rule off (the fitter's behaviour
-before it: ``patience``/``tol``/``max_iter`` alone); a smaller value, such as 1e-3,
-runs to a tighter fit. The default 0.04 was chosen on one set of synthetic matrices
-and checked on others (``eval/bench_snmf_stopping.py``, which reports where it meets
-the issue's target, at least 4× faster than the MU loop to its 200-pass error, and
-where it does not).
+Stopping: :mod:`saekit.training.snmf_stopping` (the ``stop_gain`` rule, ``tol``/``patience``,
+``max_iter``, and why).
 
 Checkpoints. ``checkpoint=DIR, checkpoint_every=N`` writes the fit's whole state between
 passes, atomically (:mod:`saekit.training.snmf_checkpoint`); a fit started again with
@@ -83,9 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.snmf import (
     NMF,
     SNMF,
@@ -96,8 +67,21 @@ from saekit.dictionaries.snmf import (
     winner_take_all,
     wta_keep,
 )
-from saekit.fileio import remove_directory
+from saekit.fileio import clean_stale, remove_directory
 from saekit.jobs import Interrupted, requested
+from saekit.metrics import unit_rows
+from saekit.models import resolve_device
+from saekit.training import snmf_checkpoint as sc
+from saekit.training.inputs import rows_and_config
+from saekit.training.snmf_stopping import (  # noqa: F401  (their old home)
+    GAIN_FLOOR,
+    GAIN_MIN_PASSES,
+    GAIN_SHARE,
+    GAIN_WINDOW,
+    converged,
+    stop_gain_value,
+)
+from saekit.version import provenance
 
 SOLVERS = ("hals", "apg", "mu")
 INITS = ("svd", "random", "kmeans")
@@ -105,16 +89,12 @@ CODE_STORES = ("auto", "memory", "memmap", "recompute")
 
 
 def _dist() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _all_reduce(*ts: Tensor) -> None:
-    import torch.distributed as dist
-
     if _dist()[1] > 1:
         for t in ts:
             dist.all_reduce(t)
@@ -234,47 +214,6 @@ def kmeans(x: Tensor, k: int, iters: int = 15, generator: torch.Generator | None
     return C
 
 
-#: Passes over which ``stop_gain`` measures the loss's fall, and the fewest passes before it may stop a fit.
-GAIN_WINDOW, GAIN_MIN_PASSES = 5, 10
-#: The largest share of the fit's fall in (log) loss since its first pass that the last
-#: ``GAIN_WINDOW`` passes may have brought for ``stop_gain`` to stop it.
-GAIN_SHARE = 0.1
-#: Losses below this fraction of ``‖A‖²`` (relative error 1e-4, about the float32 statistics'
-#: rounding) count as equal, so an exact fit stops rather than chase rounding.
-GAIN_FLOOR = 1e-8
-
-
-def stop_gain_value(lows: list[float], it: int, floor: float = 0.0,
-                    window: int = GAIN_WINDOW) -> float | None:
-    """The loss's elasticity with respect to the pass count over the last ``window`` passes,
-    ``ln(L_{t−w} / L_t) / ln(t / (t−w))`` for the lowest losses ``lows`` (one per pass, the
-    last being pass ``it``); None until ``window`` + 1 passes exist.
-
-    It is the fraction by which the loss falls per fractional increase in passes (so
-    in time, passes costing the same): at 0.04, running as many passes again at the
-    current rate would lower the loss by about 0.04 · ln 2 = 2.8%, and by less in
-    practice, as rates only fall. Scale-free (a ratio of losses), free of the pass's
-    cost, and the same for a given loss curve on every machine and every rank.
-    """
-    if len(lows) <= window or it <= window:
-        return None
-    past, now = lows[-1 - window] + floor, lows[-1] + floor
-    if now <= 0 or past <= 0:
-        return None
-    return math.log(past / now) / math.log(it / (it - window))
-
-
-def converged(lows: list[float], it: int, stop_gain: float, floor: float = 0.0) -> bool:
-    """The ``stop_gain`` rule (module docstring): from pass ``GAIN_MIN_PASSES``, the
-    elasticity is below ``stop_gain`` and the last ``GAIN_WINDOW`` passes brought at most
-    ``GAIN_SHARE`` of the fall in log loss since the first pass."""
-    gain = stop_gain_value(lows, it, floor)
-    if stop_gain <= 0 or it < GAIN_MIN_PASSES or gain is None or gain >= stop_gain:
-        return False
-    first, past, now = lows[0] + floor, lows[-1 - GAIN_WINDOW] + floor, lows[-1] + floor
-    return math.log(past / now) <= GAIN_SHARE * math.log(first / now)
-
-
 def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None, seed: int = 0,
              hook: str | None = None, model: Any = None, processing: str | None = None,
              device: Any = None, progress: bool = False, history: list | None = None,
@@ -295,7 +234,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
         ``init`` (``svd``/``random``/``kmeans``), ``chunk_tokens``, ``codes``
         (``auto``/``memory``/``memmap``/``recompute``), ``code_steps`` (HALS sweeps or APG
         steps per pass), ``ridge``, ``firing_threshold``/``encode_tol``/``encode_iter`` for
-        ``encode``, and the stopping options (see the module docstring for why):
+        ``encode``, and the stopping options (:mod:`saekit.training.snmf_stopping` says why):
 
         - ``stop_gain`` (0.04): stop once the loss's elasticity with respect to the pass
           count over the last five passes, ``ln(L_{t−5}/L_t) / ln(t/(t−5))``, is below
@@ -332,18 +271,11 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     (passes run), ``stopped`` (``"converged"``, ``"stalled"`` or ``"max_iter"``) and
     ``gain`` (the last pass's elasticity).
     """
-    from saekit.models import resolve_device, source_fields
-    from saekit.training.trainer import _as_rows, provenance
-
     cls = {"snmf": SNMF, "nmf": NMF}.get(kind)
     if cls is None:
         raise ValueError(f"fit_snmf fits kinds 'snmf' and 'nmf', got {kind!r}")
-    data = _as_rows(data)
-    if data.ndim != 2:
-        raise ValueError(f"data must be [n_tokens, d_in], got shape {tuple(data.shape)}")
+    data, cfg = rows_and_config(data, kind, d_dict, k, hook, model, processing, options=options)
     n, d_in = data.shape
-    cfg = DictionaryConfig(kind=kind, d_in=d_in, d_dict=d_dict, k=k, hook=hook,
-                           **source_fields(model, processing), options=options)
     o = cfg.options
     if o["solver"] not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {o['solver']!r}")
@@ -364,15 +296,10 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     ckpt = Path(checkpoint) if checkpoint is not None else None
     resumed = None
     if ckpt is not None:
-        from saekit.fileio import clean_stale
-        from saekit.training import snmf_checkpoint as sc
-
         fit_id = sc.fingerprint(cfg, seed, n, _rows(data, 0, min(n, 64)), world)
         if rank == 0:  # what a killed checkpoint write left beside it
             clean_stale(ckpt.parent, ckpt.name)
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         resumed = sc.load(ckpt, fit_id, dev)
     store = o["codes"]
@@ -461,8 +388,6 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
             history.extend(records)
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=o["max_iter"], initial=max(start - 1, 0), desc=f"fit {kind}", unit="pass")
     it = 0
     for it in range(start, o["max_iter"] + 1):
@@ -576,8 +501,7 @@ def fit_snmf(data: Any, d_dict: int, *, kind: str = "snmf", k: int | None = None
     codes.close()
     d = cls(cfg).to(dev)
     with torch.no_grad():
-        norms = W.norm(dim=1, keepdim=True)
-        d.W_dec.copy_(torch.where(norms > 0, W / norms.clamp_min(1e-30), W))
+        d.W_dec.copy_(unit_rows(W, eps=1e-30))  # a zero row stays zero
     d.cfg.metadata.update({"n_tokens": n, "iterations": it, "best_iter": best_iter, "stopped": stopped,
                            "gain": gain, "loss": float(final),
                            "rel_error": math.sqrt(max(float(final), 0) / max(float(s_AA), 1e-30)),

@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
+
+from saekit.fileio import atomic_directory
 
 FORMAT = 1
 TENSORS, META = "state.safetensors", "state.json"
@@ -50,8 +55,6 @@ def load(path: Path, expect: dict[str, Any], device: torch.device) -> tuple[dict
     The layout matters: the dictionary solve leaves ``W`` column-major, and a sum over
     ``W * S`` adds in another order when ``W`` is row-major, which changes the loss's
     last bits (so the history, and in a tie the stopping pass)."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return None
     if not (path / META).is_file():
@@ -86,8 +89,6 @@ def gather_codes(codes: Any, chunks: list[tuple[int, int, int]], rank: int, worl
                  dtype: torch.dtype) -> dict[str, Tensor]:
     """Every chunk's codes on rank 0 (``codes.{i}``, in ``dtype``); other ranks send theirs
     and get an empty dict. Chunk ``i`` lives on rank ``i % world`` (``chunks[rank::world]``)."""
-    import torch.distributed as dist
-
     out: dict[str, Tensor] = {}
     for i, lo, hi in chunks:
         owner = i % world
@@ -107,10 +108,6 @@ def gather_codes(codes: Any, chunks: list[tuple[int, int, int]], rank: int, worl
 def save(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> None:
     """Write the state atomically (call on rank 0 only), with each tensor's strides so
     :func:`load` gives it back in the same layout."""
-    from safetensors.torch import save_file
-
-    from saekit.fileio import atomic_directory
-
     meta = {**meta, "strides": {k: list(v.stride()) for k, v in tensors.items()}}
     with atomic_directory(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS))

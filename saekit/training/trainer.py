@@ -19,24 +19,30 @@ resumed run ends with exactly the weights of an uninterrupted one (fp32, CPU).
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from saekit.activations.cache import CacheRows
-from saekit.dictionaries import REGISTRY, DictionaryConfig
+from saekit.activations.stream import LiveStream
+from saekit.dictionaries import REGISTRY
 from saekit.dictionaries.sae import SAE
 from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
+from saekit.models import resolve_device
+from saekit.training import checkpoint
+from saekit.training.inputs import rows_and_config
 from saekit.training.schedule import default_lr, default_schedule
+from saekit.version import provenance
 
 CHECKPOINT = "checkpoint"
 
@@ -51,18 +57,6 @@ def geometric_median(x: Tensor, iters: int = 100, eps: float = 1e-8) -> Tensor:
             return new
         m = new
     return m
-
-
-def _as_rows(data: Any) -> Any:
-    """A tensor stays; an activation cache (path or object, one hook) becomes row storage."""
-    from saekit.activations.cache import ActivationCache
-    from saekit.activations.stream import LiveStream
-
-    if isinstance(data, (Tensor, CacheRows, LiveStream)):
-        return data
-    if isinstance(data, (str, os.PathLike, ActivationCache)):
-        return CacheRows(data)
-    raise TypeError(f"data must be a tensor [n, d_in] or an activation cache; got {type(data).__name__}")
 
 
 class Trainer:
@@ -82,28 +76,21 @@ class Trainer:
                  b_dec_init: str = "geometric_median", dead_tokens: int | None = None,
                  device: Any = None, processing: str | None = None, autocast: bool = False,
                  compile: bool = False, **options: Any):
-        from saekit.models import resolve_device, source_fields
-
         if kind not in REGISTRY:
             raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
-        data = _as_rows(data)
-        if data.ndim != 2:
-            raise ValueError(f"data must be [n_tokens, d_in], got shape {tuple(data.shape)}")
-        if isinstance(data, Tensor) and not torch.isfinite(data).all():
-            raise ValueError("data contains NaN or inf activations")
         if input_norm not in ("scalar", "none"):
             raise ValueError(f"input_norm for training must be 'scalar' or 'none', got {input_norm!r}")
         if b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ValueError(f"b_dec_init must be geometric_median, mean or zeros, got {b_dec_init!r}")
+        data, cfg = rows_and_config(data, kind, d_dict, k, hook, model, processing, input_norm=input_norm,
+                                    options=options)
+        if isinstance(data, Tensor) and not torch.isfinite(data).all():
+            raise ValueError("data contains NaN or inf activations")
         self.data = data
-        from saekit.activations.stream import LiveStream
-
         self.streaming = isinstance(data, LiveStream)
         self._stream: Any = None
         n, d_in = data.shape
         self.dev = resolve_device(device)
-        cfg = DictionaryConfig(kind=kind, d_in=d_in, d_dict=d_dict, k=k, hook=hook,
-                               **source_fields(model, processing), input_norm=input_norm, options=options)
         if not getattr(REGISTRY[kind], "TRAINABLE", False) or cfg.options.get("apply_b_dec_to_input") is False:
             raise ValueError(f"kind {kind!r} with options {options} loads and runs but does not train in saekit "
                              "(gated, or apply_b_dec_to_input=False as in Gemma Scope checkpoints)")
@@ -115,8 +102,6 @@ class Trainer:
         self.autocast, self.compile = autocast, compile
         # Under torchrun, rank r trains on the r-th slice of each seeded global batch and
         # gradients are averaged, which equals one process on the whole batch.
-        import torch.distributed as dist
-
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world > 1 else 0
         if batch_size % self.world:
@@ -219,8 +204,6 @@ class Trainer:
         out.loss.backward()
         counts = out.counts
         if self.world > 1:
-            import torch.distributed as dist
-
             for p in sae.parameters():
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
@@ -251,8 +234,6 @@ class Trainer:
     def snapshot(self) -> SAE:
         """A copy of the dictionary as ``finish`` would leave it (unit rows, scale folded),
         for evaluation mid-training; training goes on unchanged."""
-        import copy
-
         return self._for_inference(copy.deepcopy(self.sae)).eval()
 
     def _for_inference(self, sae: SAE) -> SAE:
@@ -295,8 +276,6 @@ class Trainer:
         eval_steps = max(1, eval_every // self.batch_size) if eval_every else 0
         it = range(self.step, self.steps)
         if progress:
-            from tqdm.auto import tqdm
-
             it = tqdm(it, desc=f"train {self.sae.cfg.kind}", unit="step", initial=self.step, total=self.steps)
         t_last, tok_last = time.time(), self.step * self.batch_size
         with graceful():
@@ -368,20 +347,9 @@ class Trainer:
         return tensors, meta
 
     def save_checkpoint(self, path: Path) -> None:
-        """Trainer state as safetensors + JSON, written to a temporary directory and renamed."""
-        from safetensors.torch import save_file
-
-        tensors, meta = self.state()
-        from saekit.fileio import atomic_directory
-
-        with atomic_directory(path) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
-            with open(tmp / "state.safetensors", "rb") as f:
-                state_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-            fields = json.dumps(meta, sort_keys=True, separators=(",", ":"))  # state.json's own fields too
-            meta["sha256"] = {"state.safetensors": state_sha256,
-                              "state.json": hashlib.sha256(fields.encode()).hexdigest()}
-            (tmp / "state.json").write_text(json.dumps(meta, indent=1) + "\n")
+        """Trainer state as safetensors + JSON, written to a temporary directory and renamed
+        (:func:`saekit.training.checkpoint.save`)."""
+        checkpoint.save(path, *self.state())
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the state :meth:`save_checkpoint` wrote. Checks, each failing with a
@@ -389,95 +357,17 @@ class Trainer:
         ``state.safetensors`` and of ``state.json``'s fields when ``state.json`` records
         them (``"sha256": {"state.safetensors": ..., "state.json": ...}``; older
         checkpoints have none), every field's type and range, that the checkpoint is of
-        this run, and every tensor's name, dtype, shape and finiteness."""
-        import hashlib
-
-        from safetensors.torch import load_file
-
+        this run, and every tensor's name, dtype, shape and finiteness
+        (:mod:`saekit.training.checkpoint`)."""
         path = Path(path)
-        jfile, tfile = path / "state.json", path / "state.safetensors"
-        try:
-            meta = json.loads(jfile.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
-            raise ValueError(f"checkpoint {path} cannot be read ({jfile}: {e})") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{jfile}: expected a JSON object, got {type(meta).__name__}")
-        hashes = meta.get("sha256")
-        if hashes is not None:
-            if not isinstance(hashes, dict) or not set(hashes) <= {"state.safetensors", "state.json"} or not all(
-                    isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
-                    for v in hashes.values()):
-                raise ValueError(f"{jfile}: field 'sha256' must map state.safetensors/state.json to 64 hex "
-                                 f"digits, got {hashes!r}")
-            fields = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True,
-                                separators=(",", ":"))
-            if "state.json" in hashes and hashlib.sha256(fields.encode()).hexdigest() != hashes["state.json"]:
-                raise ValueError(f"{jfile}: its fields' sha256 differs from the one recorded in it; the file was "
-                                 "modified since it was written")
-            if "state.safetensors" in hashes:
-                try:
-                    with open(tfile, "rb") as f:
-                        got = hashlib.file_digest(f, "sha256").hexdigest()
-                except OSError as e:
-                    raise ValueError(f"checkpoint {path} cannot be read ({tfile}: {e})") from None
-                if got != hashes["state.safetensors"]:
-                    raise ValueError(f"{tfile}: sha256 {got} differs from {hashes['state.safetensors']} recorded "
-                                     "in state.json; the file was modified or truncated since it was written")
-
-        def number(name: str, integer: bool, low: float) -> Any:
-            v = meta.get(name)
-            ok = isinstance(v, int) if integer else isinstance(v, (int, float)) and math.isfinite(v)
-            if not ok or isinstance(v, bool) or v < low:
-                kind = "an integer" if integer else "a finite number"
-                raise ValueError(f"{jfile}: field {name!r} must be {kind} >= {low}, got {v!r}"
-                                 + (" (missing)" if name not in meta else ""))
-            return v
-
-        steps = number("steps", True, 1)
-        step, seen = number("step", True, 0), number("seen", True, 0)
-        scale, seconds = number("scale", False, 0), number("train_seconds", False, 0)
-        if scale <= 0 or step > steps:
-            raise ValueError(f"{jfile}: step {step} of {steps} steps, scale {scale}: out of range")
-        if meta.get("config") != self.sae.cfg.to_dict() or steps != self.steps:
+        meta = checkpoint.read_fields(path)
+        if meta.get("config") != self.sae.cfg.to_dict() or meta["steps"] != self.steps:
             raise ValueError(f"checkpoint {path} is from a different run (config or length differs); "
                              "resume with the same config")
-        try:
-            tensors = load_file(tfile, device=str(self.dev))
-        except Exception as e:  # safetensors' own error type for truncated/corrupt files, OSError
-            raise ValueError(f"checkpoint {path} cannot be read ({tfile}: {e})") from None
-        # What each tensor must be: this trainer's own state, and Adam's per parameter.
+        tensors = checkpoint.read_tensors(path, self.dev)
         want = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         want.update(since_fired=self.since_fired, fired=self.fired)
-        params = self.opt.param_groups[0]["params"] if len(self.opt.param_groups) == 1 else \
-            [p for g in self.opt.param_groups for p in g["params"]]
-        opt_keys: dict[int, set[str]] = {}
-        for key in tensors:
-            if key.startswith("opt."):
-                _, i, name = (key.split(".", 2) + ["", ""])[:3]
-                if not i.isdigit() or int(i) >= len(params) or name not in ("step", "exp_avg", "exp_avg_sq"):
-                    raise ValueError(f"{tfile}: unexpected tensor {key!r} (Adam state is opt.<i>.step/exp_avg/"
-                                     f"exp_avg_sq for {len(params)} parameters)")
-                opt_keys.setdefault(int(i), set()).add(name)
-                p = params[int(i)]
-                want[key] = torch.zeros((), dtype=torch.float32) if name == "step" else p.detach()
-        for i, names in opt_keys.items():
-            if names != {"step", "exp_avg", "exp_avg_sq"}:
-                raise ValueError(f"{tfile}: Adam state of parameter {i} has {sorted(names)}, expected "
-                                 "step, exp_avg and exp_avg_sq")
-        missing = sorted(set(want) - set(tensors))
-        unknown = sorted(set(tensors) - set(want))
-        if missing or unknown:
-            raise ValueError(f"{tfile}: " + (f"missing tensor(s) {missing}" if missing else "")
-                             + ("; " if missing and unknown else "") + (f"unexpected tensor(s) {unknown}" if unknown else ""))
-        for key, ref in want.items():
-            t = tensors[key]
-            if t.dtype != ref.dtype or t.shape != ref.shape:
-                raise ValueError(f"{tfile}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected "
-                                 f"{ref.dtype} {tuple(ref.shape)}")
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ValueError(f"{tfile}: tensor {key!r} has NaN/inf values")
-        if (tensors["since_fired"] < 0).any() or (tensors["fired"] < 0).any():
-            raise ValueError(f"{tfile}: tensor 'since_fired' or 'fired' has negative counts")
+        checkpoint.check_tensors(path, tensors, want, [p for g in self.opt.param_groups for p in g["params"]])
         self.sae.load_state_dict({k.removeprefix("sae."): v for k, v in tensors.items() if k.startswith("sae.")})
         opt = self.opt.state_dict()
         opt["state"] = {}
@@ -488,8 +378,8 @@ class Trainer:
         self.opt.load_state_dict(opt)
         self.since_fired = tensors["since_fired"]
         self.fired = tensors["fired"]
-        self.step, self.seen = step, seen
-        self.scale, self.train_seconds = scale, seconds
+        self.step, self.seen = meta["step"], meta["seen"]
+        self.scale, self.train_seconds = meta["scale"], meta["train_seconds"]
 
 
 def _step_of(line: str) -> int | None:
@@ -530,27 +420,6 @@ class _MetricsLog:
             self.wandb.finish()
 
 
-def provenance() -> dict[str, Any]:
-    """Versions of saekit, torch and TransformerLens, and the git SHA when in a checkout."""
-    import subprocess
-    from importlib.metadata import PackageNotFoundError, version
-
-    import saekit
-
-    out = {"saekit_version": saekit.__version__, "torch_version": torch.__version__}
-    try:
-        out["transformer_lens_version"] = version("transformer-lens")
-    except PackageNotFoundError:
-        out["transformer_lens_version"] = None
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        out["git_sha"] = sha.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git_sha"] = None
-    return out
-
-
 def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = False) -> list[SAE]:
     """Train several dictionaries in lockstep: every trainer takes step s before any takes
     step s + 1, so trainers fed by :meth:`LiveStream.together` share each LM forward.
@@ -567,8 +436,6 @@ def _train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool) 
     runs = [(t, t.steps_of_run(**{**kw, "progress": False})) for t, kw in jobs]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=max(t.steps for t, _ in runs), initial=min(t.step for t, _ in runs),
                    desc=f"train {len(runs)} dictionaries", unit="step")
     active = list(runs)

@@ -1,0 +1,71 @@
+"""saekit's LLM path against a real server: ``transformers serve`` with SmolLM2-135M-Instruct
+on loopback (tests/real_llm.py). The scripted server (tests/llm_server.py) keeps the fast
+unit tests of parsing and retries; this one checks that real answers from a small, slow
+model go through the describer and the scorer and come back as usable results."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from real_llm import RealLLMServer
+
+from saekit import gguf
+from saekit.interp.detection import detection
+from saekit.interp.llm import LLMClient
+from saekit.interp.prompts import explain_maxact
+
+WORDS = "The children walked to school on Monday and came home on Tuesday afternoon".split()
+
+
+def _example(marked: set[str]) -> dict:
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(WORDS)]
+    return {"tokens": tokens, "acts": [3.0 if w in marked else 0.0 for w in WORDS]}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model_dir = gguf.resolve_model_dir("smollm2-135m")  # converted once, cached
+    with RealLLMServer(model_dir, log=tmp_path_factory.mktemp("serve") / "serve.log") as s:
+        yield s
+
+
+@pytest.mark.timeout(240)
+def test_one_describer_and_one_scorer_call_against_the_real_server(server, tmp_path):
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    t0 = time.time()
+    days = [_example({"Monday", "Tuesday"}), _example({"Monday"}), _example({"Tuesday"})]
+    [explanation] = explain_maxact(client, [days], max_tokens=48)
+    described = time.time() - t0
+    assert isinstance(explanation, str) and explanation.strip(), explanation
+    assert client.stats.answered == 1
+
+    t1 = time.time()
+    others = [_example({"school"}), _example({"children"})]
+    [score] = detection(client, [explanation], [days[:2]], [others], per_prompt=4, max_tokens=24)
+    scored = time.time() - t1
+    assert score["n_total"] == 4 and 0 <= score["n_parsed"] <= 4
+    if score["n_parsed"]:  # an unparseable answer drops out, never counts as a pass
+        assert 0 <= score["balanced_accuracy"] <= 1
+    else:
+        assert math.isnan(score["balanced_accuracy"])
+    assert client.stats.answered == 2
+
+    again = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache")
+    assert explain_maxact(again, [days], max_tokens=48) == [explanation]  # from the cache
+    assert again.stats.cache_hits == 1 and again.stats.requests == 0
+    print(f"server ready in {server.startup_seconds:.1f} s; describer {described:.1f} s, scorer {scored:.1f} s; "
+          f"explanation {explanation!r}; detection parsed {score['n_parsed']}/4")
+
+
+@pytest.mark.timeout(240)
+def test_intruder_scorer_against_the_real_server(server, tmp_path):
+    from saekit.interp.intruder import intruder
+
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    days = [_example({d}) for d in ("Monday", "Tuesday", "Monday", "Tuesday")]
+    others = [_example({"school"}), _example({"children"})]
+    [r] = intruder(client, [days], [others], n_examples=4, n_trials=2)
+    assert r["n_total"] == 2 and 0 <= r["n_correct"] <= r["n_parsed"] <= 2 and r["chance"] == 0.25
+    print(f"intruder on the real server: {r}")
