@@ -37,6 +37,9 @@ def test_parse_intruder():
     assert parse_intruder("I think the intruder is example 4.", 5) == 4
     assert parse_intruder("RESPONSE: Example 2", 5) == 2
     assert parse_intruder("[RESPONSE]: 9", 5) is None
+    assert parse_intruder("The first example is the intruder.", 5) == 1
+    assert parse_intruder("It is the last one.", 4) == 4
+    assert parse_intruder("The first and the second differ.", 5) is None
     assert parse_intruder("1 or 2", 5) is None and parse_intruder("", 5) is None and parse_intruder(None, 5) is None
 
 

@@ -188,13 +188,16 @@ def test_detection_separates_matching_from_mismatched_descriptions(llm, tmp_path
     descriptions = ["the weekday Monday", "the city Paris", "vague: the weekday Monday"]
     scores = detection(client, descriptions, [MONDAY] * 3, [PARIS] * 3, per_prompt=5, seed=0)
     assert versioned(server)
-    assert len(server.requests) == 3 * 3  # 12 examples per feature in prompts of 5, 5 and 2
+    # 12 examples per feature in prompts of 5, 5 and 2; the unreadable 2-example answer
+    # below is asked again one example at a time (2 more requests)
+    assert len(server.requests) == 3 * 3 + 2
     good, bad, vague = scores
     assert good["balanced_accuracy"] == good["f1"] == good["precision"] == good["recall"] == 1.0
     assert good["n_parsed"] == good["n_total"] == 12
     assert bad["balanced_accuracy"] == 0.0 and bad["f1"] == 0.0  # it picks exactly the wrong ones
     # the 2-example prompt got an unreadable answer: missing, not wrong
     assert vague["n_total"] == 12 and vague["n_parsed"] == 10 and vague["balanced_accuracy"] == 1.0
+    assert vague["n_retried"] == 2 and good["n_retried"] == bad["n_retried"] == 0
 
     prompts = [r["body"]["messages"][-1]["content"] for r in server.requests[:3]]
     shown = [e for p in prompts for e in re.findall(r"^Example \d+: (.*)$", p, re.MULTILINE)]
@@ -205,9 +208,26 @@ def test_detection_separates_matching_from_mismatched_descriptions(llm, tmp_path
     n = len(server.requests)
     rerun = LLMClient(base_url=server.url, model="m", cache_dir=tmp_path / "cache")
     assert detection(rerun, descriptions, [MONDAY] * 3, [PARIS] * 3, seed=0)[:2] == scores[:2]
-    assert len(server.requests) == n and rerun.stats.requests == 0 and rerun.stats.cache_hits == 9
+    assert len(server.requests) == n and rerun.stats.requests == 0 and rerun.stats.cache_hits == 11
     detection(rerun, descriptions[:1], [MONDAY], [PARIS], seed=1)  # another shuffle: new requests
     assert len(server.requests) > n
+
+
+def test_an_unreadable_list_answer_is_asked_again_one_example_at_a_time(tmp_path):
+    """A small model echoes a list prompt but answers a single yes/no question."""
+    def small_model(body):
+        user = body["messages"][-1]["content"]
+        examples = re.findall(r"^Example \d+: (.*)$", user, re.MULTILINE)
+        if examples:
+            return examples[0]  # an echo: no list to read
+        text = re.search(r"^Text: (.*)$", user, re.MULTILINE).group(1)
+        return "Yes, it does." if "Monday" in text else "No, the text does not match."
+
+    with ScriptedServer(small_model) as server:
+        client = LLMClient(base_url=server.url, model="m", cache_dir=tmp_path / "cache")
+        [score] = detection(client, ["the weekday Monday"], [MONDAY], [PARIS], per_prompt=5)
+    assert score["n_parsed"] == score["n_total"] == 12 and score["n_retried"] == 12
+    assert score["balanced_accuracy"] == 1.0 and len(server.requests) == 3 + 12
 
 
 def test_fuzzing_marks_and_scores(llm):

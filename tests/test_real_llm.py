@@ -19,9 +19,10 @@ from saekit.interp.prompts import explain_maxact
 WORDS = "The children walked to school on Monday and came home on Tuesday afternoon".split()
 
 
-def _example(marked: set[str]) -> dict:
-    tokens = [w if i == 0 else " " + w for i, w in enumerate(WORDS)]
-    return {"tokens": tokens, "acts": [3.0 if w in marked else 0.0 for w in WORDS]}
+def _example(marked: set[str], text: str | None = None) -> dict:
+    words = text.split() if text else WORDS
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    return {"tokens": tokens, "acts": [3.0 if w in marked else 0.0 for w in words]}
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +43,22 @@ def test_one_describer_and_one_scorer_call_against_the_real_server(server, tmp_p
     assert client.stats.answered == 1
 
     t1 = time.time()
-    others = [_example({"school"}), _example({"children"})]
-    [score] = detection(client, [explanation], [days[:2]], [others], per_prompt=4, max_tokens=24)
+    others = [_example(set(), "The cup stood on the kitchen table"), _example(set(), "Rain fell over the old harbour")]
+    shown = [_example({"Monday"}, "We met on Monday at noon"), _example({"Tuesday"}, "The shop opens on Tuesday")]
+    [score] = detection(client, [explanation], [shown], [others], per_prompt=4, max_tokens=24)
     scored = time.time() - t1
     assert score["n_total"] == 4 and 0 <= score["n_parsed"] <= 4
     if score["n_parsed"]:  # an unparseable answer drops out, never counts as a pass
         assert 0 <= score["balanced_accuracy"] <= 1
     else:
         assert math.isnan(score["balanced_accuracy"])
-    assert client.stats.answered == 2
+    assert client.stats.answered == 2 + score["n_retried"]  # an unreadable list is asked again per example
 
     again = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache")
     assert explain_maxact(again, [days], max_tokens=48) == [explanation]  # from the cache
     assert again.stats.cache_hits == 1 and again.stats.requests == 0
     print(f"server ready in {server.startup_seconds:.1f} s; describer {described:.1f} s, scorer {scored:.1f} s; "
-          f"explanation {explanation!r}; detection parsed {score['n_parsed']}/4")
+          f"explanation {explanation!r}; detection parsed {score['n_parsed']}/4 ({score['n_retried']} asked again)")
 
 
 @pytest.mark.timeout(240)

@@ -21,6 +21,7 @@ from saekit.interp.prompts import (
     chat_messages,
     maxact_mask,
     numbered,
+    one_line,
     render_marked,
     strip_thinking,
     tokens_and_acts,
@@ -104,8 +105,9 @@ def _check_scoring_input(descriptions: Sequence[str], activating: Sequence[Seque
 
 def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
               items: Sequence[list[tuple[str, int]]], per_prompt: int, temperature: float,
-              max_tokens: int) -> list[dict[str, float]]:
-    """Send each feature's (text, label) items in prompts of ``per_prompt`` and score."""
+              max_tokens: int, question: str) -> list[dict[str, float]]:
+    """Send each feature's (text, label) items in prompts of ``per_prompt`` and score;
+    ``question`` asks about one text when a list answer was unreadable."""
     requests, slots = [], []
     for f, (description, feature_items) in enumerate(zip(descriptions, items, strict=True)):
         for start in range(0, len(feature_items), per_prompt):
@@ -115,13 +117,38 @@ def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
             requests.append(chat_messages(system, user))
             slots.append((f, [y for _, y in chunk]))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    parsed = [parse_binary_list(a, len(ys)) for (_, ys), a in zip(slots, answers, strict=True)]
+    # Small models often answer a list prompt with prose or an echo of the examples, yet
+    # answer one yes/no question: the examples of an unreadable multi-example answer are
+    # asked again one at a time (cached like every call; counted in n_retried).
+    retry = [(j, i) for j, (p, (_, ys)) in enumerate(zip(parsed, slots, strict=True))
+             if p is None and len(ys) > 1 for i in range(len(ys))]
+    if retry:
+        texts = [[t for t, _ in chunk] for chunk in _chunks(items, per_prompt)]
+        singles = client.chat_many([chat_messages(system, (
+            f"Description: {descriptions[slots[j][0]]}\n\nText: {one_line(texts[j][i])}\n\n"
+            f"{question} Answer yes or no.")) for j, i in retry],
+            temperature=temperature, max_tokens=max_tokens)
+        for j in {j for j, _ in retry}:
+            parsed[j] = [None] * len(slots[j][1])
+        for (j, i), answer in zip(retry, singles, strict=True):
+            one = parse_binary_list(answer, 1)
+            parsed[j][i] = one[0] if one is not None else None
     labels: list[list[int]] = [[] for _ in descriptions]
     predictions: list[list[int | None]] = [[] for _ in descriptions]
-    for (f, ys), answer in zip(slots, answers, strict=True):
-        parsed = parse_binary_list(answer, len(ys))
+    retried = [0 for _ in descriptions]
+    for j, ((f, ys), p) in enumerate(zip(slots, parsed, strict=True)):
         labels[f] += ys
-        predictions[f] += parsed if parsed is not None else [None] * len(ys)
-    return [classification_metrics(y, p) for y, p in zip(labels, predictions, strict=True)]
+        predictions[f] += p if p is not None else [None] * len(ys)
+        retried[f] += sum(jj == j for jj, _ in retry)
+    return [{**classification_metrics(y, p), "n_retried": r}
+            for y, p, r in zip(labels, predictions, retried, strict=True)]
+
+
+def _chunks(items: Sequence[list[tuple[str, int]]], per_prompt: int) -> list[list[tuple[str, int]]]:
+    """The prompts' example chunks, in the order :func:`_classify` sends them."""
+    return [feature_items[start:start + per_prompt] for feature_items in items
+            for start in range(0, len(feature_items), per_prompt)]
 
 
 _DETECTION_SYSTEM = (
@@ -173,7 +200,8 @@ def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequen
                          + [("".join(tokens_and_acts(ex)[0]), 0) for ex in neg])
         rng.shuffle(feature_items)
         items.append(feature_items)
-    return _classify(client, _DETECTION_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)
+    return _classify(client, _DETECTION_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens,
+                     "Does the description fit this text?")
 
 
 _FUZZING_SYSTEM = (
@@ -218,4 +246,5 @@ def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence
             feature_items.append((render_marked(tokens, [i in chosen for i in range(len(tokens))], "<<", ">>"), 0))
         rng.shuffle(feature_items)
         items.append(feature_items)
-    return _classify(client, _FUZZING_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens)
+    return _classify(client, _FUZZING_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens,
+                     "Do the tokens marked with << and >> fit the description?")

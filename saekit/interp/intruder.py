@@ -41,13 +41,22 @@ _RESPONSE = re.compile(r"\[?RESPONSE\]?\s*:?\s*(?:Example\s*)?(\d+)", re.IGNOREC
 _NUMBER = re.compile(r"(?<![\d.])(\d+)(?!\d|\.\d)")  # whole numbers, not decimals
 
 
+_ORDINALS = {w: i for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth tenth".split(), 1)}
+_ORDINAL = re.compile(r"\b(" + "|".join([*_ORDINALS, "last"]) + r")\b", re.IGNORECASE)
+
+
 def parse_intruder(text: str, n: int) -> int | None:
     """The intruder's number (1-based, as the examples are numbered) from an answer, or
-    ``None``: ``[RESPONSE]: k`` first; else the answer's only number in ``1..n``."""
-    m = _RESPONSE.search(text or "")
+    ``None``: ``[RESPONSE]: k`` first; else the answer's only number in ``1..n``; else
+    its only ordinal word (``the first example``, ``the last one``), as small models write."""
+    text = text or ""
+    m = _RESPONSE.search(text)
     if m and 1 <= int(m.group(1)) <= n:
         return int(m.group(1))
-    found = {int(x) for x in _NUMBER.findall(text or "") if 1 <= int(x) <= n}
+    found = {int(x) for x in _NUMBER.findall(text) if 1 <= int(x) <= n}
+    if not found:
+        found = {n if w.lower() == "last" else _ORDINALS[w.lower()] for w in _ORDINAL.findall(text)} & set(range(1, n + 1))
     return found.pop() if len(found) == 1 else None
 
 

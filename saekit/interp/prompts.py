@@ -85,9 +85,9 @@ def render_marked(tokens: Sequence[str], mask: Sequence[bool], open: str, close:
     return "".join(out)
 
 
-def _one_line(text: str) -> str:
-    # Examples are laid out one per line ("Example 3: ..."); a raw newline inside one
-    # would split it in two for the model.
+def one_line(text: str) -> str:
+    """``text`` on one line: its newlines written as ``\\n``. Examples are laid out one per
+    line ("Example 3: ..."); a raw newline inside one would split it in two for the model."""
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
 
 
@@ -144,7 +144,7 @@ def highlight_percentile(ex: Any, percentile: float = 90.0, open: str = "[", clo
 
 def numbered(texts: Sequence[str], name: str) -> str:
     """One line per text: ``{name} 1: ...``, newlines folded."""
-    return "\n".join(f"{name} {i}: {_one_line(t)}" for i, t in enumerate(texts, 1))
+    return "\n".join(f"{name} {i}: {one_line(t)}" for i, t in enumerate(texts, 1))
 
 
 def chat_messages(system: str, user: str) -> list[dict[str, str]]:
