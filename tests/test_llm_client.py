@@ -190,3 +190,27 @@ def test_config_from_fields_and_environment(monkeypatch, tmp_path):
 ])
 def test_parse_rating(text, expected):
     assert parse_rating(text) == expected
+
+
+def test_a_failing_call_costs_one_answer_not_the_run(tmp_path):
+    """on_error="skip": a call still failing after its retries answers "" and counts in
+    stats.failed; a wrong model still raises; a batch that fails entirely raises."""
+    def flaky(body):
+        text = body["messages"][-1]["content"]
+        return (503, {"error": "overloaded"}, {}) if "bad" in text else f"ok: {text}"
+
+    with ScriptedServer(flaky) as srv:
+        client = LLMClient(srv.url, "m", cache_dir=tmp_path, max_retries=1, backoff=0.01)
+        with pytest.warns(RuntimeWarning, match="1 of 3 LLM calls failed"):
+            out = client.chat_many(["a", "bad", "c"], on_error="skip")
+        assert out == ["ok: a", "", "ok: c"] and client.stats.failed == 1
+        with pytest.raises(LLMError, match="HTTP 503 after 2 attempts"):
+            client.chat_many(["bad", "bad again"], on_error="skip")  # nothing answered: the server is down
+        with pytest.raises(LLMError, match="HTTP 503"):
+            client.chat_many(["a", "bad"])  # the default still raises
+    with ScriptedServer(lambda body: (404, {"error": {"message": "model 'm' not found"}}, {})) as srv:
+        client = LLMClient(srv.url, "m", cache_dir=tmp_path, backoff=0.01)
+        with pytest.raises(LLMError, match="not found"):
+            client.chat_many(["a", "b"], on_error="skip")
+    with pytest.raises(ValueError, match="on_error"):
+        client.chat_many(["a"], on_error="ignore")

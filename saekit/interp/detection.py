@@ -116,19 +116,19 @@ def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
                     f"Answer with a list of {len(chunk)} values, 0 or 1, one per example in order.")
             requests.append(chat_messages(system, user))
             slots.append((f, [y for _, y in chunk]))
-    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error="skip")
     parsed = [parse_binary_list(a, len(ys)) for (_, ys), a in zip(slots, answers, strict=True)]
     # Small models often answer a list prompt with prose or an echo of the examples, yet
     # answer one yes/no question: the examples of an unreadable multi-example answer are
     # asked again one at a time (cached like every call; counted in n_retried).
     retry = [(j, i) for j, (p, (_, ys)) in enumerate(zip(parsed, slots, strict=True))
-             if p is None and len(ys) > 1 for i in range(len(ys))]
+             if p is None and len(ys) > 1 and answers[j] for i in range(len(ys))]  # "": a failed call
     if retry:
         texts = [[t for t, _ in chunk] for chunk in _chunks(items, per_prompt)]
         singles = client.chat_many([chat_messages(system, (
             f"Description: {descriptions[slots[j][0]]}\n\nText: {one_line(texts[j][i])}\n\n"
             f"{question} Answer yes or no.")) for j, i in retry],
-            temperature=temperature, max_tokens=max_tokens)
+            temperature=temperature, max_tokens=max_tokens, on_error="skip")
         for j in {j for j, _ in retry}:
             parsed[j] = [None] * len(slots[j][1])
         for (j, i), answer in zip(retry, singles, strict=True):

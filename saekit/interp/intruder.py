@@ -127,7 +127,7 @@ def intruder(client: LLMClient, activating: Sequence[Sequence[Any]], intruders: 
             user = f"{numbered(texts, 'Example')}\n\nWhich example is the intruder? Reply [RESPONSE]: <number>."
             requests.append(chat_messages(SYSTEM, user))
             slots.append((f, at + 1))
-    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error="skip")
     out = [{"n_correct": 0, "n_parsed": 0, "n_total": 0} for _ in activating]
     for (f, truth), answer in zip(slots, answers, strict=True):
         guess = parse_intruder(answer, n_examples)

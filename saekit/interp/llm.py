@@ -94,6 +94,8 @@ class LLMStats:
     """Requests sent again after a 408/429/5xx answer, a timeout or a dropped connection."""
     cache_hits: int = 0
     """Answers read from the cache (no request sent)."""
+    failed: int = 0
+    """Calls given up after every retry and skipped (``chat_many(on_error="skip")``)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -252,9 +254,17 @@ class LLMClient:
         return answer_text(self.complete(self.request_body(messages, temperature, max_tokens, **params)))
 
     def chat_many(self, batch: Sequence[Messages], *, temperature: float = 0.0, max_tokens: int = 512,
-                  progress: bool = False, **params: Any) -> list[str]:
+                  progress: bool = False, on_error: str = "raise", **params: Any) -> list[str]:
         """Answer texts to many conversations, in order, with at most ``max_concurrency``
-        requests in flight; identical requests are sent once."""
+        requests in flight; identical requests are sent once.
+
+        ``on_error="skip"``: a call that still times out, drops or gets a 408/429/5xx
+        after its retries answers ``""`` (which no parser reads, so it costs that one
+        score) and counts in ``stats.failed``, instead of ending the run. Other errors
+        (a wrong key, model or URL) still raise, and so does a batch in which every call
+        failed: the server is down, not slow."""
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         bodies = [self.request_body(m, temperature, max_tokens, **params) for m in batch]
         keys = [self.cache_key(b) for b in bodies]
         unique = dict(zip(keys, bodies, strict=True))
@@ -264,8 +274,17 @@ class LLMClient:
         if progress:
             bar = tqdm(total=len(unique), desc="LLM", unit="request")
 
+        errors: list[LLMError] = []
+
         def one(key: str) -> tuple[str, str]:
-            text = answer_text(self.complete(unique[key], key=key))
+            try:
+                text = answer_text(self.complete(unique[key], key=key))
+            except LLMError as e:
+                if on_error == "raise" or not (e.status is None or e.status in (408, 429) or e.status >= 500):
+                    raise
+                self.stats.add("failed")
+                errors.append(e)
+                text = ""
             if bar is not None:
                 bar.update(1)
             return key, text
@@ -276,6 +295,11 @@ class LLMClient:
         finally:
             if bar is not None:
                 bar.close()
+        if errors and len(errors) == len(unique):
+            raise errors[0]
+        if errors:
+            warnings.warn(f"{len(errors)} of {len(unique)} LLM calls failed after their retries and were "
+                          f"skipped (first: {errors[0]})", RuntimeWarning, stacklevel=2)
         return [answers[k] for k in keys]
 
     def complete(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
