@@ -214,3 +214,18 @@ def test_a_failing_call_costs_one_answer_not_the_run(tmp_path):
             client.chat_many(["a", "b"], on_error="skip")
     with pytest.raises(ValueError, match="on_error"):
         client.chat_many(["a"], on_error="ignore")
+
+
+def test_concurrency_and_timeout_from_the_environment(monkeypatch):
+    from saekit.interp.llm import client_from_config
+
+    monkeypatch.setenv("SAEKIT_LLM_BASE_URL", "http://127.0.0.1:1/v1")
+    monkeypatch.setenv("SAEKIT_LLM_MODEL", "m")
+    monkeypatch.setenv("SAEKIT_LLM_CONCURRENCY", "1")
+    monkeypatch.setenv("SAEKIT_LLM_TIMEOUT", "600")
+    c = client_from_config(cache_dir="off")
+    assert c.max_concurrency == 1 and c.timeout == 600.0
+    assert client_from_config(cache_dir="off", max_concurrency=3).max_concurrency == 3  # a field wins
+    monkeypatch.setenv("SAEKIT_LLM_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"\$SAEKIT_LLM_TIMEOUT must be a number"):
+        client_from_config(cache_dir="off")

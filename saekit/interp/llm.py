@@ -62,6 +62,8 @@ ENV_BASE_URL = "SAEKIT_LLM_BASE_URL"
 ENV_MODEL = "SAEKIT_LLM_MODEL"
 ENV_API_KEY = "SAEKIT_LLM_API_KEY"
 ENV_CACHE_DIR = "SAEKIT_LLM_CACHE_DIR"
+ENV_CONCURRENCY = "SAEKIT_LLM_CONCURRENCY"
+ENV_TIMEOUT = "SAEKIT_LLM_TIMEOUT"
 #: Where answers are cached unless ``cache_dir`` or ``SAEKIT_LLM_CACHE_DIR`` says otherwise.
 DEFAULT_CACHE_DIR = Path("~/.cache/saekit/llm")
 #: ``cache_dir`` value (config or environment) that turns the cache off.
@@ -429,7 +431,9 @@ def client_from_config(base_url: str | None = None, model: str | None = None, ap
     Fields win over ``SAEKIT_LLM_BASE_URL``, ``SAEKIT_LLM_MODEL``, ``SAEKIT_LLM_API_KEY``
     and ``SAEKIT_LLM_CACHE_DIR``. ``cache_dir``: ``None`` takes the environment variable,
     else :data:`DEFAULT_CACHE_DIR`; ``"off"`` turns the cache off. ``kwargs`` go to
-    :class:`LLMClient` (``max_concurrency``, ``timeout``, ...).
+    :class:`LLMClient` (``max_concurrency``, ``timeout``, ...); without them,
+    ``SAEKIT_LLM_CONCURRENCY`` (requests in flight; 1 suits a local CPU server) and
+    ``SAEKIT_LLM_TIMEOUT`` (seconds per request) apply when set.
     """
     base_url = base_url or os.environ.get(ENV_BASE_URL) or None
     if base_url is None:
@@ -439,6 +443,12 @@ def client_from_config(base_url: str | None = None, model: str | None = None, ap
         raise ValueError(f"an LLM endpoint is configured ({base_url}) but no model: set the config field "
                          f"llm_model or the environment variable {ENV_MODEL}")
     api_key = api_key or os.environ.get(ENV_API_KEY) or None
+    for key, env, cast in (("max_concurrency", ENV_CONCURRENCY, int), ("timeout", ENV_TIMEOUT, float)):
+        if key not in kwargs and os.environ.get(env):
+            try:
+                kwargs[key] = cast(os.environ[env])
+            except ValueError:
+                raise ValueError(f"${env} must be a number, got {os.environ[env]!r}") from None
     where = cache_dir if cache_dir is not None else os.environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR
     return LLMClient(base_url, model, api_key, cache_dir=None if str(where) == CACHE_OFF else where, **kwargs)
 
