@@ -37,6 +37,7 @@ _API = {
     "Dictionary": "saekit.dictionaries",
     "DictionaryConfig": "saekit.dictionaries",
     "Comparison": "saekit.compare",
+    "Result": "saekit.report",
 }
 
 _SUBMODULES = {"activations", "cli", "data", "demo", "dictionaries", "evals", "formats", "ground_truth", "hierarchy",

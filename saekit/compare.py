@@ -13,10 +13,10 @@ every kind is compared the same way.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ from tqdm.auto import tqdm
 from saekit.activations.harvest import harvest, model_device
 from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
 from saekit.dictionaries import REGISTRY
-from saekit.fileio import atomic_write_bytes, atomic_write_text
 from saekit.formats import load_dictionary
 from saekit.jobs import claim_output
 from saekit.metrics import Correlation, Match, match, mmcs, unit_rows
 from saekit.models import W_out, hook_width, load_model, model_name, validate_hook
-from saekit.report import figure_png, json_safe, markdown_table, write_csv
+from saekit.report import Result, Section, figure_png
 from saekit.training.api import fit
 from saekit.training.evaluate import evaluate
 
@@ -130,11 +129,6 @@ class ConceptCounts:
 # --------------------------------------------------------------------------- the report
 
 
-def _table(rows: list[dict], cols: list[str] | None = None) -> str:
-    cell = lambda v: "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-    return markdown_table([{c: cell(r.get(c)) for c in (cols or list(r))} for r in rows])
-
-
 _RECON_COLS = ["name", "kind", "hook", "d_dict", "k", "fvu", "l0", "neurons_per_feature", "ce_recovered_zero",
                "ce_recovered_mean", "kl_recovered_zero", "kl_recovered_mean", "frac_dead"]
 _MATCH_COLS = ["n_matched", "mean_matched_cos", "mmcs_a_to_b", "mmcs_b_to_a", "chance_matched_cos",
@@ -143,7 +137,9 @@ _MATCH_COLS = ["n_matched", "mean_matched_cos", "mmcs_a_to_b", "mmcs_b_to_a", "c
 
 @dataclass
 class Comparison:
-    """What :func:`compare` measured; ``save(dir)`` writes it as a report."""
+    """What :func:`compare` measured. Its :attr:`result` is the one result type of every
+    analysis (:class:`saekit.report.Result`, named ``compare``: ``rows`` the reconstruction
+    table, ``tables`` matching, stability and concepts); ``save(dir)`` writes it."""
 
     reconstruction: list[dict[str, Any]]
     """Per dictionary: name, kind, hook, d_dict, k, neurons_per_feature (mean nonzero
@@ -163,75 +159,79 @@ class Comparison:
     meta: dict[str, Any] = field(default_factory=dict)
     """Model, data, token count, hooks, names, seeds."""
 
+    @cached_property
+    def result(self) -> Result:
+        """The comparison as a :class:`~saekit.report.Result` (figures drawn once, on first use)."""
+        m = self.meta
+        figures = _figures(self.reconstruction, self.histograms)
+        sections = [
+            Section("Reconstruction", f"Model `{m.get('model')}`, {m.get('n_tokens', 0):,} tokens of "
+                    f"`{m.get('data')}`, hooks {', '.join(f'`{h}`' for h in m.get('hooks', []))}. FVU against L0; "
+                    "CE/KL recovered under zero and mean ablation.", "compare", tuple(_RECON_COLS), ("fvu_l0.png",)),
+            Section("Feature matching", "Hungarian matching of decoder directions by |cos| (MLP directions "
+                    "through W_out against residual ones); `chance_matched_cos`: the same on random directions; "
+                    "`act_corr`: Pearson correlation of matched codes over the tokens.", "matching",
+                    figures=("similarity.png",))]
+        if self.stability:
+            sections.append(Section(f"Stability across {m.get('seeds')} seeds", "Matched |cos| between refits "
+                                    "with different seeds on the same activations.", "stability"))
+        if self.concepts:
+            sections.append(Section("Planted concepts", "Per concept family, the feature whose firing (`active()`) "
+                                    "has the best F1 against the family's tokens.", "concepts"))
+        summary = {"n_dictionaries": len(self.reconstruction), "n_pairs": len(self.matching),
+                   "n_comparable": sum(bool(r.get("comparable")) for r in self.matching)}
+        return Result("compare", self.reconstruction, summary, dict(self.meta), figures,
+                      tables={"matching": self.matching, "stability": self.stability, "concepts": self.concepts},
+                      sections=tuple(sections), title="Dictionary comparison", data={"histograms": self.histograms})
+
     def to_dict(self) -> dict[str, Any]:
-        """Everything as JSON-ready Python values (NaN/inf become None)."""
-        return json_safe(dataclasses.asdict(self))
+        """The JSON document :meth:`save` writes as ``compare.json`` (NaN/inf become None)."""
+        return self.result.to_dict()
 
     def markdown(self, images: bool = True) -> str:
         """The report as Markdown; ``images`` links the PNGs :meth:`save` writes beside it."""
-        m = self.meta
-        out = [f"# Dictionary comparison\n\nModel `{m.get('model')}`, {m.get('n_tokens', 0):,} tokens of "
-               f"`{m.get('data')}`, hooks {', '.join(f'`{h}`' for h in m.get('hooks', []))}.\n",
-               "## Reconstruction\n\nFVU against L0; CE/KL recovered under zero and mean ablation.\n",
-               _table(self.reconstruction, _RECON_COLS), "![FVU against L0](fvu_l0.png)\n" if images else "",
-               "## Feature matching\n\nHungarian matching of decoder directions by |cos| (MLP directions "
-               "through W_out against residual ones); `chance_matched_cos`: the same on random directions; "
-               "`act_corr`: Pearson correlation of matched codes over the tokens.\n", _table(self.matching),
-               "![Matched |cos|](similarity.png)\n" if images and self.histograms.get("counts") else ""]
-        if self.stability:
-            out += [f"## Stability across {m.get('seeds')} seeds\n\nMatched |cos| between refits "
-                    "with different seeds on the same activations.\n", _table(self.stability)]
-        if self.concepts:
-            out += ["## Planted concepts\n\nPer concept family, the feature whose firing "
-                    "(`active()`) has the best F1 against the family's tokens.\n", _table(self.concepts)]
-        return "\n".join(s for s in out if s)
+        return self.result.markdown(images)
 
     def __str__(self) -> str:
         return self.markdown(images=False)
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write report.md, compare.json, a CSV per table and the PNGs, each atomically."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, png in self._figures().items():
-            atomic_write_bytes(out / name, png)
-        for name in ("reconstruction", "matching", "stability", "concepts"):
-            if getattr(self, name):
-                write_csv(out / f"{name}.csv", getattr(self, name))
-        atomic_write_text(out / "compare.json", json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        atomic_write_text(out / "report.md", self.markdown())
-        return out
+        """``self.result.save(out_dir)``: ``compare.csv`` (reconstruction), ``matching.csv``,
+        ``stability.csv`` and ``concepts.csv`` where not empty, ``compare.json``, the PNGs,
+        ``report.md`` and ``index.html``, each atomically."""
+        return self.result.save(out_dir)
 
-    def _figures(self) -> dict[str, bytes]:
-        from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
 
+def _figures(reconstruction: list[dict[str, Any]], histograms: dict[str, Any]) -> dict[str, bytes]:
+    from matplotlib.figure import Figure  # no pyplot: Agg canvas, no global backend state
+
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
+    ok = [r for r in reconstruction if all(isinstance(r.get(c), (int, float)) and math.isfinite(r[c])
+                                           for c in ("l0", "fvu"))]
+    for hook in dict.fromkeys(r["hook"] for r in ok):  # FVUs of different hooks are not comparable
+        pts = sorted((r["l0"], r["fvu"], r["name"]) for r in ok if r["hook"] == hook)
+        front = [p for i, p in enumerate(pts) if all(p[1] < q[1] for q in pts[:i])]  # none sparser is better
+        dots = ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, label=hook)
+        if len(front) > 1:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=dots.get_facecolor()[0], lw=1)
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if ok:
+        ax.legend(fontsize=7, title="hook (line: Pareto front)", title_fontsize=7)
+        if max(r["l0"] for r in ok) > 10 * max(min(r["l0"] for r in ok), 1e-3):
+            ax.set_xscale("log")
+    ax.set(xlabel="L0 (active features per token)", ylabel="FVU", title="Reconstruction against sparsity")
+    figs = {"fvu_l0.png": figure_png(fig)}
+    if histograms.get("counts"):
         fig = Figure(figsize=(6, 4.2))
         ax = fig.subplots()
-        ok = [r for r in self.reconstruction if all(isinstance(r.get(c), (int, float)) and math.isfinite(r[c])
-                                                    for c in ("l0", "fvu"))]
-        for hook in dict.fromkeys(r["hook"] for r in ok):  # FVUs of different hooks are not comparable
-            pts = sorted((r["l0"], r["fvu"], r["name"]) for r in ok if r["hook"] == hook)
-            front = [p for i, p in enumerate(pts) if all(p[1] < q[1] for q in pts[:i])]  # none sparser is better
-            dots = ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, label=hook)
-            if len(front) > 1:
-                ax.step([p[0] for p in front], [p[1] for p in front], where="post", color=dots.get_facecolor()[0], lw=1)
-            for x, y, name in pts:
-                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if ok:
-            ax.legend(fontsize=7, title="hook (line: Pareto front)", title_fontsize=7)
-            if max(r["l0"] for r in ok) > 10 * max(min(r["l0"] for r in ok), 1e-3):
-                ax.set_xscale("log")
-        ax.set(xlabel="L0 (active features per token)", ylabel="FVU", title="Reconstruction against sparsity")
-        figs = {"fvu_l0.png": figure_png(fig)}
-        if self.histograms.get("counts"):
-            fig = Figure(figsize=(6, 4.2))
-            ax = fig.subplots()
-            for label, counts in self.histograms["counts"].items():
-                ax.stairs([c / max(sum(counts), 1) for c in counts], self.histograms["edges"], label=label)
-            ax.set(xlabel="matched |cos|", ylabel="fraction of matched pairs", title="Feature matching")
-            ax.legend(fontsize=7)
-            figs["similarity.png"] = figure_png(fig)
-        return figs
+        for label, counts in histograms["counts"].items():
+            ax.stairs([c / max(sum(counts), 1) for c in counts], histograms["edges"], label=label)
+        ax.set(xlabel="matched |cos|", ylabel="fraction of matched pairs", title="Feature matching")
+        ax.legend(fontsize=7)
+        figs["similarity.png"] = figure_png(fig)
+    return figs
 
 
 # --------------------------------------------------------------------------- compare
@@ -447,5 +447,5 @@ def run_cli(args: argparse.Namespace) -> int:
                      seeds=args.seeds, progress=True)
     print(result)
     out = result.save(args.out)
-    print(f"wrote {out / 'report.md'}, compare.json, CSV tables and PNG plots")
+    print(f"wrote {out / 'index.html'}, report.md, compare.json, compare.csv and the other CSV tables, PNG plots")
     return 0

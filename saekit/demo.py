@@ -29,6 +29,7 @@ from saekit.formats import export, load_dictionary
 from saekit.interp.pipeline import InterpConfig, interp, split_tokens
 from saekit.metrics import StreamingStats, ce_kl_recovered_all, fvu_with_se
 from saekit.models import is_native_dir, load_model
+from saekit.report import Result, Section
 from saekit.training import fit
 
 DEMO_LM = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"
@@ -104,9 +105,17 @@ def _is_demo_lm(model: str | Path) -> bool:
 
 
 def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: str | Path = DEMO_LM,
-             plan: DemoPlan | None = None) -> dict:
+             plan: DemoPlan | None = None) -> Result:
     """The main job end to end on ``model_path``: the demo LM (with its planted concepts)
-    or a real model (``"smollm2-135m"``, a GGUF, an HF directory) on the English corpus."""
+    or a real model (``"smollm2-135m"``, a GGUF, an HF directory) on the English corpus.
+
+    Returns the demo's :class:`~saekit.report.Result` (named ``demo``: ``rows`` the
+    dictionaries' evaluation, ``tables`` ``hooks``, ``concepts``, ``effects`` and ``interp``),
+    composed from the results of the analyses it runs (the evaluators' summaries, each
+    dictionary's interp result), and writes it to ``out`` with ``Result.save`` (the same
+    layout as every analysis: ``demo.json``, ``demo.csv``, a CSV per table, ``report.md``,
+    ``activations.png``, ``index.html``), beside the dictionaries (``sae/``, ``snmf/``,
+    ``sae-saelens/``) and each dictionary's interp result (``interp/sae/``, ``interp/snmf/``)."""
     demo_lm = _is_demo_lm(model_path) or is_native_dir(Path(str(model_path)).expanduser())
     plan = plan or (DEMO_PLAN if demo_lm else REAL_PLAN)
     if n_tokens is not None:
@@ -160,7 +169,6 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
         r["best SNMF feature AUROC"] = s["AUROC"]
 
     png = _plot(acts, concept_rows, sae_freq, mid)
-    (out / "activations.png").write_bytes(png)
     print("\nActivations per hook\n" + report.text_table(hook_rows))
     print(f"\nTopK SAE and SNMF on {mid}, evaluated on held-out text (± one standard error over windows)\n"
           + report.text_table(_shown(sae_rows)))
@@ -177,43 +185,41 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     interp_rows, dashboards = describe_features(model, tokens, {"TopK SAE": (sae, out / "sae"),
                                                                 "SNMF": (snmf, out / "snmf")}, out / "interp",
                                                 dataset=f"{plan.data}:heldout")
-    summary = {"model": str(model_path), "data": plan.data, "plan": dataclasses.asdict(plan), "n_tokens": n,
-               "harvest_seconds": round(dt, 2), "hooks": hook_rows, "concepts": concept_rows, "sae": sae_rows,
-               "effects": effect_rows, "interp": interp_rows, "model_card": card}
-    report.atomic_write_text(out / "summary.json", json.dumps(report.json_safe(summary), indent=2) + "\n")
-    report.write_csv(out / "hooks.csv", hook_rows)
-    if concept_rows:
-        report.write_csv(out / "concepts.csv", concept_rows)
-    report.write_csv(out / "sae.csv", sae_rows)
-    if effect_rows:
-        report.write_csv(out / "effects.csv", effect_rows)
-    about = (f"<p>{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
+    about = (f"{model.cfg.n_layers} layers, d_model {model.cfg.d_model}; held-out loss "
              f"{card.get('heldout_loss', '?')} nats against a unigram baseline of "
-             f"{card.get('unigram_heldout_loss', '?')}.</p>" if card else
-             f"<p>{model_path}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp "
-             f"{model.cfg.d_mlp}; evaluated on {n:,} held-out tokens of {plan.data!r}.</p>")
-    report.atomic_write_text(out / "index.html", report.html_page(f"saekit demo: {name}", [
-        (name, about),
-        ("Activations per hook", report.html_table(hook_rows)),
-        (f"TopK SAE and SNMF on {mid} (± one standard error over windows)", report.html_table(_shown(sae_rows))),
-        *([(f"Planted concepts in {mid}", report.html_table(concept_rows))] if concept_rows else []),
-        *([(f"Sensitivity and steering at {mid}", report.html_table(effect_rows))] if effect_rows else []),
-        ("Feature descriptions (saekit interp)", report.html_table(interp_rows) + "<p>Dashboards: "
-         + ", ".join(f'<a href="{p.relative_to(out)}">{k}</a>' for k, p in dashboards.items()) + "</p>"),
-        ("Plots", report.html_img(png, "activation norms and feature density")),
-    ]))
-    report.write_csv(out / "interp.csv", interp_rows)
+             f"{card.get('unigram_heldout_loss', '?')}." if card else
+             f"{model_path}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, d_mlp "
+             f"{model.cfg.d_mlp}; evaluated on {n:,} held-out tokens of {plan.data!r}.")
+    shown = tuple(c for c in SHOWN if any(c in r for r in sae_rows))
+    sections = [
+        Section(name, about),
+        Section("Activations per hook", table="hooks"),
+        Section(f"TopK SAE and SNMF on {mid} (± one standard error over windows)", table="demo", columns=shown),
+        *([Section(f"Planted concepts in {mid}", table="concepts")] if concept_rows else []),
+        *([Section(f"Sensitivity and steering at {mid}", table="effects")] if effect_rows else []),
+        Section("Feature descriptions (saekit interp)", "CoSy AUC 0.5 = chance; the dashboards:", "interp",
+                links=tuple((k, str(p.relative_to(out))) for k, p in dashboards.items())),
+        Section("Plots", figures=("activations.png",)),
+    ]
+    result = Result("demo", sae_rows, {"n_tokens": n, "harvest_seconds": round(dt, 2),
+                                       "seconds": round(time.time() - t0, 1)},
+                    {"model": str(model_path), "data": plan.data, "plan": dataclasses.asdict(plan), "hooks": hooks,
+                     "model_card": card}, {"activations.png": png},
+                    tables={"hooks": hook_rows, "concepts": concept_rows, "effects": effect_rows,
+                            "interp": interp_rows},
+                    sections=tuple(sections), title=f"saekit demo: {name}")
+    result.save(out)
     print("\nFeature descriptions on held-out windows (saekit interp; CoSy AUC 0.5 = chance)\n"
           + report.text_table(interp_rows))
-    print(f"\nwrote {out}/index.html, summary.json, hooks.csv, sae.csv, interp.csv, activations.png, "
-          "sae/, snmf/, sae-saelens/ (strict SAELens layout) "
+    print(f"\nwrote {out}/index.html, demo.json, demo.csv (the dictionaries), hooks.csv, interp.csv, report.md, "
+          "activations.png, sae/, snmf/, sae-saelens/ (strict SAELens layout) "
           f"({time.time() - t0:.0f}s in all)")
     for k, p in dashboards.items():
         print(f"feature dashboard ({k}): {p.resolve()}")
-    return summary
+    return result
 
 
-#: Columns of the dictionaries' table a person reads (summary.json and sae.csv keep all).
+#: Columns of the dictionaries' table a person reads (demo.json and demo.csv keep all).
 SHOWN = ("kind", "d_dict", "k", "train tokens", "fit seconds", "FVU ± SE", "L0", "neurons per feature", "dead %",
          "CE rec. zero ± SE", "CE rec. mean ± SE", "KL rec. zero ± SE", "windows", "CE clean / spliced")
 
@@ -258,15 +264,16 @@ def describe_features(model, tokens: torch.Tensor, dictionaries: dict, out: Path
                       dataset: str = "demo:heldout") -> tuple[list[dict], dict]:
     """``saekit interp`` on each dictionary, small: the 64 most frequent features
     described from the first three quarters of the held-out windows and scored on the
-    last quarter, PRISM clusters for 16 of them. Returns the summary rows and the
-    dashboard of each dictionary."""
+    last quarter, PRISM clusters for 16 of them. Each result is saved under
+    ``out/<dictionary directory name>/``. Returns the summary rows and the path of each
+    dictionary's dashboard."""
     cfg = InterpConfig(features="64", prism_features=16, prism_windows=12, llm_features=16)
     describe_tokens, score_tokens = split_tokens(tokens, 3 * len(tokens) // 4)
     rows, dashboards = [], {}
     for label, (d, path) in dictionaries.items():
         res = interp(model, d, describe_tokens, score_tokens, out / path.name, cfg, name=str(path),
                      dataset=dataset)
-        dashboards[label] = res.index
+        dashboards[label] = res.save(out / path.name) / "index.html"
         for method, s in res.summary["methods"].items():
             rows.append({"dictionary": label, "description": method, "features": s["n"],
                          "CoSy AUC": s.get("cosy_auc"), "random CoSy AUC": s.get("random_cosy_auc"),

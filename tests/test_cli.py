@@ -72,7 +72,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--n-tokens", "8192", "--model", str(DEMO_LM)]) == 0
     out = capsys.readouterr().out
     assert "Activations per hook" in out and "Planted concepts" in out
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    doc = json.loads((tmp_path / "demo.json").read_text())  # the demo's Result, in every analysis's layout
+    summary = {"sae": doc["rows"], **doc["tables"]}
+    assert saekit.report.Result.load(tmp_path).tables["concepts"] == doc["tables"]["concepts"]
     assert {r["family"] for r in summary["concepts"]} == {"day", "month", "colour", "number", "animal", "city", "emotion"}
     assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
     sae = summary["sae"][0]

@@ -23,6 +23,7 @@ from saekit.compare import (
 )
 from saekit.data import FAMILIES, concept_labels, token_mask
 from saekit.dictionaries import REGISTRY, DictionaryConfig
+from saekit.report import Result
 from saekit.training.evaluate import evaluate
 
 MLP, RESID = "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"
@@ -189,14 +190,15 @@ def test_concept_rows_use_active_and_are_the_best_f1(sets, demo_model, name):
 def test_save_writes_the_report_and_json_round_trips(sets, tmp_path):
     report = sets["report"]
     out = report.save(tmp_path / "cmp")
-    for name in ("report.md", "compare.json", "fvu_l0.png", "similarity.png", "reconstruction.csv",
-                 "matching.csv", "concepts.csv"):
+    for name in ("report.md", "compare.json", "fvu_l0.png", "similarity.png", "compare.csv",
+                 "matching.csv", "concepts.csv", "index.html"):
         assert (out / name).is_file(), name
     assert not (out / "stability.csv").exists()  # seeds=1
     assert (out / "fvu_l0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "compare.json").read_text())
     assert data == report.to_dict()
-    assert data["matching"][0]["mean_matched_cos"] == report.matching[0]["mean_matched_cos"]
+    assert data["tables"]["matching"][0]["mean_matched_cos"] == report.matching[0]["mean_matched_cos"]
+    assert Result.load(out) == report.result  # the one result type reads back
     text = (out / "report.md").read_text()
     assert "## Feature matching" in text and "](fvu_l0.png)" in text and "different layers" in text
     assert "## Planted concepts" in text and "## Stability" not in text
@@ -268,8 +270,8 @@ def test_cli_end_to_end(sets, tmp_path, capsys, monkeypatch, demo_model):
     printed = capsys.readouterr().out
     assert "| a/dictionary | topk | blocks.1.mlp.hook_post |" in printed and "residual stream, layer 1" in printed
     data = json.loads((tmp_path / "out" / "compare.json").read_text())
-    assert data["meta"]["data"] == "demo:heldout" and data["meta"]["n_windows"] == 8
-    assert [r["name"] for r in data["reconstruction"]] == ["a/dictionary", "b"]
+    assert data["config"]["data"] == "demo:heldout" and data["config"]["n_windows"] == 8
+    assert [r["name"] for r in data["rows"]] == ["a/dictionary", "b"]
     assert (tmp_path / "out" / "report.md").is_file()
 
 

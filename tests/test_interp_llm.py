@@ -87,7 +87,7 @@ def test_interp_with_an_llm_endpoint(tmp_path, monkeypatch, capsys, demo_model):
             assert key in d["maxact"]["scores"], key
     prism_labels = [c["label"] for r in records for c in r["clusters"]]
     assert prism_labels and all(lab.startswith("the words '") for lab in prism_labels)
-    summary = json.loads((out / "interp.json").read_text())
+    summary = json.loads((out / "interp.json").read_text())["summary"]
     m = summary["methods"]["maxact"]
     assert summary["llm"] == "scripted" and m["n"] == n_llm
     # An honest reader of the prompts detects a feature's own explanation far better than

@@ -137,9 +137,9 @@ def test_demo_runs_end_to_end_on_the_real_model(tmp_path):
     tiny = dataclasses.replace(REAL_PLAN, n_tokens=2048, train_tokens=4096, snmf_tokens=2048, ce_windows=8,
                                sae=dict(d_dict=1.0, k=16, epochs=2), snmf=dict(d_dict=32, k=8, wta_fraction=0.01,
                                                                                max_iter=5), effects=False)
-    summary = run_demo(tmp_path, model_path="smollm2-135m", plan=tiny)
-    sae, snmf = summary["sae"]
-    assert summary["data"] == "english" and sae["windows"] == 8 and sae["d_dict"] == 1536
+    result = run_demo(tmp_path, model_path="smollm2-135m", plan=tiny)
+    sae, snmf = result.rows
+    assert result.config["data"] == "english" and sae["windows"] == 8 and sae["d_dict"] == 1536
     assert 0 < sae["FVU"] < 1 and sae["FVU SE"] > 0 and "±" in sae["CE rec. mean ± SE"]
     assert snmf["neurons per feature"] == 16  # 1% of 1,536 neurons, rounded up
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from saekit.report import Result
 from saekit.superposition import (
     REGIMES,
     ToyModels,
@@ -152,24 +153,27 @@ def test_adversarial_sensitivity_matches_autograd_and_orthogonal_features_give_a
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
-    return out, run_toy(out, quick=True, progress=False)
+    result = run_toy(quick=True, progress=False)
+    result.save(out)
+    return out, result
 
 
 def test_run_toy_writes_the_report(quick):
     out, result = quick
-    for name in ("report.md", "toy.json", "index.html", "benchmark.csv", "sparsity.png", "norms.png",
+    for name in ("report.md", "toy.json", "index.html", "toy.csv", "sparsity.png", "norms.png",
                  "adversarial.png", "phase_diagram.png", "geometry.png", "benchmark.png"):
         assert (out / name).stat().st_size > 200, name
     assert (out / "sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "toy.json").read_text()) == json.loads(json.dumps(result))
+    assert json.loads((out / "toy.json").read_text()) == result.to_dict()
+    assert Result.load(out) == result
     md = (out / "report.md").read_text()
     assert "wta_fraction = 1.0" in md and "![phase diagram](phase_diagram.png)" in md
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporaries
-    assert set(result["seconds"]) == {"sweep", "phase diagram", "geometry", "benchmark", "total"}
+    assert set(result.summary["seconds"]) == {"sweep", "phase diagram", "geometry", "benchmark", "total"}
 
 
 def test_more_features_represented_and_superposed_as_sparsity_rises(quick):
-    rows = quick[1]["sparsity_sweep"]["rows"]
+    rows = quick[1].tables["sparsity_sweep"]
     dense, sparse = rows[0], rows[-1]
     assert dense["sparsity S"] == 0 and sparse["sparsity S"] >= 0.99
     assert dense["represented"] <= 5 and dense["superposed"] == 0       # m = 5 orthogonal features
@@ -180,7 +184,7 @@ def test_more_features_represented_and_superposed_as_sparsity_rises(quick):
 
 
 def test_phase_diagram_has_the_three_regimes_in_the_expected_corners(quick):
-    ph = quick[1]["phase_diagram"]
+    ph = quick[1].data["phase_diagram"]
     name = [[ph["regimes"][c] for c in row] for row in ph["regime"]]   # [density, ratio]
     r, p = ph["relative_importance"], ph["density"]
     assert r[0] < 1 < r[-1] and p[0] < 0.1 and p[-1] == 1
@@ -192,7 +196,7 @@ def test_phase_diagram_has_the_three_regimes_in_the_expected_corners(quick):
 
 
 def test_five_features_in_two_dimensions_form_a_pentagon(quick):
-    pent = quick[1]["geometry"]["pentagon"]
+    pent = quick[1].data["geometry"]["pentagon"]
     assert pent["sparsity"] >= 0.95
     assert min(pent["norms"]) > 0.8 and max(pent["norms"]) < 1.3
     assert max(abs(g - 72) for g in pent["gaps"]) < 8, pent["gaps"]
@@ -200,22 +204,22 @@ def test_five_features_in_two_dimensions_form_a_pentagon(quick):
 
 
 def test_antipodal_pairs_when_every_feature_is_represented(quick):
-    rows = quick[1]["antipodal"]["rows"]
-    m = quick[1]["antipodal"]["n_hidden"]
+    rows = quick[1].tables["antipodal"]
+    m = quick[1].data["antipodal"]["n_hidden"]
     assert rows[0]["sparsity S"] == 0 and rows[0]["antipodal pairs"] == 0  # dense: a projection, no pairs
     assert rows[-1]["represented"] == 2 * m and rows[-1]["antipodal pairs"] == m
     assert abs(rows[-1]["mean D_i (represented)"] - 0.5) < 0.1
 
 
 def test_superposition_makes_models_more_sensitive_to_perturbations(quick):
-    adv = quick[1]["adversarial"]
+    adv = quick[1].data["adversarial"]
     assert adv["jacobian_norm"][0] == pytest.approx(1.0, abs=0.1)          # dense: orthogonal features
     assert adv["jacobian_norm"][-1] > 1.2 * adv["jacobian_norm"][0]
     assert adv["attack_gain"][-1] > 1.2 * adv["attack_gain"][0]
 
 
 def test_ground_truth_benchmark_recovers_synthetic_features(quick):
-    rows = {(r["data"].split(" ")[0], r["kind"], r["d_dict"]): r for r in quick[1]["benchmark"]["rows"]}
+    rows = {(r["data"].split(" ")[0], r["kind"], r["d_dict"]): r for r in quick[1].rows}
     topk = rows["synthetic", "topk", 96]
     assert topk["MMCS"] > 0.9 and topk["matched >= 0.9"] > 0.7, topk
     assert topk["dead"] < 0.1 and topk["FVU"] < 0.3
@@ -227,7 +231,7 @@ def test_ground_truth_benchmark_recovers_synthetic_features(quick):
 
 
 def test_every_claim_of_the_report_holds_on_quick_settings(quick):
-    failed = {k: v["measured"] for k, v in quick[1]["checks"].items() if not v["holds"]}
+    failed = {k: v["measured"] for k, v in quick[1].summary["checks"].items() if not v["holds"]}
     assert not failed, failed
 
 

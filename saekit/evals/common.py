@@ -3,8 +3,9 @@
 Conventions (DESIGN.md): KL is KL(P_clean ‖ Q_perturbed) over the next-token
 distribution, per token, at positions whose input is a real token (not BOS, separators
 or padding); position 0 (BOS) is never perturbed. Every evaluator returns an
-:class:`EvalResult`: a tidy table (one row per item, one column per metric) that saves
-as CSV and JSON, plus plots and a markdown/HTML report.
+:class:`EvalResult`, which is :class:`saekit.report.Result`: a tidy table (one row per
+item, one column per metric), a summary, the config, provenance and plots, saved by
+``save(dir)`` as CSV, JSON, Markdown and HTML.
 
 Throughput: many directions × strengths share one forward pass. :func:`perturbation_kl`
 stacks the variants along the batch axis (``max_rows`` rows per forward), so the cost
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 
 from saekit.activations.harvest import model_device
 from saekit.data import token_mask
-from saekit.fileio import atomic_write_bytes, atomic_write_text
 from saekit.formats import load_dictionary
 from saekit.models import hook_width, load_model
-from saekit.report import html_img, html_page, html_table, json_safe, markdown_table, write_csv
+from saekit.report import Result
 
 
 @dataclass
@@ -57,43 +56,13 @@ class EvalConfig:
 
 
 
-class EvalResult(NamedTuple):
-    """An evaluator's output."""
-
-    name: str
-    """The evaluator (``sensitivity``, ``synthetic``, ``steering``, ``stable-regions``, ``layers``)."""
-    rows: list[dict[str, Any]]
-    """The tidy table: one row per item (direction family × strength, feature, pair, ...),
-    one column per metric; plain Python scalars and strings."""
-    summary: dict[str, Any]
-    """Headline numbers (what a test or the demo checks), JSON-serialisable."""
-    config: dict[str, Any]
-    """The settings it ran with (the config dataclass as a dict, plus derived values
-    such as the median activation norm)."""
-    figures: dict[str, bytes]
-    """PNG plots by file name."""
-
-    def save(self, out: str | Path) -> Path:
-        """Write ``{name}.csv``, ``{name}.json`` (rows, summary, config), the PNGs,
-        ``report.md`` and ``index.html``, each atomically."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / f"{self.name}.csv", self.rows)
-        doc = {"name": self.name, "summary": json_safe(self.summary), "config": json_safe(self.config),
-               "rows": json_safe(self.rows)}
-        atomic_write_text(out / f"{self.name}.json", json.dumps(doc, indent=2, allow_nan=True) + "\n")
-        for fname, png in self.figures.items():
-            atomic_write_bytes(out / fname, png)
-        summary_rows = [{"metric": k, "value": v} for k, v in self.summary.items()]
-        md = [f"# saekit eval {self.name}", "", "## Summary", "", markdown_table(summary_rows), "",
-              "## Results", "", markdown_table(self.rows), ""]
-        md += [f"![{f}]({f})" for f in self.figures]
-        atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-        atomic_write_text(out / "index.html", html_page(f"saekit eval {self.name}", [
-            ("Summary", html_table(summary_rows)), ("Results", html_table(self.rows)),
-            *[(f, html_img(png, f)) for f, png in self.figures.items()],
-            ("Settings", f"<pre>{json.dumps(json_safe(self.config), indent=2)}</pre>")]))
-        return out
+#: An evaluator's output is the one result type of every analysis: ``name`` (the
+#: evaluator: ``sensitivity``, ``synthetic``, ``steering``, ``stable-regions``, ``layers``),
+#: ``rows`` (one row per direction family × strength, feature, pair, ...), ``summary``,
+#: ``config`` (the config dataclass as a dict plus derived values such as the median
+#: activation norm), ``figures``; ``save(dir)`` writes ``{name}.csv``, ``{name}.json``,
+#: the PNGs, ``report.md`` and ``index.html``. Kept under this name for the evaluators.
+EvalResult = Result
 
 
 def kl_per_token(clean_logp: Tensor, logp: Tensor) -> Tensor:

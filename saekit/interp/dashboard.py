@@ -25,7 +25,7 @@ from pathlib import Path
 from saekit.fileio import atomic_write_text
 from saekit.report import json_safe
 
-__all__ = ["write_dashboard"]
+__all__ = ["render_dashboard", "write_dashboard"]
 
 # Keys of meta shown in the index header, in this order.
 _META_KEYS = ("dictionary", "kind", "d_dict", "hook", "model", "n_tokens", "n_features_shown",
@@ -366,9 +366,26 @@ def _index_page(meta: dict, records: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- entry point
 
-def _write(path: Path, text: str) -> None:
+def render_dashboard(meta: dict, features: list[dict]) -> dict[str, str]:
+    """The dashboard site as text files by relative path: ``features/00017.html`` per
+    feature, ``features.json``, and ``index.html`` last (it links to every other page).
+    Arguments and errors as :func:`write_dashboard`; nothing is written."""
+    meta, records = _validate(meta, features)
+    ids = [r["feature"] for r in records]
+    pages = {}
+    for i, rec in enumerate(records):
+        prev = ids[i - 1] if i > 0 else None
+        nxt = ids[i + 1] if i + 1 < len(ids) else None
+        pages[f"features/{rec['feature']:05d}.html"] = _clean(_feature_page(rec, meta, prev, nxt))
+    pages["features.json"] = _clean(json.dumps({"meta": meta, "features": records}, ensure_ascii=False,
+                                               allow_nan=False))
+    pages["index.html"] = _clean(_index_page(meta, records))
+    return pages
+
+
+def _clean(text: str) -> str:
     # Lone surrogates (from surrogateescape-decoded tokens) cannot be UTF-8 encoded.
-    atomic_write_text(path, text.encode("utf-8", "replace").decode("utf-8"))
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def write_dashboard(out: str | Path, meta: dict, features: list[dict]) -> Path:
@@ -397,17 +414,9 @@ def write_dashboard(out: str | Path, meta: dict, features: list[dict]) -> Path:
         If ``meta`` is not a dict, ``features`` is not a list of dicts, or a record lacks
         a valid ``"feature"``.
     """
-    meta, records = _validate(meta, features)
+    pages = render_dashboard(meta, features)
     out = Path(out)
     (out / "features").mkdir(parents=True, exist_ok=True)
-    ids = [r["feature"] for r in records]
-    for i, rec in enumerate(records):
-        prev = ids[i - 1] if i > 0 else None
-        nxt = ids[i + 1] if i + 1 < len(ids) else None
-        _write(out / "features" / f"{rec['feature']:05d}.html", _feature_page(rec, meta, prev, nxt))
-    _write(out / "features.json", json.dumps({"meta": meta, "features": records},
-                                             ensure_ascii=False, allow_nan=False))
-    # index.html last: once it exists, every page it links to does too.
-    index = out / "index.html"
-    _write(index, _index_page(meta, records))
-    return index
+    for rel, text in pages.items():  # index.html last: once it exists, every page it links to does too
+        atomic_write_text(out / rel, text)
+    return out / "index.html"

@@ -11,8 +11,9 @@ The steps, each in its own module:
    fuzzing (:mod:`saekit.interp.detection`) and CoSy on LLM-written texts;
 4. scores on a :class:`~saekit.interp.score.ScoringCorpus` of *other* windows (the tokens
    after the describing ones), each beside a random-description baseline;
-5. :func:`saekit.interp.dashboard.write_dashboard`, plus ``interp.json`` (the summary)
-   and ``features.csv``.
+5. the result (:class:`saekit.report.Result` named ``interp``) with the dashboard of
+   :func:`saekit.interp.dashboard.render_dashboard` as its pages; ``result.save(dir)``
+   writes it (``index.html`` the dashboard, ``interp.json``, ``interp.csv``, ``report.md``).
 
 Which features are shown: ``features="200"`` (the default) takes the 200 that fire most
 often on the describing windows, ``"all"`` every feature (dead ones get the logit lens
@@ -22,13 +23,12 @@ only), ``"3,17,42"`` those.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,12 +37,13 @@ from saekit import report
 from saekit.data import load_tokens
 from saekit.formats import load_dictionary
 from saekit.interp import describe, detection, prism, prompts, score
-from saekit.interp.dashboard import write_dashboard
+from saekit.interp.dashboard import render_dashboard
 from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
 from saekit.interp.prism import polysemanticity
 from saekit.interp.store import collect, token_strings
 from saekit.jobs import claim_output
 from saekit.models import load_model
+from saekit.report import Result
 
 
 @dataclass
@@ -79,15 +80,8 @@ class InterpConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-class InterpResult(NamedTuple):
-    """What :func:`interp` wrote and measured."""
-
-    index: Path
-    """The dashboard's index.html."""
-    records: list[dict[str, Any]]
-    """One feature record per shown feature (the dashboard's data)."""
-    summary: dict[str, Any]
-    """Mean scores per method against their random baselines (also in interp.json)."""
+#: What :func:`interp` returns: the one result type of every analysis. Kept under this name.
+InterpResult = Result
 
 
 def select_features(store: Any, spec: str) -> list[int]:
@@ -114,18 +108,26 @@ def _client(cfg: InterpConfig) -> Any:
     return client_from_config()
 
 
-def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torch.Tensor, out: str | Path,
-           cfg: InterpConfig | None = None, client: Any = None, name: str = "", dataset: str = "",
-           progress: bool = True) -> InterpResult:
-    """Run the whole auto-interp job; see the module docstring. ``client`` overrides
-    ``cfg.llm`` with a ready :class:`~saekit.interp.llm.LLMClient`."""
+def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torch.Tensor,
+           out: str | Path | None = None, cfg: InterpConfig | None = None, client: Any = None, name: str = "",
+           dataset: str = "", progress: bool = True) -> Result:
+    """Run the whole auto-interp job (see the module docstring) and return its result; it
+    writes no report (``result.save(dir)`` does). ``out``: where the feature store is cached
+    (``out/store``, resumable; None keeps it in memory). ``client`` overrides ``cfg.llm``
+    with a ready :class:`~saekit.interp.llm.LLMClient`.
+
+    The result (named ``interp``): ``rows`` one per shown feature (its first description and
+    scores), ``summary`` the mean scores per method beside their random baselines,
+    ``config`` the :class:`InterpConfig` and the dictionary, and ``pages`` the feature
+    dashboard (``index.html``, ``features.json`` with every record, ``features/NNNNN.html``).
+    """
     cfg = cfg or InterpConfig()
     client = client if client is not None else _client(cfg)
-    out = Path(out)
     t0 = time.time()
     say = print if progress else (lambda *a, **k: None)
     store = collect(model, dictionary, tokens, top_k=cfg.top_k, n_samples=cfg.n_samples, batch_size=cfg.batch_size,
-                    seed=cfg.seed, out=out / "store", dataset=dataset, progress=progress)
+                    seed=cfg.seed, out=None if out is None else Path(out) / "store", dataset=dataset,
+                    progress=progress)
     shown = select_features(store, cfg.features)
     vocab = token_strings(model)
     say(f"interp: {len(shown)} features shown of {dictionary.cfg.d_dict}; describing ...")
@@ -158,7 +160,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                for f in shown]
     summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed))
     summary.update(n_tokens=store.n_tokens, n_score_chunks=len(corpus), n_shown=len(shown),
-                   llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1), config=asdict(cfg))
+                   llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1))
     meta = {"title": f"saekit interp: {name or dictionary.cfg.kind + '-' + str(dictionary.cfg.d_dict)} "
                      f"on {dictionary.cfg.hook}",
             "dictionary": name, "kind": dictionary.cfg.kind, "d_dict": dictionary.cfg.d_dict,
@@ -167,10 +169,10 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
             "notes": f"described on {store.n_tokens:,} tokens of {dataset or 'the given tokens'}; scored on "
                      f"{len(corpus)} held-out chunks of 32 tokens; random_* = another feature's description "
                      "scored on this feature"}
-    index = write_dashboard(out, meta, records)
-    report.atomic_write_text(out / "interp.json", json.dumps(report.json_safe(summary), indent=2) + "\n")
-    report.write_csv(out / "features.csv", [_row(r) for r in records])
-    return InterpResult(index, records, summary)
+    config = {**asdict(cfg), "dictionary": name, "kind": dictionary.cfg.kind, "d_dict": dictionary.cfg.d_dict,
+              "hook": dictionary.cfg.hook, "model": store.manifest["model"], "data": dataset}
+    return Result("interp", [_row(r) for r in records], summary, config, title=meta["title"],
+                  pages=render_dashboard(meta, records))
 
 
 def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: list[int],
@@ -312,8 +314,10 @@ def run_cli(args: argparse.Namespace) -> int:
     describe_tokens, score_tokens = split_tokens(tokens, math.ceil(cfg.n_tokens / cfg.ctx_len))
     res = interp(model, d, describe_tokens, score_tokens, args.out, cfg, name=str(args.dictionary),
                  dataset=str(args.data))
+    out = res.save(args.out)
     print(summary_table(res.summary))
-    print(f"wrote {res.index} (open it in a browser), interp.json, features.csv")
+    print(f"wrote {out / 'index.html'} (the feature dashboard: open it in a browser), interp.json, interp.csv, "
+          "features.json, report.md")
     return 0
 
 
