@@ -83,7 +83,8 @@ def test_interp_with_an_llm_endpoint(tmp_path, monkeypatch, capsys, demo_model):
         d = {x["method"]: x for x in r["descriptions"]}
         assert d["maxact"]["text"].startswith("the words '") and d["output"]["text"].startswith("the words '")
         for key in ("detection_balanced_accuracy", "fuzzing_balanced_accuracy", "llm_cosy_auc",
-                    "random_detection_balanced_accuracy", "random_llm_cosy_auc", "cosy_auc"):
+                    "random_detection_balanced_accuracy", "random_llm_cosy_auc", "cosy_auc",
+                    "intruder_accuracy", "intruder_chance"):
             assert key in d["maxact"]["scores"], key
     prism_labels = [c["label"] for r in records for c in r["clusters"]]
     assert prism_labels and all(lab.startswith("the words '") for lab in prism_labels)
@@ -94,5 +95,6 @@ def test_interp_with_an_llm_endpoint(tmp_path, monkeypatch, capsys, demo_model):
     # another feature's, and the texts written from it make the feature fire more.
     assert m["detection_balanced_accuracy"] > m["random_detection_balanced_accuracy"] + 0.1, m
     assert m["llm_cosy_auc"] > m["random_llm_cosy_auc"], m
+    assert m["intruder_chance"] == pytest.approx(0.2)  # intruder accuracy is NaN here: the scripted reader never answers it
     page = (out / "features" / f"{with_llm[0]['feature']:05d}.html").read_text()
     assert "maxact" in page and "detection_balanced_accuracy" in page

@@ -36,7 +36,7 @@ import torch
 from saekit import report
 from saekit.data import load_tokens
 from saekit.formats import load_dictionary
-from saekit.interp import describe, detection, prism, prompts, score
+from saekit.interp import describe, detection, intruder, prism, prompts, score
 from saekit.interp.dashboard import render_dashboard
 from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
 from saekit.interp.prism import polysemanticity
@@ -178,7 +178,9 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
 def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: list[int],
                 scored: dict[int, list[dict]], seed: int) -> None:
     """Detection, fuzzing and CoSy on LLM-written texts for the MaxAct explanations, and
-    for a random feature's MaxAct explanation as the baseline."""
+    for a random feature's MaxAct explanation as the baseline; and delphi's intruder
+    score, which needs no description (a score of the feature's examples, kept in the
+    MaxAct row beside its chance level ``1 / n_examples``)."""
     text = {f: next(d["text"] for d in scored[f] if d["method"] == "maxact") for f in feats}
     partner = score.random_partners(feats, seed)
     pairs = [(f, text[f], "") for f in feats] + [(f, text[partner[f]], "random_") for f in feats if f in partner]
@@ -191,6 +193,10 @@ def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: li
     det = detection.detection(client, descs, on, off, seed=seed)
     fuz = detection.fuzzing(client, descs, on, off, seed=seed)
     cos = score.llm_cosy(client, model, dictionary, corpus, [f for f, _, _ in pairs], descs)
+    odd = intruder.intruder(client, on[:len(feats)], off[:len(feats)], seed=seed)
+    for f, r in zip(feats, odd, strict=True):
+        row = next(x for x in scored[f] if x["method"] == "maxact")
+        row["scores"].update({"intruder_accuracy": r["accuracy"], "intruder_chance": r["chance"]})
     for (f, _, prefix), d, z, c in zip(pairs, det, fuz, cos, strict=True):
         row = next(r for r in scored[f] if r["method"] == "maxact")
         row["scores"].update({f"{prefix}detection_balanced_accuracy": d["balanced_accuracy"],
