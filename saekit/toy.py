@@ -28,22 +28,24 @@ from saekit.ground_truth import (
 from saekit.metrics import Recovery, mmcs, recovery
 from saekit.superposition import (
     REGIMES,
-    AntipodalPairs,
-    Geometry,
-    PhaseDiagram,
     Sensitivity,
-    SparsitySweep,
     ToyModels,
     adversarial_sensitivity,
-    antipodal_pairs,
     dimensions_per_feature,
     feature_dimensionality,
     feature_norms,
     interference,
+    train_toy_models,
+)
+from saekit.superposition_experiments import (
+    AntipodalPairs,
+    Geometry,
+    PhaseDiagram,
+    SparsitySweep,
+    antipodal_pairs,
     pentagon,
     phase_diagram,
     sparsity_sweep,
-    train_toy_models,
 )
 from saekit.toy_report import run_toy
 

@@ -48,6 +48,7 @@ LAYERS = {
     "saekit.toy": 2,
     "saekit.toy_report": 2,
     "saekit.superposition": 2,
+    "saekit.superposition_experiments": 2,
     # It fits every dictionary kind (saekit.training), so it is an analysis, not a foundation.
     "saekit.ground_truth": 2,
     "saekit.cli": 3,

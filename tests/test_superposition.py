@@ -15,17 +15,19 @@ from saekit.superposition import (
     ToyModels,
     adversarial_sensitivity,
     antipodal_partners,
-    classify_two_features,
-    count_antipodal_pairs,
     dimensions_per_feature,
     feature_angles,
     feature_dimensionality,
     feature_norms,
-    geometry_of,
     interference,
-    phase_diagram,
     sample_toy_inputs,
     train_toy_models,
+)
+from saekit.superposition_experiments import (
+    classify_two_features,
+    count_antipodal_pairs,
+    geometry_of,
+    phase_diagram,
 )
 from saekit.toy_report import add_parser, run_toy
 

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.dictionaries import sae, snmf  # noqa: F401  (register the kinds in REGISTRY)
 from saekit.dictionaries.base import (
     REGISTRY,
     Dictionary,
@@ -36,6 +35,8 @@ from saekit.dictionaries.base import (
     read_json_object,
     read_safetensors_file,
 )
+from saekit.dictionaries.sae import SAE  # noqa: F401  (importing the kinds registers them in REGISTRY)
+from saekit.dictionaries.snmf import SNMF  # noqa: F401
 
 __all__ = ["FORMATS", "READERS", "FormatError", "read_dictionary_learning", "read_gemma_scope", "read_openai", "read_saelens",
            "read_sparsify"]

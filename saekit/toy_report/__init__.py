@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saekit import superposition as sp
+import saekit.superposition as sp
+import saekit.superposition_experiments as spx
 from saekit.ground_truth import (
     KINDS,
     MATCH,
@@ -154,14 +155,14 @@ def _run_toy(quick: bool, progress: bool) -> Result:
 
     t = time.time()
     sw = cfg["sweep"]
-    sweep = sp.sparsity_sweep(sw["sparsities"], sw["n_features"], sw["n_hidden"], sw["importance"],
+    sweep = spx.sparsity_sweep(sw["sparsities"], sw["n_features"], sw["n_hidden"], sw["importance"],
                               n_instances=sw["n_instances"], desc="sparsity sweep", **train)
     sens = sp.adversarial_sensitivity(sweep.models, **cfg["adversarial"])
     seconds["sweep"] = time.time() - t
 
     t = time.time()
     ph = cfg["phase"]
-    phase = sp.phase_diagram(ph["relative_importance"], ph["density"], n_instances=ph["n_instances"],
+    phase = spx.phase_diagram(ph["relative_importance"], ph["density"], n_instances=ph["n_instances"],
                              desc="phase diagram", **{**train, "batch_size": ph["batch_size"]})
     seconds["phase diagram"] = time.time() - t
 
@@ -169,9 +170,9 @@ def _run_toy(quick: bool, progress: bool) -> Result:
     ge = cfg["geometry"]
     geo = sp.train_toy_models(ge["n_features"], ge["n_hidden"], ge["sparsities"], 1.0,
                               n_instances=ge["n_instances"], desc="geometry", **train)
-    pent = sp.geometry_of(geo.model(-1))
+    pent = spx.geometry_of(geo.model(-1))
     an = cfg["antipodal"]
-    anti = sp.antipodal_pairs(an["n_hidden"], an["sparsities"], n_instances=an["n_instances"],
+    anti = spx.antipodal_pairs(an["n_hidden"], an["sparsities"], n_instances=an["n_instances"],
                               desc="antipodal pairs", **train)
     seconds["geometry"] = time.time() - t
 

@@ -57,6 +57,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import saekit.training.snmf_checkpoint as sc
 from saekit.dictionaries.snmf import (
     NMF,
     SNMF,
@@ -71,7 +72,6 @@ from saekit.fileio import clean_stale, remove_directory
 from saekit.jobs import Interrupted, requested
 from saekit.metrics import unit_rows
 from saekit.models import resolve_device
-from saekit.training import snmf_checkpoint as sc
 from saekit.training.inputs import rows_and_config
 from saekit.training.snmf_stopping import (  # noqa: F401  (their old home)
     GAIN_FLOOR,

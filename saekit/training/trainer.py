@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import saekit.training.checkpoint as checkpoint
 from saekit.activations.cache import CacheRows
 from saekit.activations.stream import LiveStream
 from saekit.dictionaries import REGISTRY
@@ -39,7 +40,6 @@ from saekit.dictionaries.sae import SAE
 from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
 from saekit.models import resolve_device
-from saekit.training import checkpoint
 from saekit.training.inputs import rows_and_config
 from saekit.training.schedule import default_lr, default_schedule
 from saekit.version import provenance
