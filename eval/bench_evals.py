@@ -70,8 +70,8 @@ def main() -> None:
         perturbation_kl(model, tokens, args.hook, deltas, clean_logp=clean, max_rows=args.max_rows)
 
     # stable regions: pairs × n_steps interpolation rows per forward, read after the final norm
+    from saekit.evals.interventions import steered_logits
     from saekit.evals.stable_regions import interpolation_curves
-    from saekit.evals.steer import steered_logits
 
     prompts = tokens[:, :16]
     n_steps = 30

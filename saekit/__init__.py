@@ -2,6 +2,15 @@
 
 The public API is imported lazily, so ``import saekit`` stays fast: torch and
 TransformerLens load on first use.
+
+Every job runs from Python with the config its command takes (a config dataclass or
+a TOML file of its fields, then ``key=value`` overrides) and returns its result:
+``train`` (the trained dictionaries), ``run_harvest`` (the cache), ``run_compare``
+(a ``Comparison``), ``run_eval`` (a ``Result``), ``run_toy`` and ``run_demo`` (a
+``Result``). The commands call exactly these. ``harvest`` and ``compare`` keep their
+in-memory signatures (a model, hooks and tokens; dictionaries and a model), which is
+why their job entries carry the ``run_`` prefix, as ``eval`` (a builtin), ``toy`` and
+``demo`` (submodules) do.
 """
 
 from __future__ import annotations
@@ -32,6 +41,17 @@ _API = {
     "open_cache": "saekit.activations",
     "fit": "saekit.training",
     "train": "saekit.training.recipe",
+    "run_harvest": "saekit.activations.job",
+    "run_compare": "saekit.compare",
+    "run_eval": "saekit.evals",
+    "run_toy": "saekit.toy_report",
+    "run_demo": "saekit.demo",
+    "load_config": "saekit.config",
+    "TrainConfig": "saekit.config",
+    "HarvestConfig": "saekit.activations.job",
+    "CompareConfig": "saekit.compare",
+    "ToyConfig": "saekit.toy_report",
+    "DemoConfig": "saekit.demo",
     "fit_hierarchy": "saekit.hierarchy",
     "load_dictionary": "saekit.formats",
     "Dictionary": "saekit.dictionaries",

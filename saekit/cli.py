@@ -1,4 +1,13 @@
-"""The ``saekit`` command. Each subcommand is a thin layer over the public API."""
+"""The ``saekit`` command. Each subcommand is a thin layer over the public API.
+
+Every job's flags are generated from its config dataclass
+(:func:`saekit.schema.add_config_arguments`), and the command calls the job's Python
+entry with the flags given as ``key=value`` overrides, so ``saekit harvest --n-tokens
+4096 ...`` and ``saekit.run_harvest(None, out, ["n_tokens=4096", ...])`` are one code path:
+``train`` (:func:`saekit.train`), ``harvest`` (:func:`saekit.run_harvest`), ``compare``
+(:func:`saekit.run_compare`), ``eval NAME`` (:func:`saekit.run_eval`), ``toy``
+(:func:`saekit.run_toy`), ``demo`` (:func:`saekit.run_demo`).
+"""
 
 from __future__ import annotations
 
@@ -9,61 +18,46 @@ import signal
 import sys
 from pathlib import Path
 
-from saekit.jobs import Interrupted, claim_output
-
-DTYPES = ("float32", "float16", "bfloat16")
+from saekit.jobs import Interrupted
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from saekit.demo import DEMO_LM, default_out, run_demo
+    from saekit.demo import DemoConfig, run_demo
 
-    model = args.model or DEMO_LM
-    out = claim_output(args.out or default_out(model), overwrite=args.overwrite, what="demo report")
-    run_demo(out=out, n_tokens=args.n_tokens, model_path=model)
+    run_demo(args.config, args.out, given_overrides(DemoConfig, args) + args.set, overwrite=args.overwrite)
     return 0
 
 
 def _cmd_harvest(args: argparse.Namespace) -> int:
-    import torch
+    from saekit.activations.job import HarvestConfig, run_harvest
 
-    from saekit.activations import CacheWriter, iter_harvest
-    from saekit.data import load_tokens, text_convention
-    from saekit.models import hook_width, load_model, model_name, model_processing
-
-    model = load_model(args.model, device=args.device)
-    tokens = load_tokens(args.data, model, args.n_tokens, args.ctx_len)
-    hooks = args.hooks
-    widths = {h: hook_width(model, h) for h in hooks}
-    dtype = getattr(torch, args.dtype)
-    with CacheWriter(args.out, widths, model=model_name(model), processing=model_processing(model),
-                     data=str(args.data), dtype=dtype, shard_tokens=args.shard_tokens,
-                     ctx_len=args.ctx_len, extra={"text": text_convention(model)},
-                     overwrite=args.overwrite) as writer:
-        for batch in iter_harvest(model, hooks, tokens, args.batch_size, device="cpu",
-                                         progress=True):
-            writer.add(batch)
-        cache = writer.close()
-    print(cache)
+    if args.out is None:
+        raise ValueError("--out is required: the cache directory to create")
+    print(run_harvest(args.config, args.out, given_overrides(HarvestConfig, args) + args.set,
+                      overwrite=args.overwrite))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from saekit.training.recipe import default_out, run_recipe
+    from saekit.config import TrainConfig
+    from saekit.training.recipe import default_out, train
 
     out = Path(args.out) if args.out else default_out(args.config)
+    overrides = given_overrides(TrainConfig, args) + args.set
     try:
-        done = run_recipe(args.config, out, args.set, resume=args.resume, overwrite=args.overwrite)
+        done = train(args.config, out, overrides, resume=args.resume, overwrite=args.overwrite)
     except (Interrupted, KeyboardInterrupt) as e:
         again = shlex.join(["saekit", "train", args.config, "--out", str(out),
-                            *(x for s in args.set for x in ("--set", s))])
+                            *(x for s in overrides for x in ("--set", s))])
         print(f"\nsaekit train: interrupted{f' ({e})' if str(e) else ''}; continue with: {again} --resume",
               file=sys.stderr)
         return 130
-    for run_dir, trainer in done:
+    for run_dir, dictionary in done.items():
         if not (run_dir / "dictionary").exists():
             continue  # another rank wrote it
-        print(f"wrote {run_dir / 'dictionary'}: {trainer.sae}")
-        md = trainer.sae.cfg.metadata
+        print(f"wrote {run_dir / 'dictionary'}: {dictionary}")
+        md = dictionary.cfg.metadata
         if "rel_error" in md:
             print(f"  relative error {md['rel_error']:.4f} after {md['iterations']} passes")
         if (run_dir / "eval.json").exists():
@@ -148,42 +142,37 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saekit.activations.job import HarvestConfig
+    from saekit.config import TrainConfig
+    from saekit.demo import DemoConfig
+
     ap = argparse.ArgumentParser(prog="saekit", description="Sparse dictionary learning for LM interpretability.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job end to end, on the demo LM or a real model")
+    add_config_arguments(p, DemoConfig)
+    add_config_file_arguments(p)
     p.add_argument("--out", default=None, help="output directory (default runs/demo, or runs/demo-NAME for "
                                                 "another model)")
-    p.add_argument("--n-tokens", type=int, default=None,
-                   help="held-out tokens to harvest (default 65,536 on the demo LM, 32,768 on a real model)")
-    p.add_argument("--model", default=None, help="the demo LM (default), 'smollm2-135m', a .gguf file, an HF "
-                                                  "directory or name: real models run on the English corpus")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("harvest", help="harvest activations into an on-disk cache")
-    p.add_argument("--model", required=True, help="native checkpoint dir, HF dir or HF name")
-    p.add_argument("--hooks", nargs="+", required=True, help="hook names, e.g. blocks.1.mlp.hook_post")
-    p.add_argument("--data", default="demo", help="'demo', a .txt/.jsonl/.parquet file or folder, or an HF dataset")
-    p.add_argument("--n-tokens", type=int, required=True)
-    p.add_argument("--ctx-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype stored in the cache")
-    p.add_argument("--shard-tokens", type=int, default=None,
-                   help="tokens per shard file (default: 64 MiB shards for the widest hook)")
-    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    add_config_arguments(p, HarvestConfig)
+    add_config_file_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache")
-    p.add_argument("--out", required=True, help="cache directory to create")
+    p.add_argument("--out", default=None, help="cache directory to create (required)")
     p.set_defaults(fn=_cmd_harvest)
 
     p = sub.add_parser("train", help="train an SAE from a TOML recipe")
-    p.add_argument("config", help="recipe (TOML), e.g. train/demo.toml")
+    p.add_argument("config", help="recipe (TOML), e.g. train/demo.toml; the flags below override its fields")
     p.add_argument("--out", default=None, help="run directory (default runs/train/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue the run directory's unfinished dictionaries "
                                                          "from their checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in the run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field (value parsed as TOML); repeatable")
+    add_config_arguments(p, TrainConfig)
     p.set_defaults(fn=_cmd_train)
 
     from saekit.compare import add_parser as add_compare_parser

@@ -24,77 +24,29 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.harvest import harvest, model_device
+from saekit.activations.harvest import harvest
+from saekit.config import load_config
 from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
 from saekit.dictionaries import REGISTRY
 from saekit.formats import load_dictionary
 from saekit.jobs import claim_output
 from saekit.metrics import Correlation, Match, match, mmcs, unit_rows
-from saekit.models import W_out, hook_width, load_model, model_name, validate_hook
+from saekit.metrics.feature_space import (
+    chance_matched_cos,
+    common_space,
+    residual_directions,
+)
+from saekit.metrics.spliced import evaluate
+from saekit.models import HookedModel, hook_width, load_model, model_device, model_name
 from saekit.report import Result, Section, figure_png
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 from saekit.training.api import fit
-from saekit.training.evaluate import evaluate
 
 #: Hook kinds whose activations live in the residual-stream basis (d_model).
-RESIDUAL_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_mlp_out")
 #: Bins of matched |cos| for the similarity histograms.
 HIST_EDGES = [i / 20 for i in range(21)]
 #: Code correlation above which a matched pair counts as firing together.
 CORR_THRESHOLD = 0.5
-
-
-# --------------------------------------------------------------------------- directions and matching
-
-
-def residual_directions(dictionary: Any, model: Any) -> Tensor:
-    """Unit feature directions in the residual stream, ``[d_dict, d_model]``.
-
-    A dictionary on ``blocks.L.mlp.hook_post`` maps through the MLP's output matrix
-    (``W_dec @ W_out``: what a feature writes into the residual stream); residual-basis
-    hooks (``hook_resid_pre|mid|post``, ``hook_mlp_out``) are there already; any other
-    hook raises ValueError.
-    """
-    layer, kind = validate_hook(model, dictionary.cfg.hook)
-    w = dictionary.W_dec.detach().float()
-    if kind == "mlp.hook_post":
-        w = w @ W_out(model, layer).to(w.device, w.dtype)
-    elif kind not in RESIDUAL_KINDS:
-        raise ValueError(f"{dictionary.cfg.hook}: no map into the residual stream")
-    return unit_rows(w)
-
-
-def common_space(hook_a: str, hook_b: str, model: Any) -> tuple[str | None, str]:
-    """``(space, "")`` where two hooks' directions can be compared, or ``(None, reason)``.
-
-    MLP-hidden dictionaries (``mlp.hook_post``) always compare in the residual stream,
-    through ``W_out`` (as the issue and the SNMF paper's f = W_out z have it), even on one
-    hook: what a feature writes is what the model sees; directions that differ only in
-    ``W_out``'s null space count as the same. Any other hook compares in its own space.
-    Otherwise both hooks must map into the residual stream at the same layer
-    (TransformerLens' block index).
-    """
-    if hook_a == hook_b and not hook_a.endswith("mlp.hook_post"):
-        return hook_a, ""
-    (la, ka), (lb, kb) = validate_hook(model, hook_a), validate_hook(model, hook_b)
-    for hook, kind in ((hook_a, ka), (hook_b, kb)):
-        if kind != "mlp.hook_post" and kind not in RESIDUAL_KINDS:
-            return None, f"{hook} has no map into the residual stream"
-    if la != lb:
-        return None, f"different layers ({la} vs {lb}): features at different depths are not matched"
-    return f"residual stream, layer {la}", ""
-
-
-_CHANCE: dict[tuple[int, int, int], float] = {}
-
-
-def chance_matched_cos(n_a: int, n_b: int, d: int) -> float:
-    """Mean matched |cos| of seeded random directions of these shapes: what matching
-    reaches with no shared structure at all (high when d is small)."""
-    if (n_a, n_b, d) not in _CHANCE:
-        g = torch.Generator().manual_seed(0)
-        m = match(torch.randn(n_a, d, generator=g), torch.randn(n_b, d, generator=g))
-        _CHANCE[n_a, n_b, d] = m.cos.mean().item()
-    return _CHANCE[n_a, n_b, d]
 
 
 # --------------------------------------------------------------------------- streaming accumulators
@@ -237,7 +189,7 @@ def _figures(reconstruction: list[dict[str, Any]], histograms: dict[str, Any]) -
 # --------------------------------------------------------------------------- compare
 
 
-def _resolve(dictionaries: Any, names: Any, model: Any) -> tuple[list[Any], list[str]]:
+def _resolve(dictionaries: Any, names: Any, model: HookedModel) -> tuple[list[Any], list[str]]:
     """Load paths (onto the model's device), name every dictionary, check it fits the model."""
     if isinstance(dictionaries, (str, Path)) or hasattr(dictionaries, "W_dec"):
         dictionaries = [dictionaries]
@@ -270,7 +222,7 @@ def _resolve(dictionaries: Any, names: Any, model: Any) -> tuple[list[Any], list
     return dicts, names
 
 
-def _match_pair(a: Any, b: Any, model: Any) -> tuple[str, Match | None, Tensor | None, Tensor | None]:
+def _match_pair(a: Any, b: Any, model: HookedModel) -> tuple[str, Match | None, Tensor | None, Tensor | None]:
     """``(space, match, directions a, directions b)``, or ``(reason, None, None, None)``."""
     space, reason = common_space(a.cfg.hook, b.cfg.hook, model)
     if space is None:
@@ -280,7 +232,7 @@ def _match_pair(a: Any, b: Any, model: Any) -> tuple[str, Match | None, Tensor |
     return space, match(wa, wb), wa, wb
 
 
-def compare(dictionaries: Any, model: Any, tokens: Tensor | None = None, *, data: Any = "demo",
+def compare(dictionaries: Any, model: HookedModel | str, tokens: Tensor | None = None, *, data: Any = "demo",
             n_tokens: int = 65536, ctx_len: int = 128, seeds: int = 1, names: list[str] | None = None,
             batch_size: int = 16, progress: bool = False, refit_tokens: int | None = None,
             refit_batch_size: int = 256, refit_options: dict[str, Any] | None = None) -> Comparison:
@@ -419,33 +371,88 @@ def _stability(dicts, names, acts, model, seeds, refit_tokens, refit_batch_size,
     return rows
 
 
-# --------------------------------------------------------------------------- command line
+# --------------------------------------------------------------------------- the job and its command
+
+
+@dataclass
+class CompareConfig:
+    """One comparison (``saekit compare``): :func:`compare`'s arguments, as a config."""
+
+    dictionaries: list[str]
+    """Dictionaries to compare: directories in any format saekit reads, registry ids, hf:// paths."""
+    model: str
+    """Model spec for ``saekit.load_model``."""
+    data: str = "demo"
+    """Text source; 'demo' evaluates on the demo LM's held-out text."""
+    n_tokens: int = 65536
+    """Tokens to evaluate on."""
+    ctx_len: int = 128
+    """Tokens per window."""
+    seeds: int = 1
+    """Refits per configuration for stability (1: none)."""
+    names: list[str] | None = None
+    """Labels in the report (default: from the paths)."""
+    batch_size: int = 16
+    """Windows per forward pass."""
+    refit_tokens: int | None = None
+    """Harvested activations each refit passes over (default: all)."""
+    refit_batch_size: int = 256
+    """Batch of each refit."""
+    refit_options: dict[str, Any] = field(default_factory=dict)
+    """Keywords of every refit's ``saekit.fit``, or per kind (``{topk = {lr = 1e-3}}``)."""
+    device: str | None = None
+    """Default: cuda when present, else cpu."""
+
+    RANGES = {name: (1, None) for name in ("n_tokens", "ctx_len", "seeds", "batch_size", "refit_tokens",
+                                           "refit_batch_size")}
+
+    def validate(self, where: str = "config") -> None:
+        if not self.dictionaries:
+            raise ValueError(f"{where}: key 'dictionaries' lists no dictionary")
+
+
+def run_compare(config: CompareConfig | str | Path | None, out: str | Path | None = None,
+                overrides: list[str] | None = None, *, overwrite: bool = False, progress: bool = True) -> Comparison:
+    """Run a comparison from its config, as ``saekit compare`` does, and return it.
+
+    ``config`` is a :class:`CompareConfig` or a TOML file of its fields; ``overrides``
+    (``key=value``, values in TOML) apply after it, checked before any work. With
+    ``out``, the directory is claimed first (refused when it holds an earlier report,
+    unless ``overwrite``) and the report saved there.
+
+    :func:`compare` keeps its signature (dictionaries and a model, in memory); this is
+    its job entry, under another name so that neither changes meaning.
+    """
+    cfg = load_config(config, overrides, cls=CompareConfig)
+    if out is not None:
+        claim_output(out, overwrite=overwrite, what="comparison report")
+    model = load_model(cfg.model, device=cfg.device)
+    result = compare(cfg.dictionaries, model, data=cfg.data, n_tokens=cfg.n_tokens, ctx_len=cfg.ctx_len,
+                     seeds=cfg.seeds, names=cfg.names, batch_size=cfg.batch_size, progress=progress,
+                     refit_tokens=cfg.refit_tokens, refit_batch_size=cfg.refit_batch_size,
+                     refit_options=cfg.refit_options or None)
+    if out is not None:
+        result.save(out)
+    return result
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``saekit compare`` on the object ``ArgumentParser.add_subparsers()`` returns."""
     p = subparsers.add_parser("compare", help="compare dictionaries: reconstruction, feature matching, "
                                               "stability across seeds, planted concepts")
-    p.add_argument("dicts", nargs="+", help="dictionary directories")
-    p.add_argument("--model", required=True, help="native checkpoint dir, HF dir or HF name")
-    p.add_argument("--data", default="demo", help="text source; 'demo' evaluates on the demo LM's held-out text")
-    p.add_argument("--n-tokens", type=int, default=65536, help="tokens to evaluate on (default 65536)")
-    p.add_argument("--ctx-len", type=int, default=128)
-    p.add_argument("--seeds", type=int, default=1, help="refits per configuration for stability (default 1: none)")
+    add_config_arguments(p, CompareConfig, positional={"dictionaries": "dicts"})
+    add_config_file_arguments(p)
     p.add_argument("--out", default="runs/compare", help="report directory (default runs/compare)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
-    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     p.set_defaults(fn=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``saekit compare``: print the tables, write the report."""
-    claim_output(args.out, overwrite=args.overwrite, what="comparison report")
-    model = load_model(args.model, device=args.device)
-    result = compare(args.dicts, model, data=args.data, n_tokens=args.n_tokens, ctx_len=args.ctx_len,
-                     seeds=args.seeds, progress=True)
+    """``saekit compare``: :func:`run_compare` with the flags as overrides; print the tables."""
+    result = run_compare(args.config, args.out, given_overrides(CompareConfig, args) + args.set,
+                         overwrite=args.overwrite)
     print(result)
-    out = result.save(args.out)
-    print(f"wrote {out / 'index.html'}, report.md, compare.json, compare.csv and the other CSV tables, PNG plots")
+    print(f"wrote {Path(args.out) / 'index.html'}, report.md, compare.json, compare.csv and the other CSV "
+          "tables, PNG plots")
     return 0

@@ -1,21 +1,29 @@
 """Run configs: one dataclass per job, loaded from TOML, overridable with ``--set``.
 
-Unknown keys are refused with the list of allowed ones, and every value is checked
-against its field's declared type (and, for ``TrainConfig``, its range), so a typo or
-a wrong type in a recipe fails before any work is done with a ``ValueError`` that names
-the file and the key.
+Every job (train, harvest, compare, each evaluator, toy, demo) has one config dataclass,
+and the same object drives its Python entry (``saekit.train``, ``saekit.run_harvest``,
+...) and its command, whose flags :func:`saekit.schema.add_config_arguments` generates
+from the fields. This module loads and checks them, in one place for every job:
+:func:`load_config` reads a TOML file (or takes a config object) and applies ``key=value``
+overrides; :func:`build_config` refuses unknown keys with the list of allowed ones, reports
+missing required keys, and checks every value against its field's declared type (a
+``Literal`` lists its choices), the class's ``RANGES`` and ``POSITIVE`` fields, and then
+the config's own ``validate(where)`` (for :class:`TrainConfig`: the kind and its options,
+against the kind's options dataclass). A typo or a wrong value fails before any work is
+done with a ``ValueError`` that names the file (or the ``--set`` item) and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from saekit.dictionaries import REGISTRY
+from saekit.dictionaries.options import check_options
+from saekit.schema import hint_name, parse_override, type_hints, type_ok
 
 
 @dataclass
@@ -39,18 +47,31 @@ class TrainConfig:
     n_tokens: int = 1_000_000
     """Training tokens (activations)."""
     ctx_len: int = 128
+    """Tokens per window."""
     kind: str = "topk"
+    """Dictionary kind (``saekit.dictionaries.REGISTRY``): relu, topk, batchtopk, jumprelu,
+    matryoshka_batchtopk, matryoshka_topk, snmf, nmf."""
     d_dict: int = 4096
+    """Features."""
     k: int | None = 32
+    """Codes kept per token (top-k kinds)."""
     batch_size: int = 4096
+    """Activations per step."""
     lr: float | None = None
     """Default: 2e-4 / sqrt(d_dict / 2^14), raised for short runs (``saekit.training.schedule.default_lr``)."""
     seed: int = 0
+    """Seed of the text sample, the initialisation and the batch order."""
     warmup_steps: int | None = None
+    """Steps of linear learning-rate warm-up (default 5% of the steps, at most 1000)."""
     decay_start: float = 0.8
-    input_norm: str = "scalar"
-    b_dec_init: str = "geometric_median"
+    """Fraction of the steps after which the learning rate decays linearly to 0."""
+    input_norm: Literal["scalar", "none"] = "scalar"
+    """Scalar normalisation of the inputs while training (folded into the saved weights), or none."""
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
+    """Initial decoder bias."""
     dead_tokens: int | None = None
+    """Tokens without firing after which a feature counts as dead for AuxK (default:
+    ``saekit.training.schedule.default_dead_tokens``)."""
     checkpoint_every: int = 0
     """Write a resumable checkpoint every this many tokens (0: only the final weights)."""
     log_every: int = 50
@@ -62,6 +83,7 @@ class TrainConfig:
     """Text tokens the evaluation splices over ("demo" evaluates on the held-out split);
     0 turns evaluation off."""
     device: str = "auto"
+    """"auto" (cuda when present), "cpu", "cuda", "cuda:1", ..."""
     autocast: bool = False
     """bf16 autocast for the SAE forward and backward (parameters stay fp32)."""
     compile: bool = False
@@ -69,10 +91,39 @@ class TrainConfig:
     wandb_project: str | None = None
     """Also log to this wandb project (metrics.jsonl is always written)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``)."""
+    """Kind-specific hyperparameters (e.g. ``aux_coefficient``, ``l1_coefficient``), checked
+    against the kind's options dataclass (``REGISTRY[kind].Options``)."""
     sweep: list[dict[str, Any]] = field(default_factory=list)
     """Variants trained on the same activations, each a table of fields to override
     (e.g. ``[{k = 16}, {k = 32}]``); one dictionary per hook and variant."""
+
+    #: Fields with a range: (lowest allowed, highest allowed or None).
+    RANGES: ClassVar[dict[str, tuple[float, float | None]]] = {
+        **{name: (1, None) for name in ("n_tokens", "ctx_len", "d_dict", "k", "batch_size", "buffer_mb",
+                                        "log_every", "dead_tokens")},
+        **{name: (0, None) for name in ("checkpoint_every", "eval_every", "eval_tokens", "warmup_steps", "seed")},
+        "decay_start": (0.0, 1.0),
+    }
+    #: Fields that must be above 0.
+    POSITIVE: ClassVar[tuple[str, ...]] = ("lr",)
+
+    def validate(self, where: str = "config") -> None:
+        """Each run's kind is a trainable kind and its options are that kind's, of the right
+        types; a ValueError names ``where`` and lists the valid kinds or options."""
+        try:
+            runs = self.runs()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        variants = self.sweep or [{}]
+        for i, (_, c) in enumerate(runs):  # hooks outer, variants inner
+            v = variants[i % len(variants)]
+            at = f"{where}: sweep entry " + ", ".join(f"{k}={x}" for k, x in v.items()) if v else where
+            cls = REGISTRY.get(c.kind)
+            trainable = sorted(k for k, v in REGISTRY.items() if getattr(v, "TRAINABLE", True))
+            if cls is None or c.kind not in trainable:
+                raise ValueError(f"{at}: key 'kind' is {c.kind!r}, not a kind saekit trains; "
+                                 f"valid: {trainable}")
+            check_options(c.kind, cls.Options, c.options, at)
 
     def runs(self) -> list[tuple[str, TrainConfig]]:
         """``(name, config)`` for every hook × variant; the name is "" for a single run."""
@@ -81,6 +132,8 @@ class TrainConfig:
         out = []
         for h in hooks:
             for v in variants:
+                if not isinstance(v, dict):
+                    raise ValueError(f"sweep entry {v!r} is not a table of fields")
                 bad = sorted(set(v) - {f.name for f in dataclasses.fields(self)} | ({"hook", "sweep"} & set(v)))
                 if bad:
                     raise ValueError(f"sweep entry {v}: cannot set {bad}")
@@ -90,116 +143,112 @@ class TrainConfig:
         return out
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """An override's value: TOML (``16``, ``"a"``, ``[1, 2]``, ``true``), else the bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # a bare string
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a field's annotation (ints where floats are declared are
-    fine; bools are not ints). Annotations it does not understand accept anything."""
-    if hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list or hint is list:
-        args = typing.get_args(hint)
-        return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
-    if origin is dict or hint is dict:
-        args = typing.get_args(hint)
-        return isinstance(value, dict) and (not args or all(_type_ok(v, args[1]) for v in value.values()))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    return True
-
-
-#: TrainConfig fields with a range: (lowest allowed, highest allowed or None).
-_RANGES: dict[str, tuple[float, float | None]] = {
-    **{name: (1, None) for name in ("n_tokens", "ctx_len", "d_dict", "k", "batch_size", "buffer_mb", "log_every",
-                                    "dead_tokens")},
-    **{name: (0, None) for name in ("checkpoint_every", "eval_every", "eval_tokens", "warmup_steps", "seed")},
-    "decay_start": (0.0, 1.0),
-}
-
-
-def _hint_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
-
-
 def check_values(cls: type, values: dict[str, Any], where: str) -> None:
-    """Each value fits its field's annotation (and TrainConfig's ranges), or a ValueError
-    naming the file and key."""
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation that does not resolve: check nothing rather than fail
-        hints = {}
+    """Each value fits its field's annotation, the class's ``RANGES`` and ``POSITIVE``
+    fields, or a ValueError naming ``where`` (the file) and the key, and what it takes."""
+    hints = type_hints(cls)
+    ranges = getattr(cls, "RANGES", {})
     for key, value in values.items():
         hint = hints.get(key, Any)
-        if not _type_ok(value, hint):
-            raise ValueError(f"{where}: key {key!r} must be {_hint_name(hint)}, got {value!r}")
-        if cls is TrainConfig:
-            if key == "lr" and value is not None and value <= 0:
-                raise ValueError(f"{where}: key 'lr' must be positive, got {value!r}")
-            if key in _RANGES and value is not None:
-                lo, hi = _RANGES[key]
-                if value < lo or (hi is not None and value > hi):
-                    span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-                    raise ValueError(f"{where}: key {key!r} must be {span}, got {value!r}")
-            if key == "sweep":
-                for entry in value:
-                    check_values(cls, {k: v for k, v in entry.items() if k not in ("hook", "sweep")},
-                                 f"{where}: sweep entry {entry}")
+        if not type_ok(value, hint):
+            raise ValueError(f"{where}: key {key!r} must be {hint_name(hint)}, got {value!r}")
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            pass
+        elif key in getattr(cls, "POSITIVE", ()) and value <= 0:
+            raise ValueError(f"{where}: key {key!r} must be positive, got {value!r}")
+        elif key in ranges:
+            lo, hi = ranges[key]
+            if value < lo or (hi is not None and value > hi):
+                span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+                raise ValueError(f"{where}: key {key!r} must be {span}, got {value!r}")
+        if key == "sweep" and cls is TrainConfig:
+            for entry in value:
+                check_values(cls, {k: v for k, v in entry.items() if k not in ("hook", "sweep")},
+                             f"{where}: sweep entry {entry}")
 
 
 def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    """``cls(**values)`` after every check of the module docstring, and ``validate(where)``
+    where the class has one; any failure is a ValueError that starts with ``where``."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    missing = sorted(name for name, f in fields.items() if name not in values
+                     and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise ValueError(f"{where}: missing required key(s) {missing} (set them in the TOML file, with "
+                         f"--set, or with the flags {flags})")
     check_values(cls, values, where)
     try:
-        return cls(**values)
+        config = cls(**values)
     except (TypeError, KeyError, AttributeError) as e:
         raise ValueError(f"{where}: {e}") from e
+    except ValueError as e:  # a __post_init__ check: name where it came from
+        raise ValueError(e if str(e).startswith(where) else f"{where}: {e}") from e
+    if hasattr(config, "validate"):
+        config.validate(where)
+    return config
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
-    """Read a TOML recipe and apply ``key=value`` overrides (values parsed as TOML)."""
-    values: dict[str, Any] = {}
-    where = "defaults"
-    if path is not None:
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recipe {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+
+
+def load_config(path: Any, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
+    """A checked config of type ``cls``: from a TOML file (``path``), from a config object
+    (an instance of ``cls``, checked again with the overrides applied) or from the
+    defaults (``None``), with ``key=value`` overrides applied in order (values parsed as
+    TOML; ``options.NAME=value`` sets one entry of a table field ``options``).
+
+    Raises
+    ------
+    ValueError
+        Naming the file (or ``defaults``/``config``) and the key for a value from the file;
+        naming the ``--set`` item for a value from an override.
+    FileNotFoundError
+        When ``path`` names no file.
+    """
+    if isinstance(path, cls):
+        values = {f.name: getattr(path, f.name) for f in dataclasses.fields(cls) if f.init}
+        where = f"{cls.__name__} given"
+    elif path is not None:
+        if not isinstance(path, (str, Path)):
+            raise ValueError(f"expected a {cls.__name__}, a TOML file or None, got {type(path).__name__} {path!r}")
         path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"recipe {path} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-            raise ValueError(f"{path}: not valid TOML ({e})") from None
-        except OSError as e:
-            raise ValueError(f"{path}: unreadable ({e})") from None
-        where = str(path)
+        values, where = _read_toml(path), str(path)
+    else:
+        values, where = {}, "defaults"
+    values = dict(values)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
     for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key = key.strip()
-        if key.startswith("options."):
-            if not isinstance(values.setdefault("options", {}), dict):
-                raise ValueError(f"{where}: key 'options' must be a table, got {values['options']!r}")
-            values["options"][key.removeprefix("options.")] = _parse_value(text.strip())
-        else:
-            values[key] = _parse_value(text.strip())
+        key, text = parse_override(item)
+        value = parse_value(text)
+        at = f"--set {item}"
+        if key.startswith("options.") and "options" in fields:
+            options = values.get("options", {})
+            if not isinstance(options, dict):
+                raise ValueError(f"{where}: key 'options' must be a table, got {options!r}")
+            values["options"] = {**options, key.removeprefix("options."): value}
+            continue
+        if key not in fields:
+            raise ValueError(f"{at}: unknown key {key!r}; allowed: {sorted(fields)}")
+        check_values(cls, {key: value}, at)
+        values[key] = value
     return build_config(cls, values, where)

@@ -23,10 +23,12 @@ import torch
 
 from saekit import report
 from saekit.activations import harvest
+from saekit.config import load_config
 from saekit.data import FAMILIES, concept_labels, load_tokens, token_mask
 from saekit.evals import sensitivity, steering
 from saekit.formats import export, load_dictionary
 from saekit.interp.pipeline import InterpConfig, interp, split_tokens
+from saekit.jobs import claim_output
 from saekit.metrics import StreamingStats, ce_kl_recovered_all, fvu_with_se
 from saekit.models import is_native_dir, load_model
 from saekit.report import Result, Section
@@ -95,6 +97,20 @@ REAL_PLAN = DemoPlan(data="english", n_tokens=32 * 1024, train_tokens=150_000,
                      snmf_tokens=64 * 1024, ce_windows=128, all_layers=False, concepts=False)
 
 
+@dataclass
+class DemoConfig:
+    """One ``saekit demo`` run; the rest of the plan follows from the model (:data:`DEMO_PLAN`,
+    :data:`REAL_PLAN`)."""
+
+    model: str | None = None
+    """The demo LM (default), 'smollm2-135m', a .gguf file, an HF directory or name: real models
+    run on the English corpus."""
+    n_tokens: int | None = None
+    """Held-out tokens to harvest (default 65,536 on the demo LM, 32,768 on a real model)."""
+
+    RANGES = {"n_tokens": (1, None)}
+
+
 def default_out(model: str | Path) -> Path:
     """``runs/demo`` for the demo LM, ``runs/demo-NAME`` for another model."""
     return Path("runs/demo") if _is_demo_lm(model) else Path("runs") / f"demo-{Path(str(model)).name}"
@@ -104,10 +120,20 @@ def _is_demo_lm(model: str | Path) -> bool:
     return Path(str(model)).expanduser().resolve() == DEMO_LM.resolve()
 
 
-def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: str | Path = DEMO_LM,
-             plan: DemoPlan | None = None) -> Result:
-    """The main job end to end on ``model_path``: the demo LM (with its planted concepts)
-    or a real model (``"smollm2-135m"``, a GGUF, an HF directory) on the English corpus.
+def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | None = None,
+             overrides: list[str] | None = None, *, n_tokens: int | None = None,
+             model_path: str | Path | None = None, plan: DemoPlan | None = None, overwrite: bool = False) -> Result:
+    """The main job end to end, as ``saekit demo`` runs it, on the config's model: the demo
+    LM (with its planted concepts) or a real model (``"smollm2-135m"``, a GGUF, an HF
+    directory) on the English corpus.
+
+    ``config`` is a :class:`DemoConfig`, a TOML file of its fields, or None (the
+    defaults); ``overrides`` (``key=value``), then ``n_tokens`` and ``model_path`` when
+    given, apply after it, and all are checked before any work. ``out`` (default
+    :func:`default_out` of the model) is claimed first: refused when it holds an earlier
+    report, unless ``overwrite``. ``plan`` replaces the model's :class:`DemoPlan`. For the
+    earlier signature, whose first parameter was ``out``, a path that is not a ``.toml``
+    file is taken as ``out``.
 
     Returns the demo's :class:`~saekit.report.Result` (named ``demo``: ``rows`` the
     dictionaries' evaluation, ``tables`` ``hooks``, ``concepts``, ``effects`` and ``interp``),
@@ -116,13 +142,21 @@ def run_demo(out: Path | None = None, n_tokens: int | None = None, model_path: s
     layout as every analysis: ``demo.json``, ``demo.csv``, a CSV per table, ``report.md``,
     ``activations.png``, ``index.html``), beside the dictionaries (``sae/``, ``snmf/``,
     ``sae-saelens/``) and each dictionary's interp result (``interp/sae/``, ``interp/snmf/``)."""
+    if isinstance(config, (str, Path)) and Path(config).suffix != ".toml" and out is None:
+        config, out = None, config  # the earlier run_demo(out)
+    cfg = load_config(config, overrides, cls=DemoConfig)
+    given = {k: v for k, v in (("n_tokens", n_tokens), ("model", model_path)) if v is not None}
+    if given:
+        cfg = load_config(dataclasses.replace(cfg, **{k: v if k != "model" else str(v) for k, v in given.items()}),
+                          cls=DemoConfig)
+    model_path = cfg.model or DEMO_LM
     demo_lm = _is_demo_lm(model_path) or is_native_dir(Path(str(model_path)).expanduser())
     plan = plan or (DEMO_PLAN if demo_lm else REAL_PLAN)
-    if n_tokens is not None:
-        plan = dataclasses.replace(plan, n_tokens=n_tokens, train_tokens=2 * n_tokens,
-                                   snmf_tokens=min(plan.snmf_tokens, n_tokens), ce_windows=min(plan.ce_windows, 64))
-    out = Path(out) if out is not None else default_out(model_path)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.n_tokens is not None:
+        held = cfg.n_tokens
+        plan = dataclasses.replace(plan, n_tokens=held, train_tokens=2 * held,
+                                   snmf_tokens=min(plan.snmf_tokens, held), ce_windows=min(plan.ce_windows, 64))
+    out = claim_output(out if out is not None else default_out(model_path), overwrite=overwrite, what="demo report")
     t0 = time.time()
     model = load_model(model_path, device="cpu")
     card_file = Path(str(model_path)) / "train_summary.json"

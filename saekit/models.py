@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file
@@ -38,11 +39,29 @@ HOOK_TEMPLATES = (
 HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
 
 
+class HookedModel(Protocol):
+    """What saekit needs of a loaded model: a TransformerLens ``HookedTransformer`` or
+    ``TransformerBridge`` (:func:`load_model` returns one). Parameters typed with it take
+    a loaded model; those typed ``Any`` also take a spec (a path or name) or ``None``."""
+
+    cfg: Any
+    """TransformerLens config (``n_layers``, ``d_model``, ``d_mlp``, ``n_ctx``, ...)."""
+    tokenizer: Any
+    hook_dict: dict[str, Any]
+
+    def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 def is_hooked_model(obj: Any) -> bool:
+    """Whether ``obj`` has what :class:`HookedModel` names (checked by attribute)."""
     return all(hasattr(obj, a) for a in ("run_with_hooks", "hook_dict", "cfg"))
 
 
-def _get_processing(model: Any) -> str | None:
+def _get_processing(model: HookedModel) -> str | None:
     return getattr(model, "saekit_processing", None)
 
 
@@ -63,12 +82,12 @@ def portable_spec(spec: Any) -> str:
     return str(spec)
 
 
-def model_name(model: Any) -> str:
+def model_name(model: HookedModel) -> str:
     """The name saekit records for a model: its load spec, else TransformerLens' name."""
     return str(getattr(model, "saekit_spec", None) or getattr(model.cfg, "model_name", "unknown"))
 
 
-def model_processing(model: Any) -> str:
+def model_processing(model: HookedModel) -> str:
     """``"hooked"``, ``"raw"`` or ``"native"``; a TransformerLens 3 model counts as hooked."""
     p = _get_processing(model)
     if p is not None:
@@ -76,7 +95,7 @@ def model_processing(model: Any) -> str:
     return "hooked" if type(model).__name__ == "HookedTransformer" else "raw"
 
 
-def source_fields(model: Any, processing: str | None = None) -> dict[str, Any]:
+def source_fields(model: HookedModel, processing: str | None = None) -> dict[str, Any]:
     """The :class:`~saekit.dictionaries.DictionaryConfig` fields that record where a
     dictionary's activations came from: ``model`` and ``processing`` (a loaded model's,
     or the given strings) and ``metadata["text"]``, how the model's windows start
@@ -175,6 +194,14 @@ def is_native_dir(path: Path) -> bool:
         raise ValueError(f"{cfg}: not a JSON object ({e})") from e
 
 
+def model_device(model: HookedModel) -> torch.device:
+    """The device of the model's parameters (cpu for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
 def resolve_device(device: Any = None) -> torch.device:
     """``None``/``"auto"``: CUDA when present, else CPU."""
     if device is None or device == "auto":
@@ -258,11 +285,11 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
 # --------------------------------------------------------------------------- hooks
 
 
-def n_layers(model: Any) -> int:
+def n_layers(model: HookedModel) -> int:
     return int(model.cfg.n_layers)
 
 
-def hook_names(model: Any) -> list[str]:
+def hook_names(model: HookedModel) -> list[str]:
     """Every hook saekit supports on this model, layer by layer."""
     attn_only = bool(getattr(model.cfg, "attn_only", False))
     names = []
@@ -274,7 +301,7 @@ def hook_names(model: Any) -> list[str]:
     return names
 
 
-def validate_hook(model: Any, hook: str) -> tuple[int, str]:
+def validate_hook(model: HookedModel, hook: str) -> tuple[int, str]:
     """``(layer, kind)`` of a hook name, or a ValueError that lists the valid choices."""
     valid = hook_names(model)
     if hook not in valid:
@@ -295,7 +322,7 @@ def hook_layer(hook: str) -> int:
     return int(m.group(1))
 
 
-def hook_width(model: Any, hook: str) -> int:
+def hook_width(model: HookedModel, hook: str) -> int:
     """Width of a hook's activation per token (``attn.hook_z``: n_heads·d_head, flattened)."""
     _, kind = validate_hook(model, hook)
     cfg = model.cfg
@@ -306,7 +333,7 @@ def hook_width(model: Any, hook: str) -> int:
     return int(cfg.d_model)
 
 
-def W_out(model: Any, layer: int) -> torch.Tensor:
+def W_out(model: HookedModel, layer: int) -> torch.Tensor:
     """The MLP output matrix of a layer, ``[d_mlp, d_model]`` (TransformerLens orientation)."""
     if not 0 <= layer < n_layers(model):
         raise ValueError(f"layer {layer} out of range: {model_name(model)} has layers 0..{n_layers(model) - 1}")
@@ -318,7 +345,7 @@ def W_out(model: Any, layer: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- splice
 
 
-def check_dictionary_fits(model: Any, dictionary: Any) -> str:
+def check_dictionary_fits(model: HookedModel, dictionary: Any) -> str:
     """The dictionary's hook, checked against the model (width, processing)."""
     hook = dictionary.cfg.hook
     if not hook:
@@ -335,7 +362,7 @@ def check_dictionary_fits(model: Any, dictionary: Any) -> str:
     return hook
 
 
-def splice(model: Any, dictionary: Any, error_term: bool = False, edit: Any = None,
+def splice(model: HookedModel, dictionary: Any, error_term: bool = False, edit: Any = None,
            skip_bos: bool = True):
     """Context manager: run ``model`` with the dictionary's hook replaced by its reconstruction.
 

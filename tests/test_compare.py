@@ -12,19 +12,12 @@ import torch.nn.functional as F
 from conftest import DEMO_LM
 
 import saekit
-from saekit.compare import (
-    Comparison,
-    ConceptCounts,
-    add_parser,
-    chance_matched_cos,
-    compare,
-    match,
-    residual_directions,
-)
+from saekit.compare import Comparison, ConceptCounts, add_parser, compare, match
 from saekit.data import FAMILIES, concept_labels, token_mask
 from saekit.dictionaries import REGISTRY, DictionaryConfig
+from saekit.metrics.feature_space import chance_matched_cos, residual_directions
+from saekit.metrics.spliced import evaluate
 from saekit.report import Result
-from saekit.training.evaluate import evaluate
 
 MLP, RESID = "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"
 FIT = dict(d_dict=256, k=8, batch_size=128, lr=2e-3)  # one pass over ~6k tokens: 47 steps

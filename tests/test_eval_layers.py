@@ -1,4 +1,4 @@
-"""saekit.evals.matching (``saekit eval layers``): the streaming co-activation statistics
+"""saekit.evals.layers (``saekit eval layers``): the streaming co-activation statistics
 against a one-shot computation, a dictionary against itself, the shipped SAE against the
 shipped SNMF, two quickly trained dictionaries on adjacent layers, bounded memory, the
 recipes and the errors."""

@@ -140,7 +140,7 @@ def test_other_inits_and_degenerate_data_give_no_nan(init):
 
 
 def test_save_load_splice_and_evaluate(tmp_path, demo_model, demo_tokens, demo_acts):
-    from saekit.training.evaluate import evaluate
+    from saekit.metrics.spliced import evaluate
 
     d = saekit.fit(demo_acts[MLP][:4000], kind="snmf", d_dict=32, k=8, hook=MLP, model=demo_model, max_iter=10)
     d.save(tmp_path / "snmf")

@@ -1,6 +1,7 @@
 """On-disk activation cache: sharded safetensors files plus a JSON manifest.
 
-Layout of a cache directory ``CACHE/``::
+Layout of a cache directory ``CACHE/`` (the format and its checks:
+:mod:`saekit.activations.layout`)::
 
     CACHE/manifest.json
     CACHE/<hook>/shard_00000.safetensors    # tensor "activations", shape [n, d]
@@ -23,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,123 +31,28 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from saekit.activations.layout import (  # noqa: F401  (FORMAT ... is_int: re-exported, defined here first)
+    DTYPE_NAMES,
+    DTYPES,
+    FORMAT,
+    MANIFEST,
+    ST_CODES,
+    TENSOR,
+    VERSION,
+    CacheError,
+    check_shard_layout,
+    is_int,
+    resolve_dtype,
+    validate_manifest,
+)
 from saekit.fileio import file_sha256
 
 __all__ = ["ActivationCache", "CacheError", "open_cache"]
-
-FORMAT = "saekit-activation-cache"
-VERSION = 1
-MANIFEST = "manifest.json"
-TENSOR = "activations"
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-# safetensors' own dtype codes, as they appear in a shard's header.
-ST_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-# safetensors refuses headers above 100 MB; a larger length field means garbage.
-_MAX_HEADER = 100_000_000
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_REQUIRED = {
-    "format": str,
-    "version": int,
-    "model": str,
-    "processing": str,
-    "data": str,
-    "dtype": str,
-    "n_tokens": int,
-    "created": str,
-    "extra": dict,
-    "hooks": dict,
-}
 
 # Shards whose hash has been checked in this process. The key includes the file's
 # identity and mtime so a replaced or rewritten file is checked again, and the
 # expected hash so another manifest naming the same file is checked against its own.
 _VERIFIED: set[tuple[Any, ...]] = set()
-
-
-class CacheError(ValueError):
-    """A cache on disk is missing, corrupted, or disagrees with its manifest."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def is_int(x: Any) -> bool:
-    """An int that is not a bool (manifest fields)."""
-    # bool is an int subclass; a manifest saying "d": true is still malformed.
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """Return the torch dtype for ``dtype`` (a torch dtype or its name)."""
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in DTYPE_NAMES:
-        return dtype
-    raise ValueError(f"cache dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-
-
-def _read_shard_header(path: Path, size: int) -> tuple[int, dict[str, Any]]:
-    """Parse a shard's safetensors header; return (header length, header dict)."""
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise CacheError(f"shard {path}: truncated ({size} bytes, too short for a header)")
-        (hlen,) = struct.unpack("<Q", prefix)
-        if hlen > _MAX_HEADER:
-            raise CacheError(f"shard {path}: corrupted header (length field says {hlen} bytes)")
-        raw = f.read(hlen)
-    if len(raw) < hlen:
-        raise CacheError(f"shard {path}: truncated ({size} bytes, header alone needs {8 + hlen})")
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CacheError(f"shard {path}: header is not valid JSON ({e}); corrupted") from None
-    if not isinstance(header, dict):
-        raise CacheError(f"shard {path}: header is not a JSON object; corrupted")
-    return hlen, header
-
-
-def _check_shard_layout(path: Path, n: int, d: int, dtype: torch.dtype) -> None:
-    """Check a shard exists and its header and size match an [n, d] ``dtype`` tensor.
-
-    Raises
-    ------
-    CacheError
-        Naming the file and what was expected against what was found.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CacheError(f"shard {path}: missing (manifest lists {n} tokens in it)") from None
-    hlen, header = _read_shard_header(path, size)
-    entry = header.get(TENSOR)
-    if not isinstance(entry, dict):
-        found = sorted(k for k in header if k != "__metadata__")
-        raise CacheError(f"shard {path}: expected a tensor named {TENSOR!r}, found {found}")
-    want_code, got_code = ST_CODES[dtype], entry.get("dtype")
-    if got_code != want_code:
-        raise CacheError(
-            f"shard {path}: dtype {got_code} but manifest says {DTYPE_NAMES[dtype]} ({want_code})"
-        )
-    if entry.get("shape") != [n, d]:
-        raise CacheError(f"shard {path}: shape {entry.get('shape')} but manifest says {[n, d]}")
-    nbytes = n * d * dtype.itemsize
-    if entry.get("data_offsets") != [0, nbytes]:
-        raise CacheError(
-            f"shard {path}: data_offsets {entry.get('data_offsets')}, expected {[0, nbytes]}"
-        )
-    want_size = 8 + hlen + nbytes
-    if size < want_size:
-        raise CacheError(f"shard {path}: truncated ({size} bytes, expected {want_size})")
-    if size > want_size:
-        raise CacheError(f"shard {path}: {size} bytes, expected {want_size} (trailing data)")
 
 
 def _verified_key(path: Path, sha: str) -> tuple[Any, ...]:
@@ -169,83 +73,6 @@ def _derived_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed from ``seed`` and ``parts``, independent across parts."""
     text = ":".join(str(p) for p in (seed, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def _manifest_error(path: Path, what: str) -> CacheError:
-    return CacheError(f"{path}: {what}")
-
-
-def _validate_shard_entries(mpath: Path, hook: str, spec: Any) -> int:
-    """Validate one hook's manifest entry; return its total row count."""
-    if not isinstance(spec, dict) or not is_int(spec.get("d")) or spec["d"] <= 0:
-        raise _manifest_error(mpath, f"hook {hook!r} needs a positive integer 'd', found {spec!r}")
-    shards = spec.get("shards")
-    if not isinstance(shards, list):
-        raise _manifest_error(mpath, f"hook {hook!r} needs a 'shards' list")
-    total = 0
-    for i, s in enumerate(shards):
-        where = f"hook {hook!r} shard {i}"
-        if not isinstance(s, dict):
-            raise _manifest_error(mpath, f"{where} is not an object")
-        f, n, sha = s.get("file"), s.get("n_tokens"), s.get("sha256")
-        if not isinstance(f, str) or not f:
-            raise _manifest_error(mpath, f"{where} needs a 'file' string")
-        # A manifest must not point outside its own directory. The check is lexical
-        # so a cache assembled from symlinked shards still opens.
-        if Path(f).is_absolute() or ".." in Path(f).parts or "\\" in f:
-            raise _manifest_error(mpath, f"{where} file {f!r} lies outside the cache directory")
-        if "\x00" in f:
-            raise _manifest_error(mpath, f"{where} file {f!r} holds a NUL character")
-        # CacheWriter files a hook's shards under a folder named after it; checking that
-        # catches a damaged hook name, which would otherwise serve the right rows under
-        # another hook's name.
-        if Path(f).parent.as_posix() != hook:
-            raise _manifest_error(mpath, f"{where} file {f!r} is not in the hook's folder {hook!r}/")
-        if not is_int(n) or n <= 0:
-            raise _manifest_error(mpath, f"{where} needs a positive 'n_tokens', found {n!r}")
-        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-            raise _manifest_error(mpath, f"{where} needs a lowercase hex 'sha256', found {sha!r}")
-        total += n
-    return total
-
-
-def _validate_manifest(m: Any, mpath: Path) -> None:
-    """Raise CacheError unless ``m`` is a well-formed manifest for this format."""
-    if not isinstance(m, dict):
-        raise _manifest_error(mpath, "manifest is not a JSON object")
-    if m.get("format") != FORMAT:
-        raise _manifest_error(mpath, f"format {m.get('format')!r}, expected {FORMAT!r}")
-    if m.get("version") != VERSION or not is_int(m.get("version")):
-        raise _manifest_error(
-            mpath, f"unsupported version {m.get('version')!r} (this saekit reads version {VERSION})"
-        )
-    for key, typ in _REQUIRED.items():
-        if key not in m:
-            raise _manifest_error(mpath, f"missing field {key!r}")
-        ok = is_int(m[key]) if typ is int else isinstance(m[key], typ)
-        if not ok:
-            raise _manifest_error(
-                mpath, f"field {key!r} should be {typ.__name__}, found {m[key]!r}"
-            )
-    if m["dtype"] not in _DTYPES:
-        raise _manifest_error(mpath, f"dtype {m['dtype']!r}, expected one of {sorted(_DTYPES)}")
-    if m["n_tokens"] < 0:
-        raise _manifest_error(mpath, f"n_tokens {m['n_tokens']} is negative")
-    ctx = m.get("ctx_len", None)
-    if ctx is not None and (not is_int(ctx) or ctx <= 0):
-        raise _manifest_error(mpath, f"ctx_len should be a positive integer or null, found {ctx!r}")
-    if not m["hooks"]:
-        raise _manifest_error(mpath, "manifest lists no hooks")
-    for hook, spec in m["hooks"].items():
-        total = _validate_shard_entries(mpath, hook, spec)
-        if total != m["n_tokens"]:
-            raise _manifest_error(
-                mpath,
-                f"hook {hook!r} shards hold {total} tokens in all, but n_tokens is {m['n_tokens']}",
-            )
 
 
 # --------------------------------------------------------------------------- reader
@@ -297,11 +124,11 @@ class ActivationCache:
             manifest = json.loads(text)
         except json.JSONDecodeError as e:
             raise CacheError(f"{mpath}: not valid JSON ({e})") from None
-        _validate_manifest(manifest, mpath)
+        validate_manifest(manifest, mpath)
         self.manifest: dict[str, Any] = manifest
         self.hooks: list[str] = list(manifest["hooks"])
         self.n_tokens: int = manifest["n_tokens"]
-        self.dtype: torch.dtype = _DTYPES[manifest["dtype"]]
+        self.dtype: torch.dtype = DTYPES[manifest["dtype"]]
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -350,7 +177,7 @@ class ActivationCache:
             Missing, truncated, corrupted, or mismatched shard (the message names it).
         """
         path, n, d, sha = self._shard_info(hook, i)
-        _check_shard_layout(path, n, d, self.dtype)
+        check_shard_layout(path, n, d, self.dtype)
         if _verified_key(path, sha) not in _VERIFIED:
             _check_sha(path, sha)
         try:
@@ -460,7 +287,7 @@ class ActivationCache:
             for i in range(self.n_shards(hook)):
                 path, n, d, sha = self._shard_info(hook, i)
                 try:
-                    _check_shard_layout(path, n, d, self.dtype)
+                    check_shard_layout(path, n, d, self.dtype)
                     _check_sha(path, sha)
                 except CacheError as e:
                     problems.append(str(e))

@@ -1,4 +1,4 @@
-"""Writing an activation cache, atomically (the reader and the layout: ``cache.py``)."""
+"""Writing an activation cache, atomically (the reader: ``cache.py``; the format: ``layout.py``)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from saekit.activations.cache import (
+from saekit.activations.cache import ActivationCache
+from saekit.activations.layout import (
     DTYPE_NAMES,
     FORMAT,
     MANIFEST,
     ST_CODES,
     TENSOR,
     VERSION,
-    ActivationCache,
     is_int,
     resolve_dtype,
 )

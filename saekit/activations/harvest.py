@@ -15,14 +15,20 @@ import torch
 from tqdm.auto import tqdm
 
 from saekit.data import token_mask
-from saekit.models import HOOK_TEMPLATES, hook_width, validate_hook
+from saekit.models import (  # model_device: re-exported
+    HOOK_TEMPLATES,
+    HookedModel,
+    hook_width,
+    model_device,
+    validate_hook,
+)
 
 
 class NonFiniteActivationError(ValueError):
     """An activation was NaN or infinite; the message names the hook and the batch."""
 
 
-def model_lock(model: Any) -> threading.RLock:
+def model_lock(model: HookedModel) -> threading.RLock:
     """One re-entrant lock per model: hooks are per model, so a forward with hooks (a
     harvest in a prefetch thread, a splice in an evaluation) must not overlap another."""
     lock = getattr(model, "_saekit_lock", None)
@@ -36,7 +42,7 @@ class _StopForward(Exception):
     """Raised from the last hook to end the forward pass early."""
 
 
-def hook_order(model: Any, hooks: Sequence[str]) -> list[str]:
+def hook_order(model: HookedModel, hooks: Sequence[str]) -> list[str]:
     """Validate hooks and sort them by where they fire in the forward pass."""
     if isinstance(hooks, str):
         hooks = [hooks]
@@ -53,15 +59,8 @@ def hook_order(model: Any, hooks: Sequence[str]) -> list[str]:
     return [h for _, h in sorted(keyed)]
 
 
-def model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 @torch.inference_mode()
-def forward_hooks(model: Any, hooks: Sequence[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def forward_hooks(model: HookedModel, hooks: Sequence[str], tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run ``tokens [batch, seq]`` up to the last of ``hooks``; return ``{hook: [batch, seq, d]}``.
 
     ``attn.hook_z`` comes back flattened over heads, ``[batch, seq, n_heads * d_head]``.
@@ -88,7 +87,7 @@ def forward_hooks(model: Any, hooks: Sequence[str], tokens: torch.Tensor) -> dic
     return acts
 
 
-def iter_harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_size: int = 32, *,
+def iter_harvest(model: HookedModel, hooks: Sequence[str], tokens: torch.Tensor, batch_size: int = 32, *,
                  mask: torch.Tensor | None = None, device: Any = None, dtype: torch.dtype | None = None,
                  progress: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Stream activations batch by batch: ``{hook: Tensor[n_valid_tokens, d]}`` per batch.
@@ -138,7 +137,7 @@ def iter_harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_s
         yield out
 
 
-def harvest(model: Any, hooks: Sequence[str], tokens: torch.Tensor, batch_size: int = 32, *,
+def harvest(model: HookedModel, hooks: Sequence[str], tokens: torch.Tensor, batch_size: int = 32, *,
             mask: torch.Tensor | None = None, device: Any = "cpu", dtype: torch.dtype | None = None,
             stream: bool = False, progress: bool = False) -> dict[str, torch.Tensor] | Iterator[dict[str, torch.Tensor]]:
     """Activations of several hooks from one forward pass per batch, BOS/padding excluded.

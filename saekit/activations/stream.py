@@ -28,7 +28,7 @@ from saekit.activations.buffer import ShuffleBuffer
 from saekit.activations.cache import ActivationCache, CacheRows
 from saekit.activations.harvest import iter_harvest
 from saekit.data import token_mask
-from saekit.models import hook_width
+from saekit.models import HookedModel, hook_width
 
 _END = object()
 
@@ -41,7 +41,7 @@ class _Harvest:
     and replays it (correct, but a second pass).
     """
 
-    def __init__(self, model: Any, hooks: list[str], tokens: Tensor, batch_size: int, buffer_bytes: int,
+    def __init__(self, model: HookedModel, hooks: list[str], tokens: Tensor, batch_size: int, buffer_bytes: int,
                  seed: int, lm_batch: int, prefetch: int):
         self.model, self.hooks, self.tokens = model, hooks, tokens
         self.batch_size, self.buffer_bytes, self.seed = batch_size, buffer_bytes, seed
@@ -140,7 +140,7 @@ class LiveStream:
         Batches the background thread may run ahead (0: no thread).
     """
 
-    def __init__(self, model: Any, hook: str, tokens: Tensor, batch_size: int, *,
+    def __init__(self, model: HookedModel, hook: str, tokens: Tensor, batch_size: int, *,
                  buffer_bytes: int = 1 << 30, seed: int = 0, lm_batch: int = 32, prefetch: int = 4,
                  _source: _Harvest | None = None):
         self.model, self.hook, self.tokens, self.batch_size = model, hook, tokens, batch_size
@@ -150,7 +150,7 @@ class LiveStream:
         self.ndim = 2
 
     @classmethod
-    def together(cls, model: Any, hooks: Sequence[str], tokens: Tensor, batch_size: int, *,
+    def together(cls, model: HookedModel, hooks: Sequence[str], tokens: Tensor, batch_size: int, *,
                  buffer_bytes: int = 1 << 30, seed: int = 0, lm_batch: int = 32,
                  prefetch: int = 4) -> dict[str, LiveStream]:
         """One stream per hook, all fed by one harvest (one LM forward per window)."""

@@ -32,7 +32,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from saekit.dictionaries.options import KindOptions, check_options, option_defaults, options_class
 from saekit.fileio import atomic_directory, file_sha256
+from saekit.schema import type_hints, type_ok
 
 SCHEMA_VERSION = 1
 #: The SAELens release whose directory layout saekit writes (checked with sae-lens 6.54.12).
@@ -87,8 +89,9 @@ class DictionaryConfig:
         ``none``; ``scalar`` (trained with E‖x − x̄‖² = d_in, folded into the weights, so
         the saved dictionary takes raw activations); ``layer_norm`` (per token).
     options
-        Kind-specific hyperparameters (see each kind's ``OPTIONS``); unknown keys are
-        refused.
+        Kind-specific hyperparameters, a plain dict checked against the kind's
+        ``Options`` dataclass (:mod:`saekit.dictionaries.options`): unknown keys and
+        values of the wrong type are refused.
     metadata
         Training metadata and provenance (versions, git SHA, data, steps).
     """
@@ -118,10 +121,7 @@ class DictionaryConfig:
         cls = REGISTRY[self.kind]
         if cls.NEEDS_K and self.k is None:
             raise ValueError(f"kind {self.kind!r} needs k (codes kept per token)")
-        unknown = set(self.options) - set(cls.OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for kind {self.kind!r}; "
-                             f"allowed: {sorted(cls.OPTIONS)}")
+        check_options(self.kind, cls.Options, self.options)
         self.options = {**cls.OPTIONS, **self.options}
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,8 +164,10 @@ class DictionaryConfig:
             raise FormatError(f"{where}: field '{prefix}kind' is {kind!r}, not a dictionary kind; "
                               f"available: {sorted(REGISTRY)}")
         defaults = REGISTRY[kind].OPTIONS
+        hints = type_hints(REGISTRY[kind].Options)
         for key, v in d.get("options", {}).items():
-            if key in defaults and not _same_type(v, defaults[key]):
+            typed = hints.get(key, Any) is not Any  # the options dataclass says; else like the default
+            if key in defaults and not (type_ok(v, hints[key]) if typed else _same_type(v, defaults[key])):
                 raise FormatError(f"{where}: field '{prefix}options.{key}' must be like its default "
                                   f"{defaults[key]!r}, got {v!r}")
         try:
@@ -244,12 +246,22 @@ class Dictionary(nn.Module):
     and list their SAELens-visible tensors in ``saelens_tensors``.
     """
 
+    #: The kind's options: a dataclass (a :class:`KindOptions`) declared beside the class.
+    Options: ClassVar[type] = KindOptions
+    #: ``{option: default}``, derived from ``Options`` (kept for code that reads the dict).
     OPTIONS: ClassVar[dict[str, Any]] = {}
     NEEDS_K: ClassVar[bool] = False
     SAELENS_ARCHITECTURE: ClassVar[str | None] = None
 
     W_dec: Tensor
     b_dec: Tensor
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "Options" in cls.__dict__:
+            cls.OPTIONS = option_defaults(cls.Options)
+        elif "OPTIONS" in cls.__dict__:  # a kind declared the earlier way: a dict of defaults
+            cls.Options = options_class(f"{cls.__name__}Options", cls.OPTIONS)
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__()

@@ -31,6 +31,8 @@ loads and runs but has no trainer.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, register
 from saekit.dictionaries.kernels import SparseEncode, sparse_decode
+from saekit.dictionaries.options import KindOptions
 
 
 class TrainStep(NamedTuple):
@@ -54,14 +57,24 @@ class TrainStep(NamedTuple):
     """Loss terms (``mse``, ``sparsity``, ``aux``), detached, for logging."""
 
 
-def _counts(codes: Tensor) -> Tensor:
+def firing_counts(codes: Tensor) -> Tensor:
+    """Tokens each feature fired on, ``[d_dict]``."""
     return (codes > 0).sum(0)
+
+
+@dataclass
+class SAEOptions(KindOptions):
+    """Options every SAE kind has."""
+
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` from the input before encoding (SAELens' flag; only loaded
+    checkpoints set it False, and saekit does not train them)."""
 
 
 class SAE(Dictionary):
     """Shared parameters, init, decoding and saving of the SAE kinds."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {"apply_b_dec_to_input": True}
+    Options = SAEOptions
     SAELENS_ARCHITECTURE = "standard"
     #: ``saekit.fit`` can train this kind (gated checkpoints only load and run).
     TRAINABLE: ClassVar[bool] = True
@@ -185,9 +198,20 @@ class SAE(Dictionary):
             self.threshold /= scale
 
 
-def _topk_codes(pre: Tensor, k: int) -> Tensor:
+def topk_codes(pre: Tensor, k: int) -> Tensor:
+    """The k largest pre-activations of each row, ReLU'd; zeros elsewhere."""
     vals, idx = pre.topk(k, dim=-1)
     return torch.zeros_like(pre).scatter_(-1, idx, F.relu(vals))
+
+
+@dataclass
+class ReluOptions(SAEOptions):
+    """Options of kind ``relu``."""
+
+    l1_coefficient: float = 1.0
+    """Weight of the L1 penalty on codes times decoder row norms."""
+    l1_warmup_steps: int = 0
+    """Steps over which the penalty ramps up linearly from 0 (0: full from the start)."""
 
 
 @register("relu")
@@ -195,7 +219,7 @@ class ReluSAE(SAE):
     """ReLU SAE with an L1 penalty weighted by decoder row norms (norms free in
     training, folded into the encoder at the end so rows end unit-norm)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "l1_coefficient": 1.0, "l1_warmup_steps": 0}
+    Options = ReluOptions
     UNIT_NORM_DECODER = False
 
     def encode(self, x: Tensor) -> Tensor:
@@ -209,20 +233,30 @@ class ReluSAE(SAE):
         warm = min(1.0, (step + 1) / o["l1_warmup_steps"]) if o["l1_warmup_steps"] else 1.0
         l1 = (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
         sparsity = warm * o["l1_coefficient"] * l1
-        return TrainStep(mse + sparsity, x_hat, _counts(codes),
+        return TrainStep(mse + sparsity, x_hat, firing_counts(codes),
                          {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
+
+
+@dataclass
+class TopKOptions(SAEOptions):
+    """Options of kind ``topk`` (and ``batchtopk``'s AuxK)."""
+
+    aux_k: int | None = None
+    """Dead latents the AuxK loss reconstructs the residual with, per token (default d_in / 2)."""
+    aux_coefficient: float = 1.0
+    """Weight of the AuxK loss."""
 
 
 @register("topk")
 class TopKSAE(SAE):
     """TopK SAE (Gao et al.): keep the k largest pre-activations per token (ReLU'd)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "aux_k": None, "aux_coefficient": 1.0}
+    Options = TopKOptions
     NEEDS_K = True
     SAELENS_ARCHITECTURE = "topk"
 
     def encode(self, x: Tensor) -> Tensor:
-        return _topk_codes(self.pre_acts(x), self.cfg.k)
+        return topk_codes(self.pre_acts(x), self.cfg.k)
 
     def saelens_config(self) -> dict[str, Any]:
         return {**super().saelens_config(), "k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -257,12 +291,46 @@ class TopKSAE(SAE):
     def train_step_dense(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
         """The reference: dense codes, dense decode, autograd through everything."""
         pre = self.pre_acts(x)
-        codes = _topk_codes(pre, self.cfg.k)
+        codes = topk_codes(pre, self.cfg.k)
         x_hat = self.decode(codes)
         mse = self.mse(x, x_hat)
         aux = self.aux_loss(x, x_hat, pre, dead)
-        return TrainStep(mse + aux, x_hat, _counts(codes),
+        return TrainStep(mse + aux, x_hat, firing_counts(codes),
                          {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+
+
+def largest(flat: Tensor, k: int, row: int = 1) -> tuple[Tensor, Tensor]:
+    """``flat.topk(k)`` (the same values and indices, up to ties), faster for large inputs.
+
+    A strided sample of 2^16 values estimates the value above which about 1.5·k lie; the
+    exact top k are taken among those. If fewer than k lie above it, it falls back to the
+    full ``topk``, so the result is always exact. ``row`` is the length of the rows that
+    were flattened: the stride is coprime with it, so the sample visits every column.
+    On a 2-core CPU, 4096 × 1024 activations, k·batch = 24,576: 0.054 s against 0.18 s.
+    """
+    n = flat.numel()
+    if n < 1 << 18 or k > n // 8:
+        return flat.topk(k)
+    stride = max(1, n >> 16) | 1
+    while math.gcd(stride, row) != 1:
+        stride += 2
+    with torch.no_grad():
+        sample = flat.detach()[::stride]
+        rank = max(1, min(sample.numel(), sample.numel() - int(1.5 * k * sample.numel() / n)))
+        cut = sample.kthvalue(rank).values
+        where = (flat.detach() > cut).nonzero().squeeze(1)
+    if where.numel() < k:
+        return flat.topk(k)
+    vals, pos = flat[where].topk(k)
+    return vals, where[pos]
+
+
+@dataclass
+class BatchTopKOptions(TopKOptions):
+    """Options of kind ``batchtopk``."""
+
+    threshold_decay: float = 0.999
+    """Decay of the running estimate of the inference threshold during training."""
 
 
 @register("batchtopk")
@@ -274,8 +342,7 @@ class BatchTopKSAE(SAE):
     :meth:`calibrate_threshold`) replaces the batch, so it runs as a JumpReLU and saves as SAELens
     ``jumprelu`` with a constant threshold."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "aux_k": None, "aux_coefficient": 1.0,
-                                         "threshold_decay": 0.999}
+    Options = BatchTopKOptions
     NEEDS_K = True
     SAELENS_ARCHITECTURE = "jumprelu"
 
@@ -317,9 +384,19 @@ class BatchTopKSAE(SAE):
 
     def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
         pre = self.pre_acts(x)
+        codes = self.batch_codes(pre, step)
+        x_hat = self.decode(codes)
+        mse = self.mse(x, x_hat)
+        aux = self.aux_loss(x, x_hat, pre, dead)
+        return TrainStep(mse + aux, x_hat, firing_counts(codes),
+                         {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+
+    def batch_codes(self, pre: Tensor, step: int) -> Tensor:
+        """Training codes: the k·batch largest ReLU'd pre-activations of the batch; updates
+        the inference threshold's running estimate."""
         acts = F.relu(pre)
         flat = acts.flatten()
-        vals, idx = flat.topk(min(self.cfg.k * x.shape[0], flat.numel()))
+        vals, idx = largest(flat, min(self.cfg.k * pre.shape[0], flat.numel()), self.cfg.d_dict)
         codes = torch.zeros_like(flat).scatter_(0, idx, vals).view_as(acts)
         with torch.no_grad():
             kept = vals[vals > 0]
@@ -330,11 +407,7 @@ class BatchTopKSAE(SAE):
                 t = kept.min()
                 first = self.threshold < 0
                 self.threshold.copy_(torch.where(first, t, decay * self.threshold + (1 - decay) * t))
-        x_hat = self.decode(codes)
-        mse = self.mse(x, x_hat)
-        aux = self.aux_loss(x, x_hat, pre, dead)
-        return TrainStep(mse + aux, x_hat, _counts(codes),
-                         {"mse": mse.detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
+        return codes
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -372,13 +445,26 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / h) * near * g).sum(0), None
 
 
+@dataclass
+class JumpReLUOptions(SAEOptions):
+    """Options of kind ``jumprelu``."""
+
+    l0_coefficient: float = 1.0
+    """Weight of the L0 penalty (or of the squared deviation from ``target_l0``)."""
+    target_l0: float | None = None
+    """Penalise (L0 / target_l0 - 1)^2 instead of L0."""
+    bandwidth: float = 0.05
+    """Width of the straight-through estimators' kernel around each threshold."""
+    threshold_init: float = 0.01
+    """Initial threshold of every feature."""
+
+
 @register("jumprelu")
 class JumpReLUSAE(SAE):
     """JumpReLU SAE: learned per-feature thresholds trained through straight-through
     estimators, with an L0 penalty (or a target L0)."""
 
-    OPTIONS: ClassVar[dict[str, Any]] = {**SAE.OPTIONS, "l0_coefficient": 1.0, "target_l0": None,
-                                         "bandwidth": 0.05, "threshold_init": 0.01}
+    Options = JumpReLUOptions
     SAELENS_ARCHITECTURE = "jumprelu"
 
     def __init__(self, cfg: DictionaryConfig):
@@ -403,7 +489,7 @@ class JumpReLUSAE(SAE):
             sparsity = o["l0_coefficient"] * (l0 / o["target_l0"] - 1) ** 2
         else:
             sparsity = o["l0_coefficient"] * l0
-        return TrainStep(mse + sparsity, x_hat, _counts(codes),
+        return TrainStep(mse + sparsity, x_hat, firing_counts(codes),
                          {"mse": mse.detach(), "sparsity": sparsity.detach(), "aux": torch.zeros(())})
 
     @torch.no_grad()

@@ -27,7 +27,8 @@ tiny values, so a feature fires where its code exceeds ``firing_threshold`` (def
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, register
+from saekit.dictionaries.options import KindOptions
 
 EPS = 1e-12
 
@@ -220,6 +222,49 @@ def nnls(x: Tensor, W: Tensor, *, init: Tensor | None = None, max_iter: int = 10
     return G
 
 
+@dataclass
+class SNMFOptions(KindOptions):
+    """Options of kind ``snmf``: the fitter's (``saekit.training.snmf.fit_snmf`` says more) and
+    ``encode``'s."""
+
+    wta_fraction: float = 0.01
+    """Fraction of the neurons each feature keeps (winner-take-all); 1.0 is plain semi-NMF."""
+    solver: Literal["hals", "apg", "mu"] = "hals"
+    """Code update: HALS sweeps, accelerated projected gradient, or the paper's multiplicative update."""
+    init: Literal["kmeans", "svd", "random"] = "kmeans"
+    """Initial dictionary."""
+    max_iter: int = 200
+    """At most this many passes."""
+    tol: float = 1e-4
+    """A pass improves when its loss is below best * (1 - tol)."""
+    patience: int = 20
+    """Stop after this many passes without improvement."""
+    stop_gain: float = 0.04
+    """Stop once the loss's elasticity over the last five passes is below this (0: off)."""
+    chunk_tokens: int = 65536
+    """Tokens per chunk of the code updates."""
+    codes: Literal["auto", "memory", "memmap", "recompute"] = "auto"
+    """Where the codes live between passes."""
+    code_steps: int = 2
+    """HALS sweeps or APG steps per pass."""
+    ridge: float = 1e-6
+    """Ridge added to the Gram matrix of the dictionary solve."""
+    firing_threshold: float = 0.1
+    """Without k, a feature fires where its code exceeds this fraction of the token's largest."""
+    encode_tol: float = 1e-4
+    """Relative tolerance of ``encode``'s non-negative least squares."""
+    encode_iter: int = 100
+    """Iterations of ``encode``'s non-negative least squares."""
+
+
+@dataclass
+class NMFOptions(SNMFOptions):
+    """Options of kind ``nmf``: SNMF's, every feature on all neurons by default."""
+
+    wta_fraction: float = 1.0
+    """Fraction of the neurons each feature keeps (winner-take-all)."""
+
+
 @register("snmf")
 class SNMF(Dictionary):
     """A fitted semi-NMF dictionary: non-negative codes, signed unit-norm ``W_dec`` rows.
@@ -229,11 +274,7 @@ class SNMF(Dictionary):
     """
 
     NONNEG_DICTIONARY: ClassVar[bool] = False
-    OPTIONS: ClassVar[dict[str, Any]] = {
-        "wta_fraction": 0.01, "solver": "hals", "init": "kmeans", "max_iter": 200, "tol": 1e-4,
-        "patience": 20, "stop_gain": 0.04, "chunk_tokens": 65536, "codes": "auto", "code_steps": 2,
-        "ridge": 1e-6, "firing_threshold": 0.1, "encode_tol": 1e-4, "encode_iter": 100,
-    }
+    Options = SNMFOptions
 
     def __init__(self, cfg: DictionaryConfig):
         super().__init__(cfg)
@@ -290,4 +331,4 @@ class NMF(SNMF):
     """NMF: codes ≥ 0 and ``W_dec ≥ 0`` (for non-negative activations, as CRAFT)."""
 
     NONNEG_DICTIONARY = True
-    OPTIONS = {**SNMF.OPTIONS, "wta_fraction": 1.0}
+    Options = NMFOptions

@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.harvest import model_device
 from saekit.data import token_mask
 from saekit.formats import load_dictionary
-from saekit.models import hook_width, load_model
+from saekit.models import HookedModel, hook_width, load_model, model_device
 from saekit.report import Result
 
 
@@ -92,7 +91,7 @@ def input_mask(tokens: Tensor, model: Any) -> Tensor:
 
 
 @torch.no_grad()
-def clean_log_probs(model: Any, tokens: Tensor, batch_size: int = 16) -> Tensor:
+def clean_log_probs(model: HookedModel, tokens: Tensor, batch_size: int = 16) -> Tensor:
     """``[batch, seq, vocab]`` float32 next-token log-probabilities of the untouched model."""
     dev = model_device(model)
     return torch.cat([model(tokens[i:i + batch_size].to(dev)).float().log_softmax(-1).cpu()
@@ -100,7 +99,7 @@ def clean_log_probs(model: Any, tokens: Tensor, batch_size: int = 16) -> Tensor:
 
 
 @torch.no_grad()
-def perturbation_kl(model: Any, tokens: Tensor, hook: str, deltas: Tensor | Callable[[Tensor], Tensor],
+def perturbation_kl(model: HookedModel, tokens: Tensor, hook: str, deltas: Tensor | Callable[[Tensor], Tensor],
                     n_variants: int | None = None, clean_logp: Tensor | None = None, max_rows: int = 64,
                     progress: bool = False) -> Tensor:
     """KL(P_clean ‖ Q) per token when ``x ← x + δ`` at ``hook``, for many variants at once.

@@ -16,7 +16,7 @@ from torch import Tensor
 from saekit.compare import ConceptCounts
 from saekit.data import CONCEPTS, get_tokenizer
 from saekit.metrics import unit_rows
-from saekit.models import W_out, validate_hook
+from saekit.models import HookedModel, W_out, validate_hook
 
 SELECT_MODES = ("output", "input")
 RANDOM_KINDS = ("isotropic", "covariance")
@@ -48,7 +48,7 @@ class Direction(NamedTuple):
 # --------------------------------------------------------------------------- concepts
 
 
-def concept_vocabulary(model: Any, concepts: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
+def concept_vocabulary(model: HookedModel, concepts: dict[str, list[str]] | None = None) -> dict[str, list[int]]:
     """Token ids of each concept's words (``" " + word``, one token each).
 
     ``None``: the planted families of the demo corpus (``saekit.data.CONCEPTS``), the
@@ -186,7 +186,7 @@ class DirectionSelector:
         return [d._replace(sign=s, vector=d.vector * s) for s in signs for d in out]
 
 
-def direction_logits(model: Any, hook: str, vectors: Tensor) -> Tensor:
+def direction_logits(model: HookedModel, hook: str, vectors: Tensor) -> Tensor:
     """``W_U · LN_final(r)`` for each direction ``[n, d]`` at ``hook``: ``[n, d_vocab]``,
     with ``r`` the direction in the residual stream (via ``W_out`` for ``mlp.hook_post``,
     ``W_O`` for ``attn.hook_z``). LN_final's bias is dropped: it adds the same logits
@@ -206,7 +206,7 @@ def direction_logits(model: Any, hook: str, vectors: Tensor) -> Tensor:
         return (v @ W_U).cpu()
 
 
-def logit_lens(model: Any, hook: str, vectors: Tensor, k: int) -> Tensor:
+def logit_lens(model: HookedModel, hook: str, vectors: Tensor, k: int) -> Tensor:
     """Top-``k`` token ids of :func:`direction_logits` for each direction."""
     return direction_logits(model, hook, vectors).topk(k, dim=-1).indices
 

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.harvest import forward_hooks, model_device
+from saekit.activations.harvest import forward_hooks
 from saekit.data import load_tokens
 from saekit.evals.common import (
     CovGaussian,
@@ -86,7 +86,7 @@ from saekit.evals.common import (
 )
 from saekit.metrics.reconstruction import unit_rows
 from saekit.metrics.uncertainty import bootstrap_se
-from saekit.models import splice, validate_hook
+from saekit.models import model_device, splice, validate_hook
 from saekit.report import figure_png
 
 BASELINE_FAMILIES = ("isotropic", "cov_difference", "cov_mixture", "real_difference", "real_mixture")

@@ -53,15 +53,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.harvest import model_device, model_lock
+from saekit.activations.harvest import model_lock
 from saekit.data import get_tokenizer, load_tokens, special_ids, token_mask
 from saekit.evals.common import EvalConfig, EvalResult
 from saekit.gguf import resolve_model_dir
 from saekit.models import (
+    HookedModel,
     boot_native,
     is_native_dir,
     load_model,
     load_tokenizer,
+    model_device,
     model_processing,
     read_native_config,
     resolve_device,
@@ -202,7 +204,7 @@ def _bootstrap_medians(x: Tensor, seed: int, n_boot: int = 1000) -> Tensor:
 # --------------------------------------------------------------------------- prompts
 
 
-def sample_prompts(model: Any, cfg: Config) -> Tensor:
+def sample_prompts(model: HookedModel, cfg: Config) -> Tensor:
     """``[n_pairs + 1, prompt_len]`` prompts: windows of ``cfg.data`` shuffled with
     ``cfg.seed``, each with a real token at the patched position and no padding."""
     n_prompts = cfg.n_pairs + 1
@@ -229,7 +231,7 @@ class _StopForward(Exception):
     """Raised from the read-out hook: nothing after it is needed."""
 
 
-def _run_patched(model: Any, tokens: Tensor, hook: str, read_hook: str, position: int,
+def _run_patched(model: HookedModel, tokens: Tensor, hook: str, read_hook: str, position: int,
                  patch: Tensor | None) -> tuple[Tensor, Tensor]:
     """One forward of ``tokens [rows, seq]`` with the activation at ``(hook, position)``
     replaced by ``patch [rows, d]`` (None: the clean run). Returns the activation seen
@@ -260,7 +262,7 @@ def _run_patched(model: Any, tokens: Tensor, hook: str, read_hook: str, position
 
 
 @torch.inference_mode()
-def interpolation_curves(model: Any, prompts: Tensor, hook: str, read_hook: str, n_steps: int,
+def interpolation_curves(model: HookedModel, prompts: Tensor, hook: str, read_hook: str, n_steps: int,
                          position: int = -1, batch_size: int = 16, progress: bool = False,
                          desc: str = "interpolate") -> Curves:
     """``d(α)`` for the pairs ``(prompts[i], prompts[i+1])``, ``n_steps`` α per pair.
@@ -326,7 +328,7 @@ def _check(cfg: Config) -> None:
         raise ValueError("Config.position points at BOS (position 0), which is never patched")
 
 
-def _check_hooks(model: Any, cfg: Config) -> None:
+def _check_hooks(model: HookedModel, cfg: Config) -> None:
     validate_hook(model, cfg.hook)
     if cfg.read_hook not in model.hook_dict:
         near = sorted(h for h in model.hook_dict if h.startswith(("ln_final", "unembed")) or "resid_post" in h)

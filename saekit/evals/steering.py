@@ -93,8 +93,7 @@ from saekit.evals.directions import (
     logit_lens,
     planted_concepts,
 )
-from saekit.evals.judge import JudgeScore, judge
-from saekit.evals.steer import (
+from saekit.evals.interventions import (
     Calibration,
     Prompts,
     SteeredForwards,
@@ -103,6 +102,7 @@ from saekit.evals.steer import (
     repetition_rate,
     tokenize_prompts,
 )
+from saekit.evals.judge import JudgeScore, judge
 from saekit.interp.llm import client_from_config
 from saekit.metrics.uncertainty import mean_se
 from saekit.models import hook_width, load_model, model_name

@@ -80,7 +80,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.activations.harvest import forward_hooks, hook_order, model_device
+from saekit.activations.harvest import forward_hooks, hook_order
 from saekit.data import load_tokens
 from saekit.evals.common import (
     CovGaussian,
@@ -103,7 +103,7 @@ from saekit.evals.trajectories import (
 )
 from saekit.metrics import unit_rows
 from saekit.metrics.uncertainty import mean_se
-from saekit.models import validate_hook
+from saekit.models import model_device, validate_hook
 from saekit.report import figure_png
 
 TYPES = ("real", "random", "synthetic_baseline", "synthetic_structured")

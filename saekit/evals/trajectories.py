@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.harvest import model_device, model_lock
+from saekit.activations.harvest import model_lock
+from saekit.models import HookedModel, model_device
 
 
 class Trajectories(NamedTuple):
@@ -42,7 +43,7 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def run_trajectories(model: Any, prompts: Tensor, tr: Trajectories, hook: str, read_hook: str | None,
+def run_trajectories(model: HookedModel, prompts: Tensor, tr: Trajectories, hook: str, read_hook: str | None,
                      want_kl: bool, step: float, n_steps: int, batch_size: int,
                      progress: bool = False) -> tuple[Tensor, Tensor]:
     """Read-outs along every walk: ``(l2 [J, n_steps], kl [J, n_steps])``, NaN past ``n_valid``.

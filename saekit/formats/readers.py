@@ -254,15 +254,20 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     if training:
         meta["training_architecture"] = training
     k = None
+    options: dict[str, Any] = {"apply_b_dec_to_input": b_dec_in}
+    detail = get({"metadata": md}, "metadata.training_architecture_details", (dict, type(None)), cpath,
+                 None) or {}
     if kind == "topk":
         k = _int(cfg.get("k"), "k", cpath, d_sae, "SAELens' codes kept per token")
-    elif kind == "jumprelu" and training == "batchtopk":
-        kind = "batchtopk"  # SAELens saves BatchTopK as a JumpReLU with a constant threshold
-        detail = get({"metadata": md}, "metadata.training_architecture_details", (dict, type(None)), cpath,
-                     None) or {}
+        if training == "matryoshka_topk":
+            kind = training
+    elif kind == "jumprelu" and training in ("batchtopk", "matryoshka_batchtopk"):
+        kind = training  # SAELens saves BatchTopK (and its Matryoshka) as a JumpReLU with a constant threshold
         k = _int(detail.get("k"), "metadata.training_architecture_details.k", cpath, d_sae)
+    if kind.startswith("matryoshka_"):
+        options["group_sizes"] = _group_sizes(detail.get("matryoshka_widths"), d_sae, cpath)
     d = build(kind, {n: t[n] for n in names + (["threshold"] if "threshold" in t else []) if n in t}, where,
-              k=k, hook=hook, model=model, processing="hooked", options={"apply_b_dec_to_input": b_dec_in},
+              k=k, hook=hook, model=model, processing="hooked", options=options,
               input_norm="layer_norm" if norm == "layer_norm" else "none", metadata=meta, fold=fold,
               rescale=bool(rescale) and kind == "topk")
     if (path / "sparsity.safetensors").is_file():
@@ -274,6 +279,16 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
                               f"{tuple(sparsity.shape)}, expected {d_sae} values (d_sae)")
         d.log_firing_freq = sparsity.float().reshape(-1)
     return d
+
+
+def _group_sizes(widths: Any, d_sae: int, cpath: Path) -> list[int]:
+    """Matryoshka group sizes from SAELens' prefix widths (``matryoshka_widths``)."""
+    field = "metadata.training_architecture_details.matryoshka_widths"
+    if (not isinstance(widths, list) or not widths or not all(type(w) is int for w in widths)
+            or any(b <= a for a, b in zip([0, *widths[:-1]], widths, strict=True)) or widths[-1] != d_sae):
+        raise FormatError(f"{cpath}: {field} must be a strictly increasing list of ints ending at d_sae={d_sae}, "
+                          f"got {widths!r}")
+    return [b - a for a, b in zip([0, *widths[:-1]], widths, strict=True)]
 
 
 def read_sparsify(path: Path, fold: bool = True) -> Dictionary:

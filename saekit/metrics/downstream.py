@@ -16,10 +16,9 @@ import torch
 from torch import Tensor
 
 from saekit.activations import iter_harvest
-from saekit.activations.harvest import model_device
 from saekit.data import token_mask
 from saekit.metrics.uncertainty import bootstrap_se
-from saekit.models import check_dictionary_fits, splice
+from saekit.models import HookedModel, check_dictionary_fits, model_device, splice
 
 
 class Recovered(NamedTuple):
@@ -60,7 +59,7 @@ class Recovered(NamedTuple):
         return v - z * e, v + z * e
 
 
-def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int = 16,
+def ce_kl_recovered(model: HookedModel, dictionary: Any, tokens: Tensor, batch_size: int = 16,
                     mask: Tensor | None = None, mean: Tensor | None = None) -> Recovered:
     """CE and KL recovered for splicing ``dictionary`` into ``model`` on ``tokens``, with
     bootstrap standard errors over windows (``Recovered.se``).
@@ -72,7 +71,7 @@ def ce_kl_recovered(model: Any, dictionary: Any, tokens: Tensor, batch_size: int
 
 
 @torch.no_grad()
-def ce_kl_recovered_all(model: Any, dictionaries: Sequence[Any], tokens: Tensor, batch_size: int = 16,
+def ce_kl_recovered_all(model: HookedModel, dictionaries: Sequence[Any], tokens: Tensor, batch_size: int = 16,
                         mask: Tensor | None = None, mean: Tensor | None = None) -> list[Recovered]:
     """:func:`ce_kl_recovered` for several dictionaries on one hook, sharing the clean
     and ablated forward passes (3 + one per dictionary instead of four per dictionary)."""

@@ -15,12 +15,15 @@ plots and ``index.html``. The plots are in :mod:`saekit.toy_report.figures`, the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import saekit.superposition as sp
 import saekit.superposition_experiments as spx
+from saekit.config import load_config
 from saekit.ground_truth import (
     KINDS,
     MATCH,
@@ -30,6 +33,7 @@ from saekit.ground_truth import (
 )
 from saekit.jobs import claim_output
 from saekit.report import Result, text_table
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 from saekit.superposition import REGIMES, torch_threads
 from saekit.toy_report.figures import figures
 from saekit.toy_report.text import check_rows, phase_rows, sections
@@ -122,9 +126,29 @@ def _regime(code: Any) -> str:
     return REGIMES[int(code)]
 
 
-def run_toy(out: str | Path | None = None, quick: bool = False, progress: bool = True,
-            threads: int | None = 1) -> Result:
+@dataclass
+class ToyConfig:
+    """One ``saekit toy`` run."""
+
+    quick: bool = False
+    """Small settings (about 30 s on 2 CPU cores), as the tests run them (:func:`toy_settings`)."""
+    threads: int | None = 1
+    """Intra-op torch threads (every tensor here is small); None keeps torch's setting."""
+
+    RANGES = {"threads": (1, None)}
+
+
+def run_toy(config: ToyConfig | str | Path | None = None, out: str | Path | None = None,
+            overrides: list[str] | None = None, *, quick: bool | None = None, progress: bool = True,
+            threads: Any = ..., overwrite: bool = False) -> Result:
     """Run every toy experiment and the ground-truth benchmark; return the result.
+
+    ``config`` is a :class:`ToyConfig`, a TOML file of its fields, or None (the
+    defaults); ``overrides`` (``key=value``), then ``quick`` and ``threads`` when given
+    (``threads=None`` keeps torch's setting), apply after it. With ``out``, the directory is claimed before any work (refused when
+    it holds an earlier report, unless ``overwrite``) and the result saved there, as
+    ``saekit toy`` does. For the earlier signature, whose first parameter was ``out``, a
+    path that is not a ``.toml`` file is taken as ``out``.
 
     The :class:`~saekit.report.Result` is named ``toy``: ``rows`` the benchmark (one row
     per data set and kind), ``tables`` ``sparsity_sweep``, ``antipodal``,
@@ -137,11 +161,17 @@ def run_toy(out: str | Path | None = None, quick: bool = False, progress: bool =
     ``threads`` intra-op torch threads (:func:`saekit.superposition.torch_threads`;
     ``None`` keeps torch's setting): every tensor here is small.
 
-    ``out``: kept for the earlier signature, which wrote the report; when given, the
-    result is also saved there (``result.save(out)``). ``saekit toy`` saves it itself.
     """
-    with torch_threads(threads):
-        result = _run_toy(quick, progress)
+    if isinstance(config, (str, Path)) and Path(config).suffix != ".toml" and out is None:
+        config, out = None, config  # the earlier run_toy(out)
+    cfg = load_config(config, overrides, cls=ToyConfig)
+    given = {k: v for k, v in (("quick", quick), ("threads", threads)) if v is not (None if k == "quick" else ...)}
+    if given:
+        cfg = load_config(dataclasses.replace(cfg, **given), cls=ToyConfig)  # checked like the rest
+    if out is not None:
+        claim_output(out, overwrite=overwrite, what="toy report")
+    with torch_threads(cfg.threads):
+        result = _run_toy(cfg.quick, progress)
     if out is not None:
         result.save(out)
     return result
@@ -246,18 +276,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``saekit toy`` on the object ``ArgumentParser.add_subparsers()`` returns."""
     p = subparsers.add_parser("toy", help="toy models of superposition: reproduce the paper's results and "
                                           "benchmark every dictionary kind on known features")
+    add_config_arguments(p, ToyConfig)
+    add_config_file_arguments(p)
     p.add_argument("--out", default="runs/toy", help="report directory (default runs/toy)")
-    p.add_argument("--quick", action="store_true", help="small settings (about 30 s), as the tests run")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report in the output directory")
     p.set_defaults(fn=run_cli)
     return p
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``saekit toy``: run the experiments, print the checks and the benchmark, write the report."""
-    out = claim_output(args.out, overwrite=args.overwrite, what="toy report")
-    result = run_toy(quick=args.quick)
-    result.save(out)
+    """``saekit toy``: :func:`run_toy` with the flags as overrides; print the checks and the benchmark."""
+    result = run_toy(args.config, args.out, given_overrides(ToyConfig, args) + args.set, overwrite=args.overwrite)
+    out = Path(args.out)
     print("\n" + text_table(result.tables["checks"]))
     print("\n" + text_table([{k: r[k] for k in ("data", "kind", "d_dict", "MMCS", "signed MMCS",
                                                 f"matched >= {MATCH}", "dead", "L0", "FVU")}

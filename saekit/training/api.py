@@ -32,7 +32,7 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     (``torch.compile`` the SAE's forward and loss),
     ``input_norm`` (``scalar`` or ``none``), ``b_dec_init`` (``geometric_median``,
     ``mean`` or ``zeros``), ``dead_tokens`` (tokens without firing after which a
-    feature is dead for AuxK; default min(10M, a tenth of the run)), ``device``, and
+    feature is dead for AuxK; default: :func:`~saekit.training.schedule.default_dead_tokens`), ``device``, and
     the kind's own hyperparameters (``aux_coefficient``, ``l1_coefficient``, ...).
 
     Checked before any work: ``kind``, every keyword (an unknown one is an error that

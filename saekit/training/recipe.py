@@ -29,29 +29,32 @@ from saekit.data import load_tokens
 from saekit.fileio import atomic_write_text
 from saekit.formats import load_dictionary
 from saekit.jobs import claim_output, graceful
+from saekit.metrics.spliced import evaluate
 from saekit.models import hook_width, load_model
 from saekit.training.api import FITTED
-from saekit.training.evaluate import evaluate
 from saekit.training.snmf import fit_snmf
 from saekit.training.trainer import CHECKPOINT, Trainer, train_together
 
 RUN_CONFIG = "run_config.json"
 
 
-def default_out(recipe: str | Path) -> Path:
-    """``runs/train/<recipe name>``: its own folder, apart from every other command's."""
-    return Path("runs") / "train" / Path(recipe).stem
+def default_out(recipe: Any) -> Path:
+    """``runs/train/<recipe name>``: its own folder, apart from every other command's
+    (``runs/train/defaults`` for a config object or no recipe)."""
+    return Path("runs") / "train" / (Path(recipe).stem if isinstance(recipe, (str, Path)) else "defaults")
 
 
-def train(recipe: str | Path | None, out: str | Path | None = None, overrides: list[str] | None = None, *,
-          resume: bool = False, overwrite: bool = False) -> dict[Path, Any]:
-    """Run a training recipe from Python, as ``saekit train`` does: ``{run directory:
-    dictionary}`` for every hook × sweep variant (finished ones skipped on ``resume``
-    are loaded from disk). ``overrides`` are ``--set`` strings (``["k=16", "d_dict=2048"]``).
+def train(recipe: TrainConfig | str | Path | None, out: str | Path | None = None,
+          overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False) -> dict[Path, Any]:
+    """Run a training recipe from Python, as ``saekit train`` does (the command calls this):
+    ``{run directory: dictionary}`` for every hook × sweep variant (finished ones skipped
+    on ``resume`` are loaded from disk). ``recipe`` is a :class:`~saekit.config.TrainConfig`,
+    a TOML file of its fields, or None (the defaults); ``overrides`` are ``--set`` strings
+    (``["k=16", "d_dict=2048"]``), checked with the recipe before any work.
 
     >>> saekit.train("train/demo.toml", out="runs/train/demo", overrides=["n_tokens=200_000"])  # doctest: +SKIP
     """
-    root = Path(out) if out is not None else default_out(recipe or "defaults")
+    root = Path(out) if out is not None else default_out(recipe)
     done = {run_dir: trainer.sae for run_dir, trainer in
             run_recipe(recipe, root, overrides, resume=resume, overwrite=overwrite, log=print)}
     names = [name for name, _ in load_config(recipe, overrides).runs()]
@@ -59,13 +62,13 @@ def train(recipe: str | Path | None, out: str | Path | None = None, overrides: l
             for n in names if root / n in done or (root / n / "dictionary").exists()}
 
 
-def run_recipe(recipe: str | Path | None, out: str | Path | None = None, overrides: list[str] | None = None, *,
+def run_recipe(recipe: TrainConfig | str | Path | None, out: str | Path | None = None, overrides: list[str] | None = None, *,
                resume: bool = False, overwrite: bool = False, log=print) -> list[tuple[Path, Any]]:
     """Train (or fit) every dictionary of ``recipe``; return ``(run directory, trainer)``
     pairs (the trainer's ``sae`` is the dictionary). Only rank 0 writes under torchrun."""
     cfg = load_config(recipe, overrides)
     rank = _init_distributed(cfg)
-    root = Path(out) if out is not None else default_out(recipe or "defaults")
+    root = Path(out) if out is not None else default_out(recipe)
     runs = cfg.runs()
     if rank == 0:
         _claim(root, cfg, runs, resume, overwrite)

@@ -41,7 +41,7 @@ from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
 from saekit.models import resolve_device
 from saekit.training.inputs import rows_and_config
-from saekit.training.schedule import default_lr, default_schedule
+from saekit.training.schedule import default_dead_tokens, default_lr, default_schedule
 from saekit.version import provenance
 
 CHECKPOINT = "checkpoint"
@@ -111,10 +111,11 @@ class Trainer:
         self.warmup = warmup_steps if warmup_steps is not None else min(1000, max(1, self.steps // 20))
         self.lr = lr or default_lr(d_dict, self.steps)
         self.decay_from = int(decay_start * self.steps)
-        self.dead_after = dead_tokens if dead_tokens is not None else min(10_000_000, max(batch_size, total // 10))
 
         gen = torch.Generator().manual_seed(seed)
         self.sae: SAE = REGISTRY[kind](cfg)
+        self.dead_after = (dead_tokens if dead_tokens is not None else
+                           default_dead_tokens(total, batch_size, d_dict, k if self.sae.NEEDS_K else None))
         self.sae.reset_parameters(gen, dec_norm=1.0 if self.sae.UNIT_NORM_DECODER else 0.1)
         if self.streaming:
             if total > n:
