@@ -1,5 +1,5 @@
-"""Evaluators: sensitive directions, synthetic activations, steering, stable regions and
-features across layers, for any :class:`~saekit.Dictionary` on any TransformerLens model.
+"""Evaluators: sensitive directions, synthetic activations, steering, stable regions,
+features across layers and sparse probing, for any :class:`~saekit.Dictionary` on any TransformerLens model.
 
 Each evaluator is a module with a config dataclass ``Config`` (a subclass of
 :class:`EvalConfig`, loaded from TOML) and ``run(cfg, model=None, progress=False) ->
@@ -30,6 +30,7 @@ EVALUATORS = {
     "steering": "saekit.evals.steering",
     "stable-regions": "saekit.evals.stable_regions",
     "layers": "saekit.evals.layers",
+    "sparse_probing": "saekit.evals.sparse_probing",
 }
 
 
