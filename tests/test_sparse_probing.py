@@ -39,3 +39,19 @@ def test_bad_settings_are_named():
         run("sparse_probing", Config(level="token"))
     with pytest.raises(ValueError, match="k_values"):
         run("sparse_probing", Config(k_values=[0, 5]))
+
+
+@pytest.mark.timeout(240)
+def test_tpp_ablating_a_concepts_features_breaks_its_probe_more_than_the_others(demo_model):
+    """SAEBench's TPP on the planted families: removing the 20 demo-SAE features with the
+    largest effect on a family's probe costs that probe far more accuracy than the other
+    families' probes; 20 random features of the same SAE cost nothing."""
+    from saekit.evals.tpp import Config as TPPConfig
+
+    r = run("tpp", TPPConfig(n_tokens=16384, dictionaries=["checkpoints/demo-topk"], n_features=[1, 20]),
+            model=demo_model)
+    s = r.summary
+    assert s["clean_accuracy"] > 0.97
+    assert s["demo-topk@20"] > 0.2 and s["demo-topk@20"] > s["demo-topk/random@20"] + 0.2, s
+    assert s["demo-topk@20"] >= s["demo-topk@1"], s
+    assert {row["n"] for row in r.rows} == {1, 20} and len(r.rows) == 7 * 2 * 2

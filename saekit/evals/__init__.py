@@ -1,5 +1,6 @@
 """Evaluators: sensitive directions, synthetic activations, steering, stable regions,
-features across layers and sparse probing, for any :class:`~saekit.Dictionary` on any TransformerLens model.
+features across layers, sparse probing and targeted probe perturbation, for any
+:class:`~saekit.Dictionary` on any TransformerLens model.
 
 Each evaluator is a module with a config dataclass ``Config`` (a subclass of
 :class:`EvalConfig`, loaded from TOML) and ``run(cfg, model=None, progress=False) ->
@@ -31,6 +32,7 @@ EVALUATORS = {
     "stable-regions": "saekit.evals.stable_regions",
     "layers": "saekit.evals.layers",
     "sparse_probing": "saekit.evals.sparse_probing",
+    "tpp": "saekit.evals.tpp",
 }
 
 

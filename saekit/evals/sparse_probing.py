@@ -44,8 +44,9 @@ from saekit.models import load_model
 
 
 @dataclass
-class Config(EvalConfig):
-    """Sparse probing settings (the common fields: :class:`~saekit.evals.common.EvalConfig`)."""
+class ConceptProbes(EvalConfig):
+    """What probing the planted concepts needs: the concepts, their splits and the probes
+    (shared by sparse probing and :mod:`saekit.evals.tpp`)."""
 
     hook: str = "blocks.2.mlp.hook_post"
     """Hook whose activations are probed; every dictionary must be fitted on it."""
@@ -54,8 +55,6 @@ class Config(EvalConfig):
     n_tokens: int = 65536
     level: Literal["family", "group"] = "family"
     """Concepts to probe: ``family`` (days, months, ...) or ``group`` (weekday, weekend, ...)."""
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
-    """Numbers of features each sparse probe may use."""
     max_per_class: int = 2000
     """Positive (and as many negative) positions per concept, at most."""
     min_per_class: int = 20
@@ -63,10 +62,33 @@ class Config(EvalConfig):
     test_fraction: float = 0.25
     l2: float = 1e-3
     """Weight of the probes' L2 penalty (on standardised inputs)."""
+
+
+@dataclass
+class Config(ConceptProbes):
+    """Sparse probing settings (the common fields: :class:`~saekit.evals.common.EvalConfig`)."""
+
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20])
+    """Numbers of features each sparse probe may use."""
     random_control: bool = True
     """Also probe ``random``: a TopK SAE with random unit directions, as many features and
     the same k as the first dictionary (1024 and 32 without one), b_dec the data's mean:
     what k features give with no learning."""
+
+
+def concept_data(cfg: ConceptProbes, model: Any, progress: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+    """``(activations [n, d_in] at cfg.hook, concept label per row (-1: none), concept
+    names)`` on ``cfg.n_tokens`` tokens of ``cfg.data`` (document starts left out)."""
+    if cfg.level not in ("family", "group"):
+        raise ValueError(f"Config.level must be 'family' or 'group', got {cfg.level!r}")
+    if not 0 < cfg.test_fraction < 1:
+        raise ValueError(f"Config.test_fraction must be in (0, 1), got {cfg.test_fraction}")
+    tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
+    mask = token_mask(tokens, model)  # the rows harvest returns: document starts and padding left out
+    labels = concept_labels(tokens, model, cfg.level)[mask]
+    acts = harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, progress=progress)[cfg.hook].float()
+    names = list(CONCEPTS) if cfg.level == "family" else [f"{f}/{g}" for f, g in concept_groups()]
+    return acts, labels, names
 
 
 def fit_probe(x: Tensor, y: Tensor, l2: float = 1e-3, iters: int = 100) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,7 +138,7 @@ def random_topk(x: Tensor, like: Any = None, seed: int = 0) -> Any:
     return sae
 
 
-def concept_splits(labels: Tensor, n_concepts: int, cfg: Config) -> tuple[list[tuple[int, Tensor, Tensor, Tensor, Tensor]], list[int]]:
+def concept_splits(labels: Tensor, n_concepts: int, cfg: ConceptProbes) -> tuple[list[tuple[int, Tensor, Tensor, Tensor, Tensor]], list[int]]:
     """``([(concept, train idx, train y, test idx, test y)], skipped concepts)``: balanced
     one-vs-rest examples among labelled positions, seeded by ``cfg.seed``."""
     g = torch.Generator().manual_seed(cfg.seed)
@@ -150,20 +172,12 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     accuracy over concepts of the dense probe (``dense``) and of each dictionary at each
     k (``NAME@k``), and the concepts skipped for too few examples.
     """
-    if cfg.level not in ("family", "group"):
-        raise ValueError(f"Config.level must be 'family' or 'group', got {cfg.level!r}")
     if not cfg.k_values or any(k < 1 for k in cfg.k_values):
         raise ValueError(f"Config.k_values must be positive integers, got {cfg.k_values!r}")
-    if not 0 < cfg.test_fraction < 1:
-        raise ValueError(f"Config.test_fraction must be in (0, 1), got {cfg.test_fraction}")
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
     dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
-    tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
-    mask = token_mask(tokens, model)  # the rows harvest returns: document starts and padding left out
-    labels = concept_labels(tokens, model, cfg.level)[mask]
-    acts = harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, progress=progress)[cfg.hook].float()
-    names = list(CONCEPTS) if cfg.level == "family" else [f"{f}/{g}" for f, g in concept_groups()]
+    acts, labels, names = concept_data(cfg, model, progress)
     splits, skipped = concept_splits(labels, len(names), cfg)
     if not splits:
         raise ValueError(f"no concept has {cfg.min_per_class} labelled positions in {cfg.n_tokens} tokens of "
