@@ -46,6 +46,8 @@ _API = {
     "run_eval": "saekit.evals",
     "run_toy": "saekit.toy_report",
     "run_demo": "saekit.demo",
+    "run_interp": "saekit.interp.pipeline",
+    "InterpJob": "saekit.interp.pipeline",
     "load_config": "saekit.config",
     "TrainConfig": "saekit.config",
     "HarvestConfig": "saekit.activations.job",

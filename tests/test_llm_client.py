@@ -193,19 +193,28 @@ def test_parse_rating(text, expected):
 
 
 def test_a_failing_call_costs_one_answer_not_the_run(tmp_path):
-    """on_error="skip": a call still failing after its retries answers "" and counts in
-    stats.failed; a wrong model still raises; a batch that fails entirely raises."""
+    """on_error="skip": a call still failing after its retries answers NoAnswer("failed")
+    (an empty string) and counts in stats.failed; a wrong model still raises; so does the
+    failure that makes max_consecutive_failures in a row (the server is down)."""
+    from saekit.interp.answers import NoAnswer
+
     def flaky(body):
         text = body["messages"][-1]["content"]
         return (503, {"error": "overloaded"}, {}) if "bad" in text else f"ok: {text}"
 
     with ScriptedServer(flaky) as srv:
-        client = LLMClient(srv.url, "m", cache_dir=tmp_path, max_retries=1, backoff=0.01)
+        client = LLMClient(srv.url, "m", cache_dir=tmp_path, max_retries=1, backoff=0.01,
+                           max_consecutive_failures=4)
         with pytest.warns(RuntimeWarning, match="1 of 3 LLM calls failed"):
             out = client.chat_many(["a", "bad", "c"], on_error="skip")
         assert out == ["ok: a", "", "ok: c"] and client.stats.failed == 1
-        with pytest.raises(LLMError, match="HTTP 503 after 2 attempts"):
-            client.chat_many(["bad", "bad again"], on_error="skip")  # nothing answered: the server is down
+        assert isinstance(out[1], NoAnswer) and out[1].reason == "failed" and not isinstance(out[0], NoAnswer)
+        with pytest.warns(RuntimeWarning, match="2 of 2"):
+            assert client.chat_many(["bad 1", "bad 2"], on_error="skip") == ["", ""]  # 2 or 3 in a row: not yet down
+        assert client.chat_many(["d"], on_error="skip") == ["ok: d"]  # an answer resets the count
+        with pytest.raises(LLMError, match="failed the last 4 calls in a row") as down:
+            client.chat_many(["bad 3", "bad 4", "bad 5", "bad 6"], on_error="skip")
+        assert down.value.down
         with pytest.raises(LLMError, match="HTTP 503"):
             client.chat_many(["a", "bad"])  # the default still raises
     with ScriptedServer(lambda body: (404, {"error": {"message": "model 'm' not found"}}, {})) as srv:
@@ -214,6 +223,37 @@ def test_a_failing_call_costs_one_answer_not_the_run(tmp_path):
             client.chat_many(["a", "b"], on_error="skip")
     with pytest.raises(ValueError, match="on_error"):
         client.chat_many(["a"], on_error="ignore")
+
+
+def test_a_deadline_skips_what_the_cache_cannot_answer(tmp_path):
+    """Past the client's deadline nothing is sent: cached answers still come back, the
+    rest are NoAnswer("skipped") (stats.skipped), and the batch does not raise."""
+    import time
+
+    from saekit.interp.answers import NoAnswer
+
+    with ScriptedServer(lambda body: "yes") as srv:
+        client = LLMClient(srv.url, "m", cache_dir=tmp_path)
+        assert client.chat_many(["cached"]) == ["yes"]
+        assert client.stats.asked == 1 and client.stats.asking_seconds > 0
+        client.deadline = time.monotonic() - 1
+        out = client.chat_many(["cached", "new 1", "new 2"], on_error="skip")
+        assert out == ["yes", "", ""] and all(isinstance(a, NoAnswer) and a.reason == "skipped" for a in out[1:])
+        assert client.stats.skipped == 2 and client.stats.failed == 0 and len(srv.requests) == 1
+        with pytest.raises(LLMError, match="budget is spent"):
+            client.chat("new 3")
+
+    def slow(body):
+        time.sleep(3)
+        return "late"
+
+    with ScriptedServer(slow) as srv:  # an answer still coming at the deadline is not waited for
+        client = LLMClient(srv.url, "m", cache_dir=tmp_path / "slow", timeout=60)
+        client.deadline = time.monotonic() + 0.2
+        t0 = time.monotonic()
+        out = client.chat_many(["slow"], on_error="skip")
+        assert out == [""] and out[0].reason == "skipped" and client.stats.skipped == 1
+        assert time.monotonic() - t0 < 2.5  # one attempt of at least 1 s, not the 60 s timeout
 
 
 def test_concurrency_and_timeout_from_the_environment(monkeypatch):

@@ -149,6 +149,11 @@ def test_mark_example_runs_threshold_and_max():
     ("Examples 1 and 3 fire.", 3, None),
     ("I cannot tell.", 2, None),
     ("", 1, None),
+    ("No.", 1, [0]),  # SmolLM2-135M's usual one-example answer
+    ("No. The description does not fit the given text because it does not mention Monday.", 1, [0]),
+    ("**Yes**, it fits.", 1, [1]),
+    ("0", 1, [0]),
+    ("1. The description is a list of 0s and 1s", 1, None),  # numbering, then prose: no verdict
 ])
 def test_parse_binary_list(text, n, expected):
     assert parse_binary_list(text, n) == expected
@@ -166,6 +171,8 @@ def test_parse_lines_explanation_and_label():
     assert parse_explanation("weekday names\n[EXPLANATION]:") == "weekday names"
     assert parse_label("Label: days of the week.") == "days of the week"
     assert parse_label("Thinking about it.\n\n\"weekday names\"") == "weekday names"
+    assert parse_label("Text 2: days of the week") == "days of the week"
+    assert parse_label("The texts are stories.\nText 6:") == ""  # SmolLM2 echoing the prompt: no label
 
 
 def test_classification_metrics_leave_unparsed_out():

@@ -71,3 +71,67 @@ def test_intruder_scorer_against_the_real_server(server, tmp_path):
     [r] = intruder(client, [days], [others], n_examples=4, n_trials=2)
     assert r["n_total"] == 2 and 0 <= r["n_correct"] <= r["n_parsed"] <= 2 and r["chance"] == 0.25
     print(f"intruder on the real server: {r}")
+
+
+def _outcomes_add_up(log, kind: str, n: int) -> dict:
+    from saekit.interp.answers import OUTCOMES
+
+    row = log.as_dict()[kind]
+    assert row["total"] == n and sum(row[k] for k in OUTCOMES) == n, row
+    return row
+
+
+@pytest.mark.timeout(240)
+def test_prism_cluster_labels_against_the_real_server(server, tmp_path):
+    from saekit.interp.answers import CallLog
+    from saekit.interp.prompts import label_clusters
+
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    log = CallLog()
+    t0 = time.time()
+    cluster = [_example({"Monday"}), _example({"Tuesday"}), _example({"Monday"}, "We met on Monday at noon")]
+    [label] = label_clusters(client, [cluster], max_tokens=16, on_error="skip", log=log)
+    row = _outcomes_add_up(log, "prism_labels", 1)
+    assert isinstance(label, str) and (label.strip() != "") == (row["unparseable"] + row["failed"] == 0)
+    assert "\n" not in label and len(label) < 200
+    print(f"PRISM label {label!r} in {time.time() - t0:.1f} s; {row}")
+
+
+@pytest.mark.timeout(240)
+def test_fuzzing_scorer_against_the_real_server(server, tmp_path):
+    from saekit.interp.answers import CallLog
+    from saekit.interp.detection import fuzzing
+
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    log = CallLog()
+    t0 = time.time()
+    shown = [_example({"Monday"}, "We met on Monday at noon"), _example({"Tuesday"}, "The shop opens on Tuesday")]
+    others = [_example(set(), "The cup stood on the kitchen table"), _example(set(), "Rain fell over the old harbour")]
+    [score] = fuzzing(client, ["days of the week"], [shown], [others], per_prompt=4, max_tokens=24, log=log)
+    assert score["n_total"] == 4 and 0 <= score["n_parsed"] <= 4
+    if score["n_parsed"]:
+        assert 0 <= score["balanced_accuracy"] <= 1 or math.isnan(score["balanced_accuracy"])
+    else:  # nothing readable: no score at all, never a pass
+        assert math.isnan(score["balanced_accuracy"])
+    row = _outcomes_add_up(log, "fuzzing", 1 + score["n_retried"])
+    assert row["parsed"] + row["salvaged"] >= score["n_parsed"] > 0 or score["n_parsed"] == 0
+    print(f"fuzzing on the real server in {time.time() - t0:.1f} s: parsed {score['n_parsed']}/4 "
+          f"({score['n_retried']} asked again); answers {row}")
+
+
+@pytest.mark.timeout(240)
+def test_steering_judge_against_the_real_server(server, tmp_path):
+    from saekit.evals.judge import judge
+    from saekit.interp.answers import CallLog
+
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    log = CallLog()
+    t0 = time.time()
+    [s] = judge(client, [("days of the week", "We met on Monday and again on Tuesday.")], max_tokens=64,
+                on_error="skip", log=log)
+    row = _outcomes_add_up(log, "judge", 2)  # the concept prompt and the fluency prompt
+    for rating in (s.concept, s.fluency):
+        assert rating is None or 0 <= rating <= 2
+    assert row["parsed"] + row["salvaged"] == (s.concept is not None) + (s.fluency is not None)
+    assert s.score is None or 0 <= s.score <= 2  # None when either rating is unreadable, never a pass
+    print(f"judge on the real server in {time.time() - t0:.1f} s: concept {s.concept}, fluency {s.fluency}; {row}")

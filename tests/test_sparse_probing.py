@@ -55,3 +55,51 @@ def test_tpp_ablating_a_concepts_features_breaks_its_probe_more_than_the_others(
     assert s["demo-topk@20"] > 0.2 and s["demo-topk@20"] > s["demo-topk/random@20"] + 0.2, s
     assert s["demo-topk@20"] >= s["demo-topk@1"], s
     assert {row["n"] for row in r.rows} == {1, 20} and len(r.rows) == 7 * 2 * 2
+
+
+def test_absorption_counts_a_specific_feature_that_carries_the_concept_when_the_main_one_is_silent():
+    from saekit.evals.absorption import absorbed_tokens
+
+    p = torch.tensor([1.0, 0.0, 0.0])  # the concept's direction
+    directions = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0, 0, 1.0]]), dim=1)
+    # token 0: the main feature fires; token 1: only the specific feature (absorbing);
+    # token 2: only an unrelated feature (missed, not absorbed).
+    codes = torch.tensor([[1.0, 0, 0], [0, 1.25, 0], [0, 0, 1.0]])
+    x = codes @ directions
+    missed, absorbed, absorbing = absorbed_tokens(x, codes, codes > 0, directions, torch.tensor([0]), p, 0.1, 0.4)
+    assert missed.tolist() == [False, True, True]
+    assert absorbed.tolist() == [False, True, False]
+    assert absorbing[1].tolist() == [False, True, False]
+
+
+@pytest.mark.timeout(120)
+def test_absorption_runs_on_the_shipped_dictionaries(demo_model):
+    from saekit.evals.absorption import Config as AbsorptionConfig
+
+    r = run("absorption", AbsorptionConfig(n_tokens=16384), model=demo_model)
+    assert r.summary["concepts"] == 7 and len(r.rows) == 14
+    for row in r.rows:
+        assert 0 <= row["absorption_rate"] <= row["false_negative_rate"] <= 1
+
+
+@pytest.mark.timeout(300)
+def test_suite_gathers_one_row_per_dictionary_and_writes_saebench_files(demo_model, tmp_path):
+    import json
+
+    from saekit.evals import run_eval
+    from saekit.evals.suite import Config as SuiteConfig
+
+    cfg = SuiteConfig(dictionaries=["checkpoints/demo-topk", "checkpoints/demo-snmf"], n_tokens=8192,
+                      parts=["core", "sparse_probing", "tpp", "absorption"])
+    r = run_eval("suite", cfg, tmp_path / "suite", model=demo_model)
+    assert [row["dictionary"] for row in r.rows] == ["demo-topk", "demo-snmf"]
+    for row in r.rows:
+        assert {"fvu", "l0", "ce_recovered_zero", "sparse_probing_top1", "tpp_top20", "absorption_rate"} <= set(row)
+        assert 0 < row["fvu"] < 1 and row["ce_recovered_zero"] > 0.3
+    assert set(r.tables) == {"core", "sparse_probing", "tpp", "absorption"}
+    files = sorted(p.name for p in (tmp_path / "suite" / "saebench").iterdir())
+    assert files == sorted(f"{d}_{p}_eval_results.json" for d in ("demo-topk", "demo-snmf")
+                           for p in ("core", "sparse_probing", "tpp", "absorption"))
+    doc = json.loads((tmp_path / "suite" / "saebench" / "demo-topk_sparse_probing_eval_results.json").read_text())
+    assert doc["eval_type_id"] == "sparse_probing" and doc["sae_cfg_dict"]["d_sae"] == 1024
+    assert doc["eval_result_metrics"]["saekit"]["sparse_probing_top1"] == r.rows[0]["sparse_probing_top1"]

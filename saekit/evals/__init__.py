@@ -33,6 +33,8 @@ EVALUATORS = {
     "layers": "saekit.evals.layers",
     "sparse_probing": "saekit.evals.sparse_probing",
     "tpp": "saekit.evals.tpp",
+    "absorption": "saekit.evals.absorption",
+    "suite": "saekit.evals.suite",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from saekit.interp.llm import parse_rating
+from saekit.interp.answers import CallLog, log_to, parse_rating, rating_outcome
 
 # AxBench (Wu et al. 2025, stanfordnlp/axbench, Apache-2.0): the concept prompt of the
 # paper's appendix and the fluency prompt of axbench/evaluators/prompt_templates.py.
@@ -71,11 +71,34 @@ class JudgeScore(NamedTuple):
 
 
 def judge(client: Any, items: list[tuple[str, str]], max_tokens: int = 512,
-          progress: bool = False) -> list[JudgeScore]:
-    """AxBench concept and fluency ratings of ``(concept description, text)`` pairs at
-    temperature 0; a fluency prompt shared by several pairs is sent once."""
+          progress: bool = False, *, on_error: str = "raise", log: CallLog | None = None) -> list[JudgeScore]:
+    """AxBench concept and fluency ratings of ``(concept description, text)`` pairs.
+
+    Parameters
+    ----------
+    client
+        An :class:`~saekit.interp.llm.LLMClient`; requests at temperature 0, and a fluency
+        prompt shared by several pairs is sent once.
+    items
+        ``(concept description, text)`` pairs.
+    max_tokens, progress
+        Of the requests (``progress``: a bar over them).
+    on_error
+        ``"skip"``: a call that still fails after its retries gives no rating (None)
+        instead of raising; see ``LLMClient.chat_many``.
+    log
+        Counts each answer's outcome (:func:`~saekit.interp.answers.rating_outcome`)
+        under ``"judge"``.
+
+    Returns
+    -------
+    list[JudgeScore]
+        One per pair; a rating that cannot be read is None, never 0 or a pass.
+    """
     prompts = [CONCEPT_PROMPT.format(concept=c, sentence=t) for c, t in items]
     prompts += [FLUENCY_PROMPT.format(sentence=t) for _, t in items]
-    answers = client.chat_many(prompts, temperature=0.0, max_tokens=max_tokens, progress=progress)
+    answers = client.chat_many(prompts, temperature=0.0, max_tokens=max_tokens, progress=progress,
+                               on_error=on_error)
+    log_to(log, "judge", map(rating_outcome, answers))
     m = len(items)
     return [JudgeScore(parse_rating(a), parse_rating(b)) for a, b in zip(answers[:m], answers[m:], strict=True)]

@@ -31,7 +31,7 @@ sklearn; saekit fits both by L-BFGS on the same objective (mean logistic loss + 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -162,6 +162,38 @@ def concept_splits(labels: Tensor, n_concepts: int, cfg: ConceptProbes) -> tuple
     return out, skipped
 
 
+class Prepared(NamedTuple):
+    """What the concept evaluators start from (:func:`prepare`)."""
+
+    model: Any
+    """The loaded model."""
+    dictionaries: list[tuple[str, Any]]
+    """``(name, dictionary)`` pairs, checked against ``cfg.hook``."""
+    acts: Tensor
+    """Activations ``[n, d_in]`` at ``cfg.hook``."""
+    names: list[str]
+    """Concept names, indexed by label."""
+    splits: list[tuple[int, Tensor, Tensor, Tensor, Tensor]]
+    """Per concept: ``(label, train rows, train labels, test rows, test labels)``."""
+    skipped: list[str]
+    """Concepts with too few labelled positions."""
+
+
+def prepare(cfg: ConceptProbes, model: Any, progress: bool, min_concepts: int = 1) -> Prepared:
+    """Load the model (unless given) and dictionaries, harvest and label the activations,
+    and split each concept; fewer than ``min_concepts`` usable concepts is an error."""
+    if model is None:
+        model = load_model(cfg.model, device=cfg.device)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
+    acts, labels, names = concept_data(cfg, model, progress)
+    splits, skipped = concept_splits(labels, len(names), cfg)
+    if len(splits) < min_concepts:
+        raise ValueError(f"{len(splits)} concept(s) have {cfg.min_per_class} labelled positions in {cfg.n_tokens} "
+                         f"tokens of {cfg.data!r}, {min_concepts} needed; the planted concepts are the demo "
+                         "corpus's (use data 'demo' or more tokens)")
+    return Prepared(model, dicts, acts, names, splits, [names[c] for c in skipped])
+
+
 def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """Dense and k-sparse probes for every planted concept (module docstring).
 
@@ -174,14 +206,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """
     if not cfg.k_values or any(k < 1 for k in cfg.k_values):
         raise ValueError(f"Config.k_values must be positive integers, got {cfg.k_values!r}")
-    if model is None:
-        model = load_model(cfg.model, device=cfg.device)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
-    acts, labels, names = concept_data(cfg, model, progress)
-    splits, skipped = concept_splits(labels, len(names), cfg)
-    if not splits:
-        raise ValueError(f"no concept has {cfg.min_per_class} labelled positions in {cfg.n_tokens} tokens of "
-                         f"{cfg.data!r}; the planted concepts are the demo corpus's (use data 'demo' or more tokens)")
+    model, dicts, acts, names, splits, skipped = prepare(cfg, model, progress)
     used = torch.unique(torch.cat([torch.cat([s[1], s[3]]) for s in splits]))
     where = torch.full((len(acts),), -1, dtype=torch.long)
     where[used] = torch.arange(len(used))
@@ -202,7 +227,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                 probe = fit_probe(z[tr][:, feats], y_train, cfg.l2)
                 rows.append({"probe": name, **common, "k": k, "features": feats.tolist(),
                              "accuracy": (predict(z[te][:, feats], probe) == y_test).double().mean().item()})
-    summary: dict[str, Any] = {"concepts": len(splits), "skipped": [names[c] for c in skipped]}
+    summary: dict[str, Any] = {"concepts": len(splits), "skipped": skipped}
     for probe in ["dense", *codes]:
         for k in ([None] if probe == "dense" else cfg.k_values):
             acc = [r["accuracy"] for r in rows if r["probe"] == probe and (k is None or r["k"] == k)]

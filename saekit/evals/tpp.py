@@ -32,15 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.evals.common import EvalResult, encode_rows, load_dictionaries, settings
+from saekit.evals.common import EvalResult, encode_rows, settings
 from saekit.evals.sparse_probing import (
     ConceptProbes,
-    concept_data,
-    concept_splits,
     fit_probe,
     predict,
+    prepare,
 )
-from saekit.models import load_model
 
 
 @dataclass
@@ -66,14 +64,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         raise ValueError(f"Config.n_features must be positive integers, got {cfg.n_features!r}")
     if not cfg.dictionaries:
         raise ValueError("Config.dictionaries must name at least one dictionary")
-    if model is None:
-        model = load_model(cfg.model, device=cfg.device)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
-    acts, labels, names = concept_data(cfg, model, progress)
-    splits, skipped = concept_splits(labels, len(names), cfg)
-    if len(splits) < 2:
-        raise ValueError(f"TPP needs two concepts with {cfg.min_per_class} labelled positions each in "
-                         f"{cfg.n_tokens} tokens of {cfg.data!r}; found {len(splits)}")
+    model, dicts, acts, names, splits, skipped = prepare(cfg, model, progress, min_concepts=2)
     probes = [fit_probe(acts[train], y, cfg.l2) for _, train, y, _, _ in splits]
 
     def accuracy(j: int, x: Tensor) -> float:
@@ -98,7 +89,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                     rows.append({"dictionary": name + control, "concept": names[c], "n": n,
                                  "intended_drop": drops[i], "unintended_drop": sum(others) / len(others),
                                  "tpp": drops[i] - sum(others) / len(others)})
-    summary: dict[str, Any] = {"concepts": len(splits), "skipped": [names[c] for c in skipped],
+    summary: dict[str, Any] = {"concepts": len(splits), "skipped": skipped,
                                "clean_accuracy": sum(clean) / len(clean)}
     for key in dict.fromkeys(r["dictionary"] for r in rows):
         for n in cfg.n_features:

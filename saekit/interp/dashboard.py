@@ -331,6 +331,19 @@ readHash(); render();
 """
 
 
+def _calls_table(rows: object) -> str:
+    """The LLM answers' outcomes per call type (``meta["llm_calls"]``), or nothing."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return ""
+    cols = list(rows[0])
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return (f'<h2>LLM answers</h2><p class="meta">parsed: in the asked-for format; salvaged: read by a '
+            f'fallback; unparseable: left out of every score; failed: no answer after retries; skipped: '
+            f'not asked, the time budget being spent</p><table><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table>\n')
+
+
 def _index_page(meta: dict, records: list[dict]) -> str:
     scores = meta["score_columns"]
     keys = ["feature", "frequency", "count", "max", "description", *scores]
@@ -353,7 +366,7 @@ def _index_page(meta: dict, records: list[dict]) -> str:
     info = "".join(f"<span>{_esc(k)}: <strong>{_esc(meta[k])}</strong></span>"
                    for k in _META_KEYS if meta.get(k) not in (None, ""))
     title = meta.get("title") or "saekit dashboard"
-    body = (f'<h1>{_esc(title)}</h1><div class="meta">{info}</div>\n'
+    body = (f'<h1>{_esc(title)}</h1><div class="meta">{info}</div>\n{_calls_table(meta.get("llm_calls"))}'
             f'<p><input id="q" type="search" placeholder="search: feature index, description,'
             f' top token" autofocus> <span id="shown" class="meta"></span></p>\n'
             f'<table id="features"><thead><tr>{heads}</tr></thead><tbody id="rows"></tbody>'

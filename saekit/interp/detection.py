@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from saekit.interp.answers import CallLog, log_to, outcome, strip_thinking
 from saekit.interp.llm import LLMClient
 from saekit.interp.prompts import (
     MAXACT_THRESHOLD,
@@ -23,7 +24,6 @@ from saekit.interp.prompts import (
     numbered,
     one_line,
     render_marked,
-    strip_thinking,
     tokens_and_acts,
 )
 
@@ -41,18 +41,45 @@ def parse_binary_list(text: str, n: int) -> list[int] | None:
     """Exactly ``n`` 0/1 judgements from an answer, or ``None`` when they cannot be found.
 
     Tries, in order: the last bracketed list of ``n`` items that are all 0/1/yes/no/
-    true/false (``[1, 0, 1]``, ``["yes", "no"]``); per-example answers covering exactly
+    true/false (``[1, 0, 1]``, ``["yes", "no"]``); for one example, an answer that opens
+    with its verdict (``No.``, ``Yes, because ...``); per-example answers covering exactly
     examples 1..n (``Example 1: yes``, ``example_2: 0``, ``3. no``; a later answer for
     the same example wins); ``n`` standalone 0/1 digits in the whole answer, then in
     its last line (``1 0 1``); ``n`` yes/no words in the last line.
     """
+    return _parse_binary(text, n)[0]
+
+
+def binary_outcome(text: str, n: int) -> str:
+    """:func:`~saekit.interp.answers.outcome` of a 0/1 answer: ``parsed`` when it is the
+    asked-for bracketed list (for one example: starts with yes/no/0/1), ``salvaged`` when
+    a fallback of :func:`parse_binary_list` reads it."""
+    values, clean = _parse_binary(text, n)
+    return outcome(text, values is not None, clean)
+
+
+# A one-example answer that opens with its verdict ("No.", "Yes, because ..."); a digit
+# followed by "." or ")" is numbering, not a verdict.
+_FIRST_WORD = re.compile(r"^[\W_]*(?:(yes|no|true|false)\b|([01])(?![\w.)]))", re.IGNORECASE)
+
+
+def _parse_binary(text: str, n: int) -> tuple[list[int] | None, bool]:
+    """:func:`parse_binary_list`, and whether the answer was in the asked-for form."""
     if not isinstance(text, str) or n < 1:
-        return None
+        return None, False
     text = strip_thinking(text)
     for inside in reversed(_BRACKETED.findall(text)):
         items = [x.strip().strip("'\"").lower() for x in re.split(r"[,;\s]+", inside) if x.strip()]
         if len(items) == n and all(x in _BINARY_WORDS for x in items):
-            return [_BINARY_WORDS[x] for x in items]
+            return [_BINARY_WORDS[x] for x in items], True
+    if n == 1:
+        first = _FIRST_WORD.match(text.strip())
+        if first:
+            return [_BINARY_WORDS[(first.group(1) or first.group(2)).lower()]], True
+    return _fallback_binary(text, n), False
+
+
+def _fallback_binary(text: str, n: int) -> list[int] | None:
     named = {int(k): _BINARY_WORDS[v.lower()]
              for pattern in (_NUMBERED_ANSWER, _NAMED_ANSWER) for k, v in pattern.findall(text)}
     if named and sorted(named) == list(range(1, n + 1)):
@@ -105,9 +132,11 @@ def _check_scoring_input(descriptions: Sequence[str], activating: Sequence[Seque
 
 def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
               items: Sequence[list[tuple[str, int]]], per_prompt: int, temperature: float,
-              max_tokens: int, question: str) -> list[dict[str, float]]:
+              max_tokens: int, question: str, kind: str, log: CallLog | None) -> list[dict[str, float]]:
     """Send each feature's (text, label) items in prompts of ``per_prompt`` and score;
-    ``question`` asks about one text when a list answer was unreadable."""
+    ``question`` asks about one text when a list answer was unreadable. Every answer's
+    outcome counts in ``log`` under ``kind``: an unreadable list answer as unparseable,
+    and each of its one-example re-asks on its own."""
     requests, slots = [], []
     for f, (description, feature_items) in enumerate(zip(descriptions, items, strict=True)):
         for start in range(0, len(feature_items), per_prompt):
@@ -118,6 +147,7 @@ def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
             slots.append((f, [y for _, y in chunk]))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error="skip")
     parsed = [parse_binary_list(a, len(ys)) for (_, ys), a in zip(slots, answers, strict=True)]
+    log_to(log, kind, [binary_outcome(a, len(ys)) for (_, ys), a in zip(slots, answers, strict=True)])
     # Small models often answer a list prompt with prose or an echo of the examples, yet
     # answer one yes/no question: the examples of an unreadable multi-example answer are
     # asked again one at a time (cached like every call; counted in n_retried).
@@ -129,6 +159,7 @@ def _classify(client: LLMClient, system: str, descriptions: Sequence[str],
             f"Description: {descriptions[slots[j][0]]}\n\nText: {one_line(texts[j][i])}\n\n"
             f"{question} Answer yes or no.")) for j, i in retry],
             temperature=temperature, max_tokens=max_tokens, on_error="skip")
+        log_to(log, kind, [binary_outcome(a, 1) for a in singles])
         for j in {j for j, _ in retry}:
             parsed[j] = [None] * len(slots[j][1])
         for (j, i), answer in zip(retry, singles, strict=True):
@@ -160,7 +191,7 @@ _DETECTION_SYSTEM = (
 
 def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequence[Sequence[Any]],
               non_activating: Sequence[Sequence[Any]], per_prompt: int = 5, seed: int = 0, *,
-              temperature: float = 0.0, max_tokens: int = 200) -> list[dict[str, float]]:
+              temperature: float = 0.0, max_tokens: int = 200, log: CallLog | None = None) -> list[dict[str, float]]:
     """delphi's detection score: can the LLM tell, from the description alone, which
     (unmarked) examples make the feature fire?
 
@@ -184,6 +215,8 @@ def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequen
         Seed of the shuffle.
     temperature, max_tokens
         Sampling parameters of the requests.
+    log
+        Counts each answer's outcome (:func:`binary_outcome`) under ``"detection"``.
 
     Returns
     -------
@@ -201,7 +234,7 @@ def detection(client: LLMClient, descriptions: Sequence[str], activating: Sequen
         rng.shuffle(feature_items)
         items.append(feature_items)
     return _classify(client, _DETECTION_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens,
-                     "Does the description fit this text?")
+                     "Does the description fit this text?", "detection", log)
 
 
 _FUZZING_SYSTEM = (
@@ -215,7 +248,7 @@ _FUZZING_SYSTEM = (
 def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence[Sequence[Any]],
             non_activating: Sequence[Sequence[Any]], per_prompt: int = 5, seed: int = 0, *,
             threshold: float = MAXACT_THRESHOLD, temperature: float = 0.0,
-            max_tokens: int = 200) -> list[dict[str, float]]:
+            max_tokens: int = 200, log: CallLog | None = None) -> list[dict[str, float]]:
     """delphi's fuzzing score: can the LLM tell correctly marked examples from randomly
     marked ones, given the description?
 
@@ -226,7 +259,8 @@ def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence
     LLM answers, per example, whether the marks fit the description. Unparseable answers
     count as missing, not as wrong (see :func:`detection`).
 
-    Parameters and returns as :func:`detection`, plus ``threshold``.
+    Parameters and returns as :func:`detection`, plus ``threshold``; ``log`` counts
+    under ``"fuzzing"``.
     """
     _check_scoring_input(descriptions, activating, non_activating, per_prompt)
     items = []
@@ -247,4 +281,4 @@ def fuzzing(client: LLMClient, descriptions: Sequence[str], activating: Sequence
         rng.shuffle(feature_items)
         items.append(feature_items)
     return _classify(client, _FUZZING_SYSTEM, descriptions, items, per_prompt, temperature, max_tokens,
-                     "Do the tokens marked with << and >> fit the description?")
+                     "Do the tokens marked with << and >> fit the description?", "fuzzing", log)

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from saekit.interp.answers import CallLog, log_to, outcome
 from saekit.interp.llm import LLMClient
 from saekit.interp.prompts import (
     MAXACT_THRESHOLD,
@@ -44,6 +45,13 @@ _NUMBER = re.compile(r"(?<![\d.])(\d+)(?!\d|\.\d)")  # whole numbers, not decima
 _ORDINALS = {w: i for i, w in enumerate(
     "first second third fourth fifth sixth seventh eighth ninth tenth".split(), 1)}
 _ORDINAL = re.compile(r"\b(" + "|".join([*_ORDINALS, "last"]) + r")\b", re.IGNORECASE)
+
+
+def intruder_outcome(text: str, n: int) -> str:
+    """:func:`~saekit.interp.answers.outcome` of an answer: ``parsed`` with ``[RESPONSE]: k``,
+    ``salvaged`` when a fallback of :func:`parse_intruder` reads it."""
+    m = _RESPONSE.search(text or "")
+    return outcome(text, parse_intruder(text, n) is not None, bool(m and 1 <= int(m.group(1)) <= n))
 
 
 def parse_intruder(text: str, n: int) -> int | None:
@@ -76,7 +84,7 @@ def _render(ex: Any, mark: bool, rng: random.Random | None, n_marks: int) -> tup
 
 def intruder(client: LLMClient, activating: Sequence[Sequence[Any]], intruders: Sequence[Sequence[Any]],
              n_examples: int = 5, n_trials: int = 5, seed: int = 0, *, mark: bool = True,
-             temperature: float = 0.0, max_tokens: int = 32) -> list[dict[str, float]]:
+             temperature: float = 0.0, max_tokens: int = 32, log: CallLog | None = None) -> list[dict[str, float]]:
     """The intruder score of each feature.
 
     Parameters
@@ -98,6 +106,8 @@ def intruder(client: LLMClient, activating: Sequence[Sequence[Any]], intruders: 
         Mark firing tokens (random ones on the intruder), as delphi does.
     temperature, max_tokens
         Sampling parameters of the requests.
+    log
+        Counts each answer's outcome (:func:`intruder_outcome`) under ``"intruder"``.
 
     Returns
     -------
@@ -128,6 +138,7 @@ def intruder(client: LLMClient, activating: Sequence[Sequence[Any]], intruders: 
             requests.append(chat_messages(SYSTEM, user))
             slots.append((f, at + 1))
     answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error="skip")
+    log_to(log, "intruder", [intruder_outcome(a, n_examples) for a in answers])
     out = [{"n_correct": 0, "n_parsed": 0, "n_total": 0} for _ in activating]
     for (f, truth), answer in zip(slots, answers, strict=True):
         guess = parse_intruder(answer, n_examples)

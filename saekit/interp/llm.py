@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import random
@@ -57,6 +56,18 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from saekit.fileio import atomic_write_bytes, disk_full_error, remove_stale_files
+from saekit.interp.answers import NoAnswer, parse_rating
+from saekit.interp.llm_protocol import (
+    Messages,
+    chat_completions_url,
+    check_messages,
+    error_message,
+    is_loopback,
+    retry_after,
+)
+
+__all__ = ["LLMClient", "LLMError", "LLMStats", "NoAnswer", "answer_text", "chat_completions_url",
+           "client_from_config", "parse_rating"]
 
 ENV_BASE_URL = "SAEKIT_LLM_BASE_URL"
 ENV_MODEL = "SAEKIT_LLM_MODEL"
@@ -72,16 +83,24 @@ CACHE_OFF = "off"
 STALE_TMP_SECONDS = 3600.0
 _TMP_NAME = re.compile(r"\.[0-9a-f]{16}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp")
 
-Messages = str | Sequence[dict[str, str]]
 
 
 class LLMError(RuntimeError):
     """A request that failed for good: an error answer, or a server out of reach after
-    every retry. ``status`` is the HTTP status when the server answered."""
+    every retry. ``status`` is the HTTP status when the server answered; ``timed_out``
+    says the last attempt waited ``timeout`` seconds in vain (a slow server, not a
+    missing one); ``skipped`` that it was never sent (the time budget was spent);
+    ``down`` that the server failed ``max_consecutive_failures`` calls in a row."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, timed_out: bool = False,
+                 skipped: bool = False, down: bool = False):
         super().__init__(message)
-        self.status = status
+        self.status, self.timed_out, self.skipped, self.down = status, timed_out, skipped, down
+
+
+#: HTTP statuses that mean the configuration is wrong (key, URL, model): every call
+#: would fail alike, so even ``on_error="skip"`` raises at once.
+CONFIG_ERRORS = (401, 403, 404)
 
 
 @dataclass
@@ -98,67 +117,18 @@ class LLMStats:
     """Answers read from the cache (no request sent)."""
     failed: int = 0
     """Calls given up after every retry and skipped (``chat_many(on_error="skip")``)."""
+    skipped: int = 0
+    """Calls not sent because the client's ``deadline`` had passed."""
+    asked: int = 0
+    """Calls that went to the server (not from the cache), answered or failed."""
+    asking_seconds: float = 0.0
+    """Wall seconds of the batches that sent something: ``asking_seconds / asked`` is the
+    time a call costs this run, concurrency included."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
-
-
-def chat_completions_url(base_url: str) -> str:
-    """The chat-completions endpoint of a base URL.
-
-    ``http://host:8000`` (no path) gets ``/v1/chat/completions``; anything with a path
-    (``http://host:8000/v1``, OpenAI's ``https://api.openai.com/v1``, a gateway prefix)
-    gets ``/chat/completions``; a URL that already ends in ``/chat/completions`` is kept.
-    """
-    parts = urllib.parse.urlsplit(str(base_url).strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"LLM base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
-                         f"got {base_url!r}")
-    path = parts.path.rstrip("/")
-    if not path.endswith("/chat/completions"):
-        path = (path or "/v1") + "/chat/completions"
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_messages(messages: Messages) -> list[dict[str, str]]:
-    if isinstance(messages, str):
-        return [{"role": "user", "content": messages}]
-    out = list(messages)
-    if not out:
-        raise ValueError("messages is empty; expected a prompt string or a list of "
-                         "{'role': ..., 'content': ...} dicts")
-    for i, m in enumerate(out):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content', got {m!r}")
-    return out
-
-
-def _error_message(raw: bytes) -> str:
-    """The server's error text: OpenAI's ``{"error": {"message": ...}}``, else the body."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return text[:300] or "(empty body)"
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    if isinstance(err, str):
-        return err
-    return text[:300]
 
 
 def answer_text(response: Any, where: str = "LLM answer") -> str:
@@ -194,15 +164,29 @@ class LLMClient:
     max_retries
         Retries after the first attempt, for 408/429/5xx answers, timeouts and dropped
         connections.
+    max_consecutive_failures
+        With ``chat_many(on_error="skip")``, this many calls failing in a row (no answer
+        between them, across batches) means the server is down or swamped, not that one
+        call was unlucky: the next failure raises :class:`LLMError` with ``down`` set.
     backoff, max_backoff
         The first retry waits ``backoff`` seconds, each later one twice as long (plus up
         to 25% jitter), never more than ``max_backoff``; a numeric ``Retry-After`` header
         replaces the computed wait (still capped).
+
+    Attributes
+    ----------
+    deadline
+        ``time.monotonic()`` value after which a request that the cache cannot answer is
+        not sent, and no attempt waits past it (``chat_many(on_error="skip")`` answers
+        such a call ``NoAnswer("skipped")``; a lone :meth:`complete` raises
+        :class:`LLMError`); ``None`` (the default): no limit.
+        :class:`saekit.interp.budget.LLMBudget` sets it.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 4,
                  cache_dir: str | Path | None = DEFAULT_CACHE_DIR, timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0):
+                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_consecutive_failures: int = 10):
         self.url = chat_completions_url(base_url)
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"LLM model must be a non-empty string (the name the server serves), got {model!r}")
@@ -215,14 +199,19 @@ class LLMClient:
         self.base_url, self.model, self.api_key = str(base_url), model, api_key or None
         self.max_concurrency, self.timeout, self.max_retries = max_concurrency, float(timeout), max_retries
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        if not isinstance(max_consecutive_failures, int) or max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures must be a positive integer, got {max_consecutive_failures!r}")
+        self.max_consecutive_failures = max_consecutive_failures
+        self._failures_in_a_row = 0
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.stats = LLMStats()
+        self.deadline: float | None = None
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._swept: set[str] = set()  # cache folders already cleared of stale temporaries
         self._sweep_lock = threading.Lock()
         self._jitter = random.Random()
         host = urllib.parse.urlsplit(self.url).hostname
-        handlers = [urllib.request.ProxyHandler({})] if _is_loopback(host) else []
+        handlers = [urllib.request.ProxyHandler({})] if is_loopback(host) else []
         self._opener = urllib.request.build_opener(*handlers)
 
     def __repr__(self) -> str:
@@ -236,7 +225,7 @@ class LLMClient:
                      **params: Any) -> dict[str, Any]:
         """The JSON body of one chat-completions request (extra OpenAI parameters such as
         ``seed``, ``top_p`` or ``stop`` go in ``params``)."""
-        body = {"model": self.model, "messages": _check_messages(messages),
+        body = {"model": self.model, "messages": check_messages(messages),
                 "temperature": float(temperature), "max_tokens": int(max_tokens), **params}
         try:
             json.dumps(body)
@@ -260,11 +249,13 @@ class LLMClient:
         """Answer texts to many conversations, in order, with at most ``max_concurrency``
         requests in flight; identical requests are sent once.
 
-        ``on_error="skip"``: a call that still times out, drops or gets a 408/429/5xx
-        after its retries answers ``""`` (which no parser reads, so it costs that one
-        score) and counts in ``stats.failed``, instead of ending the run. Other errors
-        (a wrong key, model or URL) still raise, and so does a batch in which every call
-        failed: the server is down, not slow."""
+        ``on_error="skip"``: a call that still fails after its retries (a timeout, a
+        dropped connection, an error answer) answers ``NoAnswer("failed")``, and one not
+        sent because the ``deadline`` passed answers ``NoAnswer("skipped")``: both are
+        ``""`` (which no parser reads, so each costs that one answer) and count in
+        ``stats.failed`` or ``stats.skipped``, instead of ending the run. A configuration
+        error (HTTP 401, 403, 404: key, URL or model) still raises, and so does the
+        failure that makes ``max_consecutive_failures`` in a row (``LLMError.down``)."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         bodies = [self.request_body(m, temperature, max_tokens, **params) for m in batch]
@@ -277,42 +268,64 @@ class LLMClient:
             bar = tqdm(total=len(unique), desc="LLM", unit="request")
 
         errors: list[LLMError] = []
-
         def one(key: str) -> tuple[str, str]:
             try:
                 text = answer_text(self.complete(unique[key], key=key))
             except LLMError as e:
-                if on_error == "raise" or not (e.status is None or e.status in (408, 429) or e.status >= 500):
+                if on_error == "raise" or e.status in CONFIG_ERRORS:
                     raise
-                self.stats.add("failed")
-                errors.append(e)
-                text = ""
+                if e.skipped:
+                    self.stats.add("skipped")
+                    text = NoAnswer("skipped")
+                else:
+                    self._failed(e)
+                    errors.append(e)
+                    text = NoAnswer("failed")
             if bar is not None:
                 bar.update(1)
             return key, text
 
+        t0, asked = time.monotonic(), self.stats.asked
         try:
             with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(unique))) as pool:
                 answers = dict(pool.map(one, unique))
         finally:
             if bar is not None:
                 bar.close()
-        if errors and len(errors) == len(unique):
-            raise errors[0]
+            if self.stats.asked > asked:
+                self.stats.add("asking_seconds", time.monotonic() - t0)
         if errors:
             warnings.warn(f"{len(errors)} of {len(unique)} LLM calls failed after their retries and were "
                           f"skipped (first: {errors[0]})", RuntimeWarning, stacklevel=2)
         return [answers[k] for k in keys]
 
+    def _failed(self, e: LLMError) -> None:
+        """Count a failed call; raise once too many failed in a row (see ``max_consecutive_failures``)."""
+        self.stats.add("failed")
+        with self.stats.lock:
+            self._failures_in_a_row += 1
+            down = self._failures_in_a_row >= self.max_consecutive_failures
+        if down:
+            raise LLMError(f"{self.url} failed the last {self._failures_in_a_row} calls in a row (last: {e}); "
+                           "the server looks down or overloaded. Raise the timeout ($SAEKIT_LLM_TIMEOUT) or "
+                           "lower the concurrency ($SAEKIT_LLM_CONCURRENCY) if it is only slow",
+                           status=e.status, timed_out=e.timed_out, down=True) from e
+
     def complete(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-        """The raw answer JSON to a request body, from the cache or the server."""
+        """The raw answer JSON to a request body, from the cache or the server (not sent,
+        :class:`LLMError` with ``skipped``, once the ``deadline`` has passed)."""
         key = key or self.cache_key(body)
         cached = self._cache_read(key, body)
         if cached is not None:
             self.stats.add("cache_hits")
             return cached
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise LLMError("the LLM time budget is spent; request not sent", skipped=True)
+        self.stats.add("asked")
         response = self._send(body)
         answer_text(response, where=f"answer from {self.url}")  # never cache an unusable answer
+        with self.stats.lock:
+            self._failures_in_a_row = 0
         try:
             self._cache_write(key, body, response)
         except OSError as e:
@@ -331,25 +344,37 @@ class LLMClient:
             last = attempt == self.max_retries
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             wait: float | None = None
+            # With a deadline, no attempt outlives it: the budget bounds the run's wall
+            # time, and one slow answer on a CPU server can take the whole timeout.
+            timeout = self.timeout
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise LLMError("the LLM time budget ran out before this request was answered", skipped=True)
+                timeout = min(timeout, max(left, 1.0))
             try:
                 with self._slots:  # released before any backoff sleep
                     self.stats.add("requests")
-                    with self._opener.open(request, timeout=self.timeout) as r:
+                    with self._opener.open(request, timeout=timeout) as r:
                         raw = r.read()
             except urllib.error.HTTPError as e:
-                message = _error_message(e.read() or b"")
+                message = error_message(e.read() or b"")
                 if (e.code in (408, 429) or e.code >= 500) and not last:
-                    wait = _retry_after(e.headers)
+                    wait = retry_after(e.headers)
                 else:
                     tried = f" after {attempt + 1} attempts" if attempt else ""
                     raise LLMError(f"{self.url} answered HTTP {e.code}{tried}: {message}"
                                    + _hint(e.code, self.model), status=e.code) from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise LLMError("the LLM time budget ran out while waiting for this answer",
+                                   skipped=True) from None
                 if last:
                     reason = getattr(e, "reason", None) or e
+                    timed_out = isinstance(e, TimeoutError) or isinstance(reason, TimeoutError)
                     raise LLMError(f"could not get an answer from {self.url} after {attempt + 1} attempts "
                                    f"({reason}); is the server running? The URL comes from the config "
-                                   f"field llm_base_url or ${ENV_BASE_URL}") from None
+                                   f"field llm_base_url or ${ENV_BASE_URL}", timed_out=timed_out) from None
             else:
                 try:
                     response = json.loads(raw)
@@ -406,14 +431,6 @@ class LLMClient:
         atomic_write_bytes(path, json.dumps({"request": body, "response": response}, ensure_ascii=False).encode("utf-8"))
 
 
-def _retry_after(headers: Any) -> float | None:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to exponential backoff
-
-
 def _hint(status: int, model: str) -> str:
     if status in (401, 403):
         return f" (check the API key: config field llm_api_key or ${ENV_API_KEY})"
@@ -451,28 +468,3 @@ def client_from_config(base_url: str | None = None, model: str | None = None, ap
                 raise ValueError(f"${env} must be a number, got {os.environ[env]!r}") from None
     where = cache_dir if cache_dir is not None else os.environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR
     return LLMClient(base_url, model, api_key, cache_dir=None if str(where) == CACHE_OFF else where, **kwargs)
-
-
-# --------------------------------------------------------------------------- parsing answers
-
-_RATING_BRACKETS = re.compile(r"rating\W{0,6}\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]", re.IGNORECASE)
-_RATING_BARE = re.compile(r"rating\W{0,6}(-?\d+(?:\.\d+)?)\b", re.IGNORECASE)
-_BRACKETS = re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]")
-
-
-def parse_rating(text: str, low: float = 0, high: float = 2) -> float | None:
-    """A judge's rating in ``[low, high]`` from its answer, or ``None`` if there is none.
-
-    Tries, in order, the last ``Rating: [[n]]`` (any case, with markdown such as
-    ``**Rating:** [[n]]``), the last ``Rating: n``, and the last bare ``[[n]]``; a
-    template placeholder echoed back (``Rating: [[score]]``) is skipped because it is not
-    a number. A number outside ``[low, high]`` counts as no rating.
-    """
-    if not isinstance(text, str):
-        return None
-    for pattern in (_RATING_BRACKETS, _RATING_BARE, _BRACKETS):
-        found = pattern.findall(text)
-        if found:
-            value = float(found[-1])
-            return value if low <= value <= high else None
-    return None

@@ -5,13 +5,18 @@ The steps, each in its own module:
 1. :func:`saekit.interp.store.collect` over the describing windows;
 2. the offline describers (:mod:`saekit.interp.describe`) for the shown features, PRISM
    clusters (:mod:`saekit.interp.prism`) for the most frequent ``prism_features`` of them;
-3. with an LLM endpoint configured (``SAEKIT_LLM_BASE_URL`` and ``SAEKIT_LLM_MODEL``, or
-   ``llm="on"``): MaxAct and output-centric explanations and PRISM cluster labels for the
-   first ``llm_features`` (:mod:`saekit.interp.prompts`), scored also by detection and
-   fuzzing (:mod:`saekit.interp.detection`) and CoSy on LLM-written texts;
-4. scores on a :class:`~saekit.interp.score.ScoringCorpus` of *other* windows (the tokens
-   after the describing ones), each beside a random-description baseline;
-5. the result (:class:`saekit.report.Result` named ``interp``) with the dashboard of
+3. a :class:`~saekit.interp.score.ScoringCorpus` of *other* windows (the tokens after
+   the describing ones), on which every score is computed;
+4. with an LLM endpoint configured (``SAEKIT_LLM_BASE_URL`` and ``SAEKIT_LLM_MODEL``, or
+   ``llm="on"``), for the first ``llm_features``, one feature at a time
+   (:func:`saekit.interp.llm_run.run_llm`): PRISM cluster labels, MaxAct and
+   output-centric explanations (:mod:`saekit.interp.prompts`), scored also by detection,
+   fuzzing (:mod:`saekit.interp.detection`), CoSy on LLM-written texts and the intruder
+   test, within ``llm_budget_s`` when set (the PRISM clusters of other features keep
+   their offline labels). A failing call costs one answer, never the run, and every
+   answer's outcome is counted per call type;
+5. the offline scores of every description, each beside a random-description baseline;
+6. the result (:class:`saekit.report.Result` named ``interp``) with the dashboard of
    :func:`saekit.interp.dashboard.render_dashboard` as its pages; ``result.save(dir)``
    writes it (``index.html`` the dashboard, ``interp.json``, ``interp.csv``, ``report.md``).
 
@@ -28,22 +33,25 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from saekit import report
+from saekit.config import load_config
 from saekit.data import load_tokens
 from saekit.formats import load_dictionary
-from saekit.interp import describe, detection, intruder, prism, prompts, score
+from saekit.interp import describe, prism, score
 from saekit.interp.dashboard import render_dashboard
 from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
+from saekit.interp.llm_run import calls_table, run_llm
 from saekit.interp.prism import polysemanticity
 from saekit.interp.store import collect, token_strings
 from saekit.jobs import claim_output
 from saekit.models import load_model
 from saekit.report import Result
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 
 
 @dataclass
@@ -65,10 +73,12 @@ class InterpConfig:
     """Features that get PRISM clusters (embedding costs ~100 windows/s on 2 CPU cores)."""
     prism_windows: int = 20
     """Top-band windows embedded per feature."""
-    llm: str = "auto"
+    llm: Literal["auto", "on", "off"] = "auto"
     """"auto": use the LLM endpoint when the environment names one; "on": require it; "off"."""
     llm_features: int = 50
     """Features described and scored by the LLM."""
+    llm_budget_s: float | None = None
+    """Wall seconds the LLM work may take (None: no limit); see :mod:`saekit.interp.budget`."""
     seed: int = 0
     batch_size: int = 32
 
@@ -78,6 +88,29 @@ class InterpConfig:
         for name in ("n_tokens", "n_score_tokens", "ctx_len", "top_k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.llm_budget_s is not None and not self.llm_budget_s > 0:
+            raise ValueError(f"llm_budget_s must be a positive number of seconds or None, got {self.llm_budget_s!r}")
+
+
+@dataclass
+class InterpJob(InterpConfig):
+    """``saekit interp``'s settings: the run's (:class:`InterpConfig`) and what it runs on;
+    the command's flags are generated from these fields and :func:`run_interp` takes them."""
+
+    dictionary: str = ""
+    """Dictionary directory, registry id or hf:// path (required)."""
+    model: str = ""
+    """Model spec for ``saekit.load_model``: native checkpoint dir, HF dir or name (required)."""
+    data: str = "demo"
+    """Text source for ``saekit.load_tokens`` (default: the demo corpus)."""
+    device: str | None = None
+    """Default: cuda when present, else cpu."""
+
+    def validate(self, where: str = "config") -> None:
+        missing = [name for name in ("dictionary", "model") if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{where}: {' and '.join(missing)} must be given (the dictionary to describe "
+                             "and the model it was fitted on)")
 
 
 #: What :func:`interp` returns: the one result type of every analysis. Kept under this name.
@@ -111,15 +144,39 @@ def _client(cfg: InterpConfig) -> Any:
 def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torch.Tensor,
            out: str | Path | None = None, cfg: InterpConfig | None = None, client: Any = None, name: str = "",
            dataset: str = "", progress: bool = True) -> Result:
-    """Run the whole auto-interp job (see the module docstring) and return its result; it
-    writes no report (``result.save(dir)`` does). ``out``: where the feature store is cached
-    (``out/store``, resumable; None keeps it in memory). ``client`` overrides ``cfg.llm``
-    with a ready :class:`~saekit.interp.llm.LLMClient`.
+    """Run the whole auto-interp job (see the module docstring) and return its result.
 
-    The result (named ``interp``): ``rows`` one per shown feature (its first description and
-    scores), ``summary`` the mean scores per method beside their random baselines,
-    ``config`` the :class:`InterpConfig` and the dictionary, and ``pages`` the feature
-    dashboard (``index.html``, ``features.json`` with every record, ``features/NNNNN.html``).
+    Parameters
+    ----------
+    model, dictionary
+        The model and the dictionary to describe.
+    tokens, score_tokens
+        Windows ``[n, ctx_len]`` to describe from, and disjoint ones to score on.
+    out
+        Where the feature store (``out/store``) and the LLM part's progress
+        (``out/llm_progress.json``) are written as they finish, so that a rerun resumes;
+        None keeps everything in memory. The result itself is not written
+        (``result.save(dir)`` does).
+    cfg
+        The run's settings (:class:`InterpConfig`).
+    client
+        A ready :class:`~saekit.interp.llm.LLMClient`, overriding ``cfg.llm``.
+    name, dataset
+        The dictionary's and the data's names, for the report.
+    progress
+        Print the steps and show progress bars.
+
+    Returns
+    -------
+    Result
+        Named ``interp``: ``rows`` one per shown feature (its first description and
+        scores); ``summary`` the mean scores per method beside their random baselines,
+        ``llm_calls`` (per call type, how many answers parsed, were salvaged, could not
+        be parsed, failed or were skipped by the time budget) and ``llm_work`` (the
+        budget, the prompt sizes, seconds per feature, the features done and skipped);
+        ``tables["llm_calls"]`` the same counts as rows; ``config`` the
+        :class:`InterpConfig` and the dictionary; ``pages`` the feature dashboard
+        (``index.html``, ``features.json`` with every record, ``features/NNNNN.html``).
     """
     cfg = cfg or InterpConfig()
     client = client if client is not None else _client(cfg)
@@ -134,25 +191,24 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
     offline = describe.describe(store, vocab, shown, model=model, dictionary=dictionary)
     alive = [f for f in shown if store.count()[store.row(f)] > 0]
     clusters = prism.clusters(store, alive[:cfg.prism_features], vocab, max_windows=cfg.prism_windows,
-                              client=client, seed=cfg.seed, progress=progress)
-    descriptions = {f: [("offline", offline[f]["text"])] + [("prism", c.label) for c in clusters.get(f, [])]
-                    for f in alive}
-    llm_feats = alive[:cfg.llm_features] if client is not None else []
-    if llm_feats:
-        say(f"interp: LLM explanations for {len(llm_feats)} features ({client.model})")
-        decile_sets = [[e for dec in store.deciles(f) for e in dec[:4]] for f in llm_feats]
-        maxact = prompts.explain_maxact(client, [store.text(ex, vocab) for ex in decile_sets])
-        lens = [offline[f]["logit_lens"] for f in llm_feats]
-        output = prompts.explain_output(client, [[t["token"] for t in lz["promoted"]] for lz in lens],
-                                        [[t["token"] for t in lz["suppressed"]] for lz in lens])
-        for f, a, o in zip(llm_feats, maxact, output, strict=True):
-            descriptions[f] += [("maxact", a), ("output", o)]
+                              seed=cfg.seed, progress=progress)
     say("interp: scoring on held-out windows ...")
     corpus = score.scoring_corpus(model, dictionary, score_tokens, alive, vocab, batch_size=cfg.batch_size,
                                   seed=cfg.seed, progress=progress)
-    scored = score.score_descriptions(corpus, descriptions, seed=cfg.seed)
+    llm_feats = alive[:cfg.llm_features] if client is not None else []
+    llm: dict[str, Any] = {"descriptions": {}, "scores": {}, "calls": {}, "work": None}
     if llm_feats:
-        _llm_scores(client, model, dictionary, corpus, llm_feats, scored, cfg.seed)
+        budget = f", within {cfg.llm_budget_s:g} s" if cfg.llm_budget_s else ""
+        say(f"interp: LLM explanations for {len(llm_feats)} features ({client.model}){budget}")
+        llm = run_llm(client, model, dictionary, store, corpus, vocab, llm_feats, offline, clusters,
+                      budget_s=cfg.llm_budget_s, seed=cfg.seed, out=out, progress=progress)
+    descriptions = {f: [("offline", offline[f]["text"])] + [("prism", c.label) for c in clusters.get(f, [])]
+                    + llm["descriptions"].get(f, []) for f in alive}
+    scored = score.score_descriptions(corpus, descriptions, seed=cfg.seed)
+    for f, extra in llm["scores"].items():
+        row = next((r for r in scored[f] if r["method"] == "maxact"), None)
+        if row is not None:
+            row["scores"].update(extra)
     pool = sorted({c.label for f in clusters for c in clusters[f]})
     embedded = dict(zip(pool, prism.embed(pool), strict=True))  # once, for labels and baseline
     poly = {f: prism.polysemanticity([c.label for c in clusters[f]], embedded) for f in clusters}
@@ -160,48 +216,22 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                for f in shown]
     summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed))
     summary.update(n_tokens=store.n_tokens, n_score_chunks=len(corpus), n_shown=len(shown),
-                   llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1))
+                   llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1),
+                   llm_calls=llm["calls"], llm_work=llm["work"])
+    calls = calls_table(llm["calls"])
     meta = {"title": f"saekit interp: {name or dictionary.cfg.kind + '-' + str(dictionary.cfg.d_dict)} "
                      f"on {dictionary.cfg.hook}",
             "dictionary": name, "kind": dictionary.cfg.kind, "d_dict": dictionary.cfg.d_dict,
             "hook": dictionary.cfg.hook, "model": store.manifest["model"], "n_tokens": store.n_tokens,
-            "n_features_shown": len(shown), "score_columns": ["cosy_auc", "embedding_auroc", "random_cosy_auc"],
+            "n_features_shown": len(shown), "score_columns": ["cosy_auc", "embedding_auroc", "random_cosy_auc"]
+            + (["detection_balanced_accuracy", "fuzzing_balanced_accuracy"] if llm["scores"] else []),
             "notes": f"described on {store.n_tokens:,} tokens of {dataset or 'the given tokens'}; scored on "
                      f"{len(corpus)} held-out chunks of 32 tokens; random_* = another feature's description "
-                     "scored on this feature"}
+                     "scored on this feature", "llm_calls": calls}
     config = {**asdict(cfg), "dictionary": name, "kind": dictionary.cfg.kind, "d_dict": dictionary.cfg.d_dict,
               "hook": dictionary.cfg.hook, "model": store.manifest["model"], "data": dataset}
     return Result("interp", [_row(r) for r in records], summary, config, title=meta["title"],
-                  pages=render_dashboard(meta, records))
-
-
-def _llm_scores(client: Any, model: Any, dictionary: Any, corpus: Any, feats: list[int],
-                scored: dict[int, list[dict]], seed: int) -> None:
-    """Detection, fuzzing and CoSy on LLM-written texts for the MaxAct explanations, and
-    for a random feature's MaxAct explanation as the baseline; and delphi's intruder
-    score, which needs no description (a score of the feature's examples, kept in the
-    MaxAct row beside its chance level ``1 / n_examples``)."""
-    text = {f: next(d["text"] for d in scored[f] if d["method"] == "maxact") for f in feats}
-    partner = score.random_partners(feats, seed)
-    pairs = [(f, text[f], "") for f in feats] + [(f, text[partner[f]], "random_") for f in feats if f in partner]
-    on, off = [], []
-    for f, _, _ in pairs:
-        a, b = corpus.split(f, 10)
-        on.append([corpus.example(i, f) for i in a])
-        off.append([corpus.example(i, f) for i in b])
-    descs = [t for _, t, _ in pairs]
-    det = detection.detection(client, descs, on, off, seed=seed)
-    fuz = detection.fuzzing(client, descs, on, off, seed=seed)
-    cos = score.llm_cosy(client, model, dictionary, corpus, [f for f, _, _ in pairs], descs)
-    odd = intruder.intruder(client, on[:len(feats)], off[:len(feats)], seed=seed)
-    for f, r in zip(feats, odd, strict=True):
-        row = next(x for x in scored[f] if x["method"] == "maxact")
-        row["scores"].update({"intruder_accuracy": r["accuracy"], "intruder_chance": r["chance"]})
-    for (f, _, prefix), d, z, c in zip(pairs, det, fuz, cos, strict=True):
-        row = next(r for r in scored[f] if r["method"] == "maxact")
-        row["scores"].update({f"{prefix}detection_balanced_accuracy": d["balanced_accuracy"],
-                              f"{prefix}fuzzing_balanced_accuracy": z["balanced_accuracy"],
-                              f"{prefix}llm_cosy_auc": c.auc, f"{prefix}llm_cosy_mad": c.mad})
+                  tables={"llm_calls": calls} if calls else {}, pages=render_dashboard(meta, records))
 
 
 def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch.Tensor],
@@ -283,23 +313,14 @@ def split_tokens(tokens: torch.Tensor, n_describe: int) -> tuple[torch.Tensor, t
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``saekit interp``."""
+    """Register ``saekit interp``: flags generated from :class:`InterpJob`."""
     p = subparsers.add_parser("interp", help="describe and score a dictionary's features; write an HTML dashboard")
-    p.add_argument("dictionary", help="dictionary directory, registry id or hf:// path")
-    p.add_argument("--model", required=True, help="native checkpoint dir, HF dir or HF name")
-    p.add_argument("--data", default="demo", help="text source (default: the demo corpus)")
-    p.add_argument("--n-tokens", type=int, default=InterpConfig.n_tokens, help="tokens to describe from")
-    p.add_argument("--n-score-tokens", type=int, default=InterpConfig.n_score_tokens,
-                   help="further tokens to score on (disjoint windows)")
-    p.add_argument("--features", default=InterpConfig.features,
-                   help="N most frequent (default 200), 'all', or a comma list of indices")
-    p.add_argument("--prism-features", type=int, default=InterpConfig.prism_features)
-    p.add_argument("--llm", choices=("auto", "on", "off"), default="auto",
-                   help="LLM describers and scorers: auto = when SAEKIT_LLM_BASE_URL/MODEL are set")
-    p.add_argument("--llm-features", type=int, default=InterpConfig.llm_features)
-    p.add_argument("--ctx-len", type=int, default=InterpConfig.ctx_len)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    add_config_arguments(p, InterpJob, positional={"dictionary": "DICT"}, exclude=("llm_budget_s",),
+                         help={"llm": "LLM describers and scorers: auto = when SAEKIT_LLM_BASE_URL/MODEL are set"})
+    p.add_argument("--llm-budget", type=float, default=None, metavar="SECONDS", dest="llm_budget",
+                   help="wall seconds the LLM work may take: prompts are sized from the first feature's "
+                        "timing and features that do not fit are skipped (counted); default: no limit")
+    add_config_file_arguments(p)
     p.add_argument("--out", default="runs/interp", help="output directory (default runs/interp)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run: the feature store "
                                                          "from where it stopped, LLM answers from their cache")
@@ -308,22 +329,38 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    claim_output(args.out, overwrite=args.overwrite, resume=args.resume, what="feature description run",
-                 can_resume=True)
-    cfg = InterpConfig(features=args.features, n_tokens=args.n_tokens, n_score_tokens=args.n_score_tokens,
-                       ctx_len=args.ctx_len, prism_features=args.prism_features, llm=args.llm,
-                       llm_features=args.llm_features, seed=args.seed)
-    model = load_model(args.model, device=args.device)
-    d = load_dictionary(args.dictionary, device=args.device)
-    tokens = load_tokens(args.data, model, cfg.n_tokens + cfg.n_score_tokens, cfg.ctx_len, seed=cfg.seed)
+def run_interp(config: InterpJob | str | Path | None, out: str | Path = "runs/interp",
+               overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
+               progress: bool = True) -> Result:
+    """The ``saekit interp`` job from Python (the command calls this): check the config
+    (an :class:`InterpJob`, a TOML file of its fields, or None; then ``key=value``
+    overrides) before any work, claim ``out`` (``resume`` continues an interrupted run
+    there, ``overwrite`` replaces an earlier one), describe and score, save the result
+    and dashboard in ``out`` and return it.
+
+    >>> saekit.run_interp(None, "runs/interp", ["dictionary='checkpoints/demo-topk'",  # doctest: +SKIP
+    ...                   "model='checkpoints/demo-lm'", "features='20'"])
+    """
+    job = load_config(config, overrides, cls=InterpJob)
+    claim_output(out, overwrite=overwrite, resume=resume, what="feature description run", can_resume=True)
+    cfg = InterpConfig(**{k: v for k, v in asdict(job).items() if k in InterpConfig.__dataclass_fields__})
+    model = load_model(job.model, device=job.device)
+    d = load_dictionary(job.dictionary, device=job.device)
+    tokens = load_tokens(job.data, model, cfg.n_tokens + cfg.n_score_tokens, cfg.ctx_len, seed=cfg.seed)
     describe_tokens, score_tokens = split_tokens(tokens, math.ceil(cfg.n_tokens / cfg.ctx_len))
-    res = interp(model, d, describe_tokens, score_tokens, args.out, cfg, name=str(args.dictionary),
-                 dataset=str(args.data))
-    out = res.save(args.out)
+    res = interp(model, d, describe_tokens, score_tokens, out, cfg, name=str(job.dictionary),
+                 dataset=str(job.data), progress=progress)
+    res.save(out)
+    return res
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    budget = [f"llm_budget_s={args.llm_budget}"] if args.llm_budget is not None else []
+    res = run_interp(args.config, args.out, given_overrides(InterpJob, args) + budget + args.set,
+                     resume=args.resume, overwrite=args.overwrite)
     print(summary_table(res.summary))
-    print(f"wrote {out / 'index.html'} (the feature dashboard: open it in a browser), interp.json, interp.csv, "
-          "features.json, report.md")
+    print(f"wrote {Path(args.out) / 'index.html'} (the feature dashboard: open it in a browser), interp.json, "
+          "interp.csv, features.json, report.md")
     return 0
 
 
@@ -335,5 +372,12 @@ def summary_table(summary: dict[str, Any]) -> str:
                      "random CoSy AUC": s.get("random_cosy_auc"), "embedding AUROC": s.get("embedding_auroc"),
                      "random emb. AUROC": s.get("random_embedding_auroc")})
     p = summary["polysemanticity"]
-    return (report.text_table(rows) + f"\npolysemanticity (mean label cosine, PRISM): {p['mean']:.3f} "
+    text = (report.text_table(rows) + f"\npolysemanticity (mean label cosine, PRISM): {p['mean']:.3f} "
             f"against {p['random_labels'] or float('nan'):.3f} for random labels ({p['n']} features)")
+    if summary.get("llm_calls"):
+        text += "\nLLM answers:\n" + report.text_table(calls_table(summary["llm_calls"]))
+    work = summary.get("llm_work")
+    if work:
+        text += (f"\nLLM features: {work['features_done']} of {work['features_planned']} done, "
+                 f"{work['features_skipped']} skipped by the time budget; {work['seconds']} s of LLM work")
+    return text

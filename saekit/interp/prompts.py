@@ -1,4 +1,5 @@
-"""LLM describers and scorers of auto-interp: prompt builders, tolerant parsers, client calls.
+"""LLM describers of auto-interp: prompt builders and client calls (the tolerant parsers of
+their answers are in :mod:`saekit.interp.answers`, and importable from here).
 
 Every function here takes an :class:`~saekit.interp.llm.LLMClient` and sends its requests
 as one batch through :meth:`~saekit.interp.llm.LLMClient.chat_many` (bounded concurrency,
@@ -27,12 +28,23 @@ version) changes every cache key and no stale answer is reused.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from saekit.interp.answers import (  # the parsers live there; importable from here as before
+    CallLog,
+    NoAnswer,
+    explanation_outcome,
+    first_texts,
+    label_outcome,
+    log_to,
+    outcome,
+    parse_explanation,
+    parse_label,
+    parse_lines,
+)
 from saekit.interp.llm import LLMClient, LLMError
 
 #: Goes into every request (system message); bump it whenever a prompt below changes.
@@ -153,81 +165,6 @@ def chat_messages(system: str, user: str) -> list[dict[str, str]]:
             {"role": "user", "content": user}]
 
 
-# --------------------------------------------------------------------------- parsers
-
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_EXPLANATION_TAG = re.compile(r"\[\s*explanation\s*\]\s*:?|\bexplanation\s*:", re.IGNORECASE)
-_LABEL_TAG = re.compile(r"\b(?:label|concept)\s*:", re.IGNORECASE)
-_QUOTES = {'"': '"', "'": "'", "“": "”", "‘": "’", "`": "`"}
-
-
-def strip_thinking(text: str) -> str:
-    """The answer without reasoning models' ``<think>...</think>`` blocks."""
-    return _THINK.sub("", text or "")
-
-
-def _clean(text: str) -> str:
-    text = " ".join(text.split()).strip("*_ ")
-    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
-        text = text[1:-1].strip()
-    return text
-
-
-def parse_explanation(text: str) -> str:
-    """The description in an explainer's answer: the text after the last
-    ``[EXPLANATION]:`` (any case, markdown around it allowed), whitespace collapsed; the
-    whole answer, cleaned, when the tag is missing or nothing follows it."""
-    text = strip_thinking(text)
-    tags = list(_EXPLANATION_TAG.finditer(text))
-    if tags:
-        after = _clean(text[tags[-1].end():])
-        if after:
-            return after
-        text = _EXPLANATION_TAG.sub(" ", text)
-    return _clean(text)
-
-
-def parse_label(text: str) -> str:
-    """A short label from an answer: after the last ``Label:``/``Concept:`` if present,
-    else the last non-empty line; quotes, markdown and a final period removed."""
-    text = strip_thinking(text)
-    tags = list(_LABEL_TAG.finditer(text))
-    if tags and text[tags[-1].end():].strip():
-        text = text[tags[-1].end():].strip().splitlines()[0]
-    else:
-        lines = [line for line in text.splitlines() if line.strip()]
-        text = lines[-1] if lines else ""
-    label = _clean(text.lstrip("-•* "))
-    return label[:-1].rstrip() if label.endswith(".") else label
-
-
-_ITEM_PREFIX = re.compile(
-    r"^(?:[-*•·]\s+"                                     # bullets
-    r"|\**\(?(?:(?:text|example)\s*)?#?\d{1,3}\s*[.):\]]\**(?=\s|$)\s*"  # 1. 1) (1) Text 1:
-    r")", re.IGNORECASE)
-
-
-def parse_lines(text: str) -> list[str]:
-    """The items of a one-per-line answer.
-
-    Drops empty lines, code fences, horizontal rules and leading preamble lines that end
-    in ``:`` ("Here are the texts:"); strips bullets (``-``, ``*``, ``•``), numbering
-    (``1.``, ``2)``, ``(3)``, ``Text 4:``, ``**5.**``) and quotes around a whole item.
-    A number that starts a sentence ("3.5 million ...", "1990 was ...") is kept.
-    """
-    items = []
-    for raw in strip_thinking(text).splitlines():
-        line = raw.strip()
-        if not line or line.startswith("```") or set(line) <= set("-*_=# "):
-            continue
-        if not items and line.endswith(":"):
-            continue  # a preamble before the first item
-        line = _clean(_ITEM_PREFIX.sub("", line, count=1))
-        if line:
-            items.append(line)
-    return items
-
-
 # --------------------------------------------------------------------------- describers
 
 _MAXACT_SYSTEM = (
@@ -243,7 +180,7 @@ _MAXACT_SYSTEM = (
 
 def explain_maxact(client: LLMClient, examples: Sequence[Sequence[Any]], *,
                    threshold: float = MAXACT_THRESHOLD, temperature: float = 0.0,
-                   max_tokens: int = 512) -> list[str]:
+                   max_tokens: int = 512, on_error: str = "raise", log: CallLog | None = None) -> list[str]:
     """delphi's MaxAct explanation of each feature from its marked examples.
 
     Parameters
@@ -257,11 +194,17 @@ def explain_maxact(client: LLMClient, examples: Sequence[Sequence[Any]], *,
         Marking threshold as a fraction of the example's maximum.
     temperature, max_tokens
         Sampling parameters of the requests.
+    on_error
+        ``"skip"``: a call that fails after its retries (or is not sent, the time budget
+        being spent) gives ``""`` instead of raising; see ``LLMClient.chat_many``.
+    log
+        Counts each answer's outcome under ``"describe"`` (:func:`explanation_outcome`).
 
     Returns
     -------
     list[str]
-        One description per feature (:func:`parse_explanation` of the answer).
+        One description per feature (:func:`parse_explanation` of the answer; ``""``
+        when there was no usable answer).
     """
     requests = []
     for f, exs in enumerate(examples):
@@ -269,7 +212,8 @@ def explain_maxact(client: LLMClient, examples: Sequence[Sequence[Any]], *,
             raise ValueError(f"feature {f} (position in examples) has no examples to explain")
         texts = [mark_example(ex, threshold) for ex in exs]
         requests.append(chat_messages(_MAXACT_SYSTEM, numbered(texts, "Example")))
-    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error=on_error)
+    log_to(log, "describe", map(explanation_outcome, answers))
     return [parse_explanation(a) for a in answers]
 
 
@@ -285,7 +229,8 @@ _PRISM_SYSTEM = (
 
 
 def label_clusters(client: LLMClient, clusters: Sequence[Sequence[Any]], *, max_texts: int = 20,
-                   percentile: float = 90.0, temperature: float = 0.0, max_tokens: int = 64) -> list[str]:
+                   percentile: float = 90.0, temperature: float = 0.0, max_tokens: int = 64,
+                   on_error: str = "raise", log: CallLog | None = None) -> list[str]:
     """PRISM's label of each cluster of texts, one request per cluster.
 
     Parameters
@@ -300,11 +245,15 @@ def label_clusters(client: LLMClient, clusters: Sequence[Sequence[Any]], *, max_
         Within-text highlighting percentile (:func:`highlight_percentile`).
     temperature, max_tokens
         Sampling parameters of the requests.
+    on_error, log
+        As :func:`explain_maxact`; outcomes count under ``"prism_labels"``
+        (:func:`label_outcome`).
 
     Returns
     -------
     list[str]
-        One short label per cluster (:func:`parse_label` of the answer).
+        One short label per cluster (:func:`parse_label` of the answer; ``""`` when
+        there was no usable answer).
     """
     requests = []
     for c, exs in enumerate(clusters):
@@ -312,7 +261,8 @@ def label_clusters(client: LLMClient, clusters: Sequence[Sequence[Any]], *, max_
             raise ValueError(f"cluster {c} has no texts to label")
         texts = [highlight_percentile(ex, percentile) for ex in list(exs)[:max_texts]]
         requests.append(chat_messages(_PRISM_SYSTEM, numbered(texts, "Text") + "\n\nLabel:"))
-    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error=on_error)
+    log_to(log, "prism_labels", map(label_outcome, answers))
     return [parse_label(a) for a in answers]
 
 
@@ -332,7 +282,8 @@ def _token_text(t: Any) -> str:
 
 
 def explain_output(client: LLMClient, promoted: Sequence[Sequence[Any]], suppressed: Sequence[Sequence[Any]],
-                   *, temperature: float = 0.0, max_tokens: int = 512) -> list[str]:
+                   *, temperature: float = 0.0, max_tokens: int = 512, on_error: str = "raise",
+                   log: CallLog | None = None) -> list[str]:
     """The output-centric (VocabProj) description of each feature from its logit-lens tokens.
 
     Parameters
@@ -345,11 +296,14 @@ def explain_output(client: LLMClient, promoted: Sequence[Sequence[Any]], suppres
         Either list of a feature may be empty, not both.
     temperature, max_tokens
         Sampling parameters of the requests.
+    on_error, log
+        As :func:`explain_maxact` (outcomes under ``"describe"``).
 
     Returns
     -------
     list[str]
-        One description per feature (:func:`parse_explanation` of the answer).
+        One description per feature (:func:`parse_explanation` of the answer; ``""``
+        when there was no usable answer).
     """
     if len(promoted) != len(suppressed):
         raise ValueError(f"promoted has {len(promoted)} features but suppressed has {len(suppressed)}")
@@ -363,7 +317,8 @@ def explain_output(client: LLMClient, promoted: Sequence[Sequence[Any]], suppres
 
         user = f"Promoted tokens: {show(up)}\n\nSuppressed tokens: {show(down)}"
         requests.append(chat_messages(_OUTPUT_SYSTEM, user))
-    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens)
+    answers = client.chat_many(requests, temperature=temperature, max_tokens=max_tokens, on_error=on_error)
+    log_to(log, "describe", map(explanation_outcome, answers))
     return [parse_explanation(a) for a in answers]
 
 
@@ -383,7 +338,8 @@ def _concept_messages(description: str, n: int, attempt: int) -> list[dict[str, 
 
 
 def generate_concept_texts(client: LLMClient, descriptions: Sequence[str], n: int = 10, retries: int = 2, *,
-                           temperature: float = 0.0, max_tokens: int = 3000) -> list[list[str]]:
+                           temperature: float = 0.0, max_tokens: int = 3000, on_error: str = "raise",
+                           salvage: bool = False, log: CallLog | None = None) -> list[list[str] | None]:
     """CoSy-for-text inputs: ``n`` texts per description, written by the LLM.
 
     The answer is split with :func:`parse_lines`; when it does not give exactly ``n``
@@ -402,16 +358,30 @@ def generate_concept_texts(client: LLMClient, descriptions: Sequence[str], n: in
         Regenerations allowed per description after the first attempt.
     temperature, max_tokens
         Sampling parameters of the requests.
+    on_error
+        ``"raise"``: :class:`LLMError` when a description still lacks its texts after
+        every retry, or a call fails. ``"skip"``: that description gets ``None``.
+    salvage
+        On the last attempt, take the first ``n`` lines of a longer answer, or else its
+        first ``n`` sentences, rather than give up (small models rarely keep to one text
+        per line).
+    log
+        Counts each answer's outcome under ``"cosy_texts"``: ``parsed`` when it is
+        exactly ``n`` lines, ``salvaged`` when ``n`` texts came out only after dropping
+        numbering, bullets or a preamble, or by ``salvage``, else ``unparseable`` (and
+        asked again).
 
     Returns
     -------
-    list[list[str]]
-        ``n`` texts per description.
+    list[list[str] | None]
+        ``n`` texts per description (``None`` for a description that got none, with
+        ``on_error="skip"``).
 
     Raises
     ------
     LLMError
-        When some description still has the wrong number of texts after every retry.
+        With ``on_error="raise"``, when some description still has the wrong number of
+        texts after every retry.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (texts per description) must be a positive integer, got {n!r}")
@@ -419,23 +389,34 @@ def generate_concept_texts(client: LLMClient, descriptions: Sequence[str], n: in
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     texts: list[list[str] | None] = [None] * len(descriptions)
     got: dict[int, int] = {}
-    pending = list(range(len(descriptions)))
+    pending, lost = list(range(len(descriptions))), []
     for attempt in range(retries + 1):
         if not pending:
             break
         answers = client.chat_many([_concept_messages(descriptions[i], n, attempt) for i in pending],
-                                   temperature=temperature, max_tokens=max_tokens)
+                                   temperature=temperature, max_tokens=max_tokens, on_error=on_error)
         failed = []
         for i, answer in zip(pending, answers, strict=True):
             lines = parse_lines(answer)
+            raw = [line for line in answer.splitlines() if line.strip()]
+            clean = len(raw) == len(lines) == n
+            if len(lines) != n and salvage and attempt == retries:
+                lines = first_texts(lines, n)
+            log_to(log, "cosy_texts", [outcome(answer, len(lines) == n, clean)])
             if len(lines) == n:
                 texts[i] = lines
+            elif isinstance(answer, NoAnswer):  # already retried by the client, or out of time
+                lost.append(i)
+                got[i] = 0
             else:
                 failed.append(i)
                 got[i] = len(lines)
         pending = failed
+    pending += lost
+    if pending and on_error == "skip":
+        return texts
     if pending:
         which = "; ".join(f"description {i} ({descriptions[i][:60]!r}): {got[i]} lines" for i in pending[:5])
         raise LLMError(f"the LLM did not write exactly {n} texts, one per line, after {retries + 1} "
                        f"attempts for {len(pending)} description(s): {which}")
-    return texts  # type: ignore[return-value]
+    return texts

@@ -199,14 +199,24 @@ def text_acts(model: Any, dictionary: Any, texts: Sequence[str], features: Seque
 
 
 def llm_cosy(client: Any, model: Any, dictionary: Any, corpus: ScoringCorpus, features: Sequence[int],
-             descriptions: Sequence[str], n_texts: int = 10) -> list[CosyScore]:
-    """CoSy on LLM-written texts: ``descriptions[i]`` describes ``features[i]``."""
-    texts = generate_concept_texts(client, list(descriptions), n=n_texts)
-    flat = [t for ts in texts for t in ts]
+             descriptions: Sequence[str], n_texts: int = 10, *, max_tokens: int = 3000, retries: int = 2,
+             salvage: bool = False, on_error: str = "raise", log: Any = None) -> list[CosyScore]:
+    """CoSy on LLM-written texts: ``descriptions[i]`` describes ``features[i]``.
+
+    ``on_error="skip"``: a description the LLM wrote no usable texts for scores NaN
+    (not a pass, not a fail) instead of raising; ``log`` counts the answers under
+    ``"cosy_texts"`` (:func:`~saekit.interp.prompts.generate_concept_texts`, which
+    ``max_tokens``, ``retries`` and ``salvage`` are passed to)."""
+    texts = generate_concept_texts(client, list(descriptions), n=n_texts, retries=retries, max_tokens=max_tokens,
+                                   salvage=salvage, on_error=on_error, log=log)
+    flat = [t for ts in texts if ts is not None for t in ts]
     uniq = sorted(set(features))
-    acts = text_acts(model, dictionary, flat, uniq, max_len=corpus.tokens.shape[1])
+    acts = text_acts(model, dictionary, flat, uniq, max_len=corpus.tokens.shape[1]) if flat else None
     out, at = [], 0
     for f, ts in zip(features, texts, strict=True):
+        if ts is None:
+            out.append(CosyScore(math.nan, math.nan, math.nan, math.nan))
+            continue
         col = uniq.index(f)
         concept, at = acts[at:at + len(ts), col], at + len(ts)
         out.append(cosy(concept, corpus.acts[corpus.control, corpus.row(f)]))
