@@ -224,10 +224,11 @@ def _resolve(dictionaries: Any, names: Any, model: HookedModel) -> tuple[list[An
 
 def _match_pair(a: Any, b: Any, model: HookedModel) -> tuple[str, Match | None, Tensor | None, Tensor | None]:
     """``(space, match, directions a, directions b)``, or ``(reason, None, None, None)``."""
-    space, reason = common_space(a.cfg.hook, b.cfg.hook, model)
+    # Decoder rows live at the output hook (a transcoder's; an SAE's own hook).
+    space, reason = common_space(a.cfg.output_hook, b.cfg.output_hook, model)
     if space is None:
         return reason, None, None, None
-    wa, wb = ((unit_rows(a.W_dec), unit_rows(b.W_dec)) if space == a.cfg.hook
+    wa, wb = ((unit_rows(a.W_dec), unit_rows(b.W_dec)) if space == a.cfg.output_hook
               else (residual_directions(a, model), residual_directions(b, model)))
     return space, match(wa, wb), wa, wb
 

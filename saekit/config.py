@@ -34,6 +34,10 @@ class TrainConfig:
     """Model spec for ``saekit.load_model``."""
     hook: str | list[str] = "blocks.2.mlp.hook_post"
     """Hook to train on, or a list: one dictionary per hook, all from one harvest."""
+    hook_out: str | list[str] | None = None
+    """Train transcoders: the hook whose activation each dictionary predicts from
+    ``hook``'s (e.g. ``blocks.1.hook_resid_mid`` -> ``blocks.1.hook_mlp_out``), harvested in
+    the same pass; a list pairs with a list of ``hook`` entry by entry. Unset: SAEs."""
     data: str = "demo"
     """Text source for ``saekit.load_tokens``."""
     cache: str | None = None
@@ -115,6 +119,17 @@ class TrainConfig:
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         variants = self.sweep or [{}]
+        if self.hook_out is not None:
+            if any(c.kind in ("snmf", "nmf") for _, c in runs):
+                raise ValueError(f"{where}: key 'hook_out' makes transcoders, which kinds snmf/nmf cannot be; "
+                                 "use an SAE kind (topk, batchtopk, relu, jumprelu, matryoshka_*)")
+            if self.cache or self.stream:
+                raise ValueError(f"{where}: key 'hook_out' (transcoders) trains from an in-memory harvest of "
+                                 "both hooks; unset 'cache' and set stream = false")
+            for _, c in runs:
+                if c.hook_out == c.hook:
+                    raise ValueError(f"{where}: key 'hook_out' equals 'hook' ({c.hook!r}); leave hook_out "
+                                     "unset to train an SAE")
         for i, (_, c) in enumerate(runs):  # hooks outer, variants inner
             v = variants[i % len(variants)]
             at = f"{where}: sweep entry " + ", ".join(f"{k}={x}" for k, x in v.items()) if v else where
@@ -128,18 +143,25 @@ class TrainConfig:
     def runs(self) -> list[tuple[str, TrainConfig]]:
         """``(name, config)`` for every hook × variant; the name is "" for a single run."""
         hooks = self.hook if isinstance(self.hook, list) else [self.hook]
+        outs = self.hook_out if isinstance(self.hook_out, list) else [self.hook_out] * len(hooks)
+        if len(outs) != len(hooks):
+            raise ValueError(f"hook_out lists {len(outs)} hooks but hook lists {len(hooks)}; they pair "
+                             "entry by entry (or give one hook_out)")
+        if isinstance(self.hook_out, list) and not isinstance(self.hook, list):
+            raise ValueError("hook_out is a list but hook is one hook; give hook as a list of the same length")
         variants = self.sweep or [{}]
         out = []
-        for h in hooks:
+        for h, ho in zip(hooks, outs, strict=True):
             for v in variants:
                 if not isinstance(v, dict):
                     raise ValueError(f"sweep entry {v!r} is not a table of fields")
-                bad = sorted(set(v) - {f.name for f in dataclasses.fields(self)} | ({"hook", "sweep"} & set(v)))
+                bad = sorted(set(v) - {f.name for f in dataclasses.fields(self)}
+                             | ({"hook", "hook_out", "sweep"} & set(v)))
                 if bad:
                     raise ValueError(f"sweep entry {v}: cannot set {bad}")
                 name = h + "".join(f"__{key}={val}" for key, val in v.items())
                 out.append((name if len(hooks) * len(variants) > 1 else "",
-                            dataclasses.replace(self, hook=h, sweep=[], **v)))
+                            dataclasses.replace(self, hook=h, hook_out=ho, sweep=[], **v)))
         return out
 
 

@@ -346,25 +346,47 @@ def W_out(model: HookedModel, layer: int) -> torch.Tensor:
 
 
 def check_dictionary_fits(model: HookedModel, dictionary: Any) -> str:
-    """The dictionary's hook, checked against the model (width, processing)."""
-    hook = dictionary.cfg.hook
+    """The hook a splice of ``dictionary`` replaces, checked against the model: the input
+    hook's width is ``d_in`` and, for a transcoder, its output hook's is ``d_out`` and
+    comes no earlier in the forward pass than the input hook; a processing mismatch warns.
+    Returns the output hook (``cfg.hook`` for an SAE), where ablations compare too."""
+    cfg = dictionary.cfg
+    hook = cfg.hook
     if not hook:
         raise ValueError(f"{dictionary!r} has no recorded hook, so it cannot be spliced; "
                          "set dictionary.cfg.hook (or pass hook= when fitting)")
     width = hook_width(model, hook)
-    if width != dictionary.cfg.d_in:
+    if width != cfg.d_in:
         raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the "
-                         f"dictionary expects d_in={dictionary.cfg.d_in}")
-    want, have = dictionary.cfg.processing, model_processing(model)
+                         f"dictionary expects d_in={cfg.d_in}")
+    out = getattr(cfg, "output_hook", None) or hook
+    if getattr(cfg, "is_transcoder", False):
+        width = hook_width(model, out)
+        if width != cfg.d_out:
+            raise ValueError(f"output hook {out!r} of {model_name(model)} has width {width}, but the "
+                             f"transcoder predicts d_out={cfg.d_out} (cfg.hook_out)")
+        # HOOK_TEMPLATES lists a block's hooks in the order they fire (as harvest's hook_order).
+        position = {t.split("}.", 1)[1]: i for i, t in enumerate(HOOK_TEMPLATES)}
+        where = [(hook_layer(h), position[validate_hook(model, h)[1]]) for h in (hook, out)]
+        if where[1] < where[0]:
+            raise ValueError(f"transcoder: output hook {out!r} runs before its input hook {hook!r}; the "
+                             "splice reads the input and replaces the output in the same forward pass")
+    want, have = cfg.processing, model_processing(model)
     if want and want != have:
         warnings.warn(f"dictionary was fitted on {want!r}-processed activations, the model is "
                       f"{have!r}: reconstructions may be off", stacklevel=3)
-    return hook
+    return out
 
 
 def splice(model: HookedModel, dictionary: Any, error_term: bool = False, edit: Any = None,
            skip_bos: bool = True):
     """Context manager: run ``model`` with the dictionary's hook replaced by its reconstruction.
+
+    For a transcoder (``cfg.d_out`` set) the activation at its input hook (``cfg.hook``)
+    is captured as it passes and the output hook's (``cfg.output_hook``) is replaced by
+    the transcoder's prediction from it, in the same forward pass: with ``hook_mlp_out``
+    as the output, the MLP is replaced by the transcoder. Everything below holds with
+    "reconstruction" read as "prediction" and ``x`` as the output hook's activation.
 
     Parameters
     ----------
@@ -383,20 +405,39 @@ def splice(model: HookedModel, dictionary: Any, error_term: bool = False, edit: 
     ...     loss = model(tokens, return_type="loss")
     """
     hook = check_dictionary_fits(model, dictionary)
+    hook_in = dictionary.cfg.hook
+    captured: dict[str, torch.Tensor] = {}
 
-    def replace(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        flat = x.reshape(*x.shape[:2], -1)
-        a = flat.to(dictionary.W_dec.dtype)
-        codes = dictionary.encode(a)
-        if error_term and edit is None:
-            new = a  # x̂ + (x − x̂) is x: skip the rounding of computing it
+    def capture(x: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        captured["x"] = x
+        return x
+
+    def replace(y: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        flat = y.reshape(*y.shape[:2], -1)
+        target = flat.to(dictionary.W_dec.dtype)
+        if hook_in == hook_out:
+            a = target
         else:
-            new = dictionary.decode(edit(codes) if edit is not None else codes)
+            x = captured.pop("x", None)
+            if x is None:
+                raise RuntimeError(f"splice: the transcoder's input hook {hook_in!r} did not run before its "
+                                   f"output hook {hook_out!r} in this forward pass")
+            a = x.reshape(*x.shape[:2], -1).to(dictionary.W_dec.dtype)
+        codes = dictionary.encode(a)
+        # decode's second argument is the input (a skip transcoder's skip term); an SAE's
+        # decode takes codes only.
+        extra = (a,) if getattr(dictionary.cfg, "is_transcoder", False) else ()
+        if error_term and edit is None:
+            new = target  # x̂ + (x − x̂) is x: skip the rounding of computing it
+        else:
+            new = dictionary.decode(edit(codes) if edit is not None else codes, *extra)
             if error_term:
-                new = new + (a - dictionary.decode(codes))
-        new = new.to(x.dtype)
+                new = new + (target - dictionary.decode(codes, *extra))
+        new = new.to(y.dtype)
         if skip_bos:
             new[:, 0] = flat[:, 0]
-        return new.reshape(x.shape)
+        return new.reshape(y.shape)
 
-    return model.hooks(fwd_hooks=[(hook, replace)])
+    hook_out = hook
+    hooks = [(hook_out, replace)] if hook_in == hook_out else [(hook_in, capture), (hook_out, replace)]
+    return model.hooks(fwd_hooks=hooks)

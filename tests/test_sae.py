@@ -114,7 +114,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"unknown dictionary kind 'crosscoder'.*\['batchtopk', 'gated', 'jumprelu', "
                                          r"'matryoshka_batchtopk', 'matryoshka_topk', 'nmf', 'relu', 'snmf', 'topk'\]"):
         DictionaryConfig(kind="crosscoder", d_in=8, d_dict=16)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['l1'\].*allowed: \['apply_b_dec_to_input', 'l1_coefficient', 'l1_warmup_steps'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['l1'\].*allowed: \['apply_b_dec_to_input', 'l1_coefficient', 'l1_warmup_steps', 'skip'\]"):
         DictionaryConfig(kind="relu", d_in=8, d_dict=16, options={"l1": 1.0})
     with pytest.raises(ValueError, match="k must be an integer in 1..d_dict=16"):
         DictionaryConfig(kind="topk", d_in=8, d_dict=16, k=17)

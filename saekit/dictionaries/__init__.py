@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from saekit.dictionaries import matryoshka, sae, snmf  # noqa: F401  (register the kinds)
+from saekit.dictionaries import matryoshka, sae, snmf, thresholded  # noqa: F401  (register the kinds)
 from saekit.dictionaries.base import REGISTRY, Dictionary, DictionaryConfig, register
 from saekit.dictionaries.sae import SAE, TrainStep
 

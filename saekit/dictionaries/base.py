@@ -2,7 +2,10 @@
 
 A dictionary writes activations ``A [n, d_in] ≈ codes [n, d_dict] @ W_dec [d_dict, d_in]
 + b_dec`` with non-negative codes and unit-norm ``W_dec`` rows. On disk it is a
-directory in SAELens' layout, so SAELens loads saekit SAEs unchanged:
+directory in SAELens' layout, so SAELens loads saekit SAEs unchanged. A transcoder
+(``cfg.d_out`` set) predicts another hook's activation instead: ``Y [n, d_out] ≈ codes
+@ W_dec [d_dict, d_out] + b_dec`` (plus ``X W_skipᵀ`` for a skip transcoder), its
+``W_dec`` rows unit directions in the output space. The files:
 
 - ``cfg.json``: SAELens' fields (``architecture``, ``d_in``, ``d_sae``, ...,
   ``metadata``) plus saekit's own under ``cfg["saekit"]`` (schema version, kind,
@@ -84,7 +87,8 @@ class DictionaryConfig:
         Codes kept per token (top-k kinds; optional elsewhere).
     hook, model, processing
         The activations' provenance: hook name, model name, and the model's weight
-        processing (``hooked``/``raw``/``native``). Splicing needs ``hook``.
+        processing (``hooked``/``raw``/``native``). Splicing needs ``hook``. For a
+        transcoder ``hook`` is the *input* hook (what ``encode`` reads).
     input_norm
         ``none``; ``scalar`` (trained with E‖x − x̄‖² = d_in, folded into the weights, so
         the saved dictionary takes raw activations); ``layer_norm`` (per token).
@@ -94,6 +98,14 @@ class DictionaryConfig:
         values of the wrong type are refused.
     metadata
         Training metadata and provenance (versions, git SHA, data, steps).
+    hook_out, d_out
+        Transcoders only: the hook whose activation the dictionary predicts and its
+        width. ``d_out=None`` is an ordinary dictionary (it reconstructs its input);
+        any ``d_out`` (even ``d_out == d_in``) makes a transcoder: ``W_dec [d_dict,
+        d_out]``, ``b_dec [d_out]``, an encoder that reads the raw input
+        (:mod:`saekit.dictionaries.sae`). ``hook_out=None`` means the output hook is
+        ``hook`` itself. Files written before these fields existed load as dictionaries
+        without them.
     """
 
     kind: str
@@ -106,6 +118,27 @@ class DictionaryConfig:
     input_norm: str = "none"
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    hook_out: str | None = None
+    d_out: int | None = None
+
+    #: Fields a saekit file may lack (added after files were first written), with the
+    #: value an absent one means.
+    ADDED_FIELDS: ClassVar[dict[str, Any]] = {"hook_out": None, "d_out": None}
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the dictionary predicts another activation than its input (``d_out`` set)."""
+        return self.d_out is not None
+
+    @property
+    def target_width(self) -> int:
+        """Width of what ``decode`` produces: ``d_out`` for a transcoder, else ``d_in``."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def output_hook(self) -> str | None:
+        """The hook whose activation ``decode`` predicts (``hook_out``, else ``hook``)."""
+        return self.hook_out if self.hook_out is not None else self.hook
 
     def __post_init__(self) -> None:
         if self.kind not in REGISTRY:
@@ -119,6 +152,20 @@ class DictionaryConfig:
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {self.input_norm!r}")
         cls = REGISTRY[self.kind]
+        if self.d_out is not None and (not _is_int(self.d_out) or self.d_out <= 0):
+            raise ValueError(f"d_out must be a positive integer or None, got {self.d_out!r}")
+        if self.hook_out is not None and self.d_out is None:
+            raise ValueError(f"hook_out={self.hook_out!r} makes a transcoder, which needs d_out "
+                             "(the output hook's width)")
+        if self.is_transcoder:
+            if not cls.TRANSCODES:
+                raise ValueError(f"kind {self.kind!r} cannot be a transcoder (d_out/hook_out/target); "
+                                 f"kinds that can: {sorted(k for k, c in REGISTRY.items() if c.TRANSCODES)}")
+            if self.input_norm == "layer_norm":
+                # LayerNorm's per-token statistics are the input's; restoring them on another
+                # hook's prediction would be meaningless.
+                raise ValueError("a transcoder cannot use input_norm 'layer_norm' (the input's per-token "
+                                 "statistics do not belong to the output); use 'scalar' or 'none'")
         if cls.NEEDS_K and self.k is None:
             raise ValueError(f"kind {self.kind!r} needs k (codes kept per token)")
         check_options(self.kind, cls.Options, self.options)
@@ -142,17 +189,20 @@ class DictionaryConfig:
             raise FormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
         for name, f in fields.items():
             if name not in d:
+                if name in cls.ADDED_FIELDS:
+                    continue
                 if required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
                     raise FormatError(f"{where}: field '{prefix}{name}' missing")
                 continue
             v, bad = d[name], None
-            if name in ("d_in", "d_dict", "k"):
-                if not (v is None and name == "k") and (not _is_int(v) or v <= 0):
-                    bad = "a positive integer" + (" or null" if name == "k" else "")
+            if name in ("d_in", "d_dict", "k", "d_out"):
+                nullable = name in ("k", "d_out")
+                if not (v is None and nullable) and (not _is_int(v) or v <= 0):
+                    bad = "a positive integer" + (" or null" if nullable else "")
             elif name in ("kind", "input_norm"):
                 if not isinstance(v, str):
                     bad = "a string"
-            elif name in ("hook", "model", "processing"):
+            elif name in ("hook", "model", "processing", "hook_out"):
                 if v is not None and not isinstance(v, str):
                     bad = "a string or null"
             elif not isinstance(v, dict):
@@ -252,6 +302,8 @@ class Dictionary(nn.Module):
     OPTIONS: ClassVar[dict[str, Any]] = {}
     NEEDS_K: ClassVar[bool] = False
     SAELENS_ARCHITECTURE: ClassVar[str | None] = None
+    #: The kind can be a transcoder (``cfg.d_out`` set): the SAE kinds.
+    TRANSCODES: ClassVar[bool] = False
 
     W_dec: Tensor
     b_dec: Tensor
@@ -284,6 +336,13 @@ class Dictionary(nn.Module):
         """Where a feature fires: code > 0 after the dictionary's own sparsification."""
         return codes > 0
 
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(codes, prediction)`` of inputs ``x``: what metrics compare with the activation at
+        ``cfg.output_hook`` (``x`` itself for an SAE, the output hook's for a transcoder).
+        Kinds whose prediction needs more than the codes (a skip transcoder) override it."""
+        codes = self.encode(x)
+        return codes, self.decode(codes)
+
     def check_input(self, x: Tensor, name: str = "x") -> None:
         if x.shape[-1] != self.cfg.d_in:
             raise ValueError(f"{name} has width {x.shape[-1]}, but this {self.cfg.kind} dictionary "
@@ -313,7 +372,7 @@ class Dictionary(nn.Module):
             # 6.x layout (else it rebuilds it and drops hook_name and model_name).
             "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "model_name": c.model, "hook_name": c.hook,
                          "hook_head_index": None, "prepend_bos": True, "sae_lens_training_version": None},
-        }
+        } | ({"d_out": c.d_out} if c.is_transcoder else {})
 
     def save(self, path: str | Path) -> Path:
         """Write the dictionary directory atomically (temporary sibling, then rename)."""
@@ -404,7 +463,8 @@ class Dictionary(nn.Module):
     def __repr__(self) -> str:
         c = self.cfg
         k = f", k={c.k}" if c.k is not None else ""
-        return f"{type(self).__name__}(kind={c.kind!r}, d_in={c.d_in}, d_dict={c.d_dict}{k}, hook={c.hook!r})"
+        out = f", d_out={c.d_out}, hook_out={c.hook_out!r}" if c.is_transcoder else ""
+        return f"{type(self).__name__}(kind={c.kind!r}, d_in={c.d_in}, d_dict={c.d_dict}{k}, hook={c.hook!r}{out})"
 
 
 #: SAELens' top-level cfg.json fields a saekit file must carry, in SAELens' words.
@@ -419,7 +479,7 @@ def _check_saelens_fields(raw: dict[str, Any], d: Dictionary, where: Path) -> No
     for name, what in _SAELENS_FIELDS.items():
         if name not in raw:
             raise FormatError(f"{where}: field {name!r} missing ({what})")
-    for name in ("d_in", "d_sae", "architecture", "k", "apply_b_dec_to_input", "normalize_activations"):
+    for name in ("d_in", "d_sae", "architecture", "k", "apply_b_dec_to_input", "normalize_activations", "d_out"):
         if name in raw and name in expected and (raw[name] != expected[name]
                                                  or type(raw[name]) is not type(expected[name])):
             mine = {"d_sae": "saekit.d_dict", "architecture": "saekit.kind"}.get(name, f"saekit.{name}")

@@ -21,6 +21,10 @@ from torch import Tensor
 class SparseEncode(torch.autograd.Function):
     """``values = ((x − b_dec) W_enc + b_enc)[b, idx[b, j]]`` with a sparse backward.
 
+    ``b_dec`` is whatever the encoder subtracts from its input: a transcoder passes zeros
+    that need no gradient (its ``b_dec`` lives in the output space), and the gradient
+    returned for them is dropped by autograd.
+
     ``values`` are passed in (gathered from the forward's dense pre-activations, which
     were computed without autograd), so nothing is recomputed.
     """

@@ -32,15 +32,8 @@ import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import DictionaryConfig, register
-from saekit.dictionaries.sae import (
-    BatchTopKOptions,
-    BatchTopKSAE,
-    TopKOptions,
-    TopKSAE,
-    TrainStep,
-    firing_counts,
-    topk_codes,
-)
+from saekit.dictionaries.sae import TopKOptions, TopKSAE, TrainStep, firing_counts, topk_codes
+from saekit.dictionaries.thresholded import BatchTopKOptions, BatchTopKSAE
 
 
 def default_group_sizes(d_dict: int, k: int | None = None) -> list[int]:
@@ -83,9 +76,10 @@ class MatryoshkaMixin:
             out.append(total)
         return out
 
-    def nested_mse(self, x: Tensor, codes: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """``(mean of the prefix MSEs, full reconstruction, each prefix's MSE)``."""
-        x_hat = self.b_dec.expand_as(x)
+    def nested_mse(self, x: Tensor, codes: Tensor, skip: Tensor | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """``(mean of the prefix MSEs, full reconstruction, each prefix's MSE)`` against ``x``
+        (the target); ``skip``, a skip transcoder's skip term, is part of every prefix."""
+        x_hat = self.b_dec.expand_as(x) if skip is None else self.b_dec + skip
         levels, start = [], 0
         for w in self.widths:
             x_hat = x_hat + codes[:, start:w] @ self.W_dec[start:w]
@@ -93,9 +87,11 @@ class MatryoshkaMixin:
             start = w
         return torch.stack(levels).mean(), x_hat, levels
 
-    def nested_step(self, x: Tensor, pre: Tensor, codes: Tensor, dead: Tensor | None) -> TrainStep:
-        loss, x_hat, levels = self.nested_mse(x, codes)
-        aux = self.aux_loss(x, x_hat, pre, dead)  # type: ignore[attr-defined]
+    def nested_step(self, x: Tensor, pre: Tensor, codes: Tensor, dead: Tensor | None,
+                    target: Tensor | None = None) -> TrainStep:
+        y = self._target(x, target)  # type: ignore[attr-defined]
+        loss, x_hat, levels = self.nested_mse(y, codes, self.skip_term(x))  # type: ignore[attr-defined]
+        aux = self.aux_loss(y, x_hat, pre, dead)  # type: ignore[attr-defined]
         return TrainStep(loss + aux, x_hat, firing_counts(codes),
                          {"mse": levels[-1].detach(), "nested_mse": loss.detach(),
                           "first_level_mse": levels[0].detach(), "sparsity": torch.zeros(()), "aux": aux.detach()})
@@ -130,9 +126,10 @@ class MatryoshkaTopKSAE(MatryoshkaMixin, TopKSAE):
 
     Options = MatryoshkaTopKOptions
 
-    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None,
+                   target: Tensor | None = None) -> TrainStep:
         pre = self.pre_acts(x)
-        return self.nested_step(x, pre, topk_codes(pre, self.cfg.k), dead)
+        return self.nested_step(x, pre, topk_codes(pre, self.cfg.k), dead, target)
 
 
 @register("matryoshka_batchtopk")
@@ -141,6 +138,7 @@ class MatryoshkaBatchTopKSAE(MatryoshkaMixin, BatchTopKSAE):
 
     Options = MatryoshkaBatchTopKOptions
 
-    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None) -> TrainStep:
+    def train_step(self, x: Tensor, step: int, dead: Tensor | None = None,
+                   target: Tensor | None = None) -> TrainStep:
         pre = self.pre_acts(x)
-        return self.nested_step(x, pre, self.batch_codes(pre, step), dead)
+        return self.nested_step(x, pre, self.batch_codes(pre, step), dead, target)

@@ -249,6 +249,12 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
             raise TypeError(f"{field_name}[{i}] must be a path, a registry id or a Dictionary, "
                             f"got {type(spec).__name__}")
         where = f"{field_name}[{i}] ({spec if isinstance(spec, (str, Path)) else repr(d)})"
+        if getattr(d.cfg, "is_transcoder", False):
+            # These evaluators perturb or read one hook along W_dec's rows; a transcoder's
+            # rows live at its output hook, not at the hook it encodes.
+            raise ValueError(f"{where} is a transcoder ({d.cfg.hook} -> {d.cfg.output_hook}); this evaluator "
+                             "perturbs one hook along the dictionary's directions and does not support "
+                             "transcoders yet: evaluate it with saekit compare / metrics.spliced.evaluate")
         if d.cfg.hook is not None and d.cfg.hook != hook:
             raise ValueError(f"{where} was fitted on hook {d.cfg.hook!r}, but hook is {hook!r}; set hook to "
                              "the dictionary's hook (its directions live in that hook's space)")

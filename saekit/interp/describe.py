@@ -121,7 +121,8 @@ def logit_lens(model: Any, dictionary: Any, features: Sequence[int], vocab: Sequ
     over the vocabulary, e.g. ``store.token_counts() > 0``) keeps tokens that occur in
     the corpus, which drops the untrained junk rows of large vocabularies."""
     w = dictionary.W_dec.detach()[torch.as_tensor(list(features), dtype=torch.long)]
-    logits = direction_logits(model, dictionary.cfg.hook, w).float()
+    # W_dec's rows live at the output hook (a transcoder's; an SAE's own hook).
+    logits = direction_logits(model, dictionary.cfg.output_hook, w).float()
     if seen is not None:
         allowed = torch.zeros(logits.shape[1], dtype=torch.bool)
         allowed[:len(seen)] = seen[:logits.shape[1]]

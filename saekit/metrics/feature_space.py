@@ -26,15 +26,22 @@ def residual_directions(dictionary: Any, model: HookedModel) -> Tensor:
     A dictionary on ``blocks.L.mlp.hook_post`` maps through the MLP's output matrix
     (``W_dec @ W_out``: what a feature writes into the residual stream); residual-basis
     hooks (``hook_resid_pre|mid|post``, ``hook_mlp_out``) are there already; any other
-    hook raises ValueError.
+    hook raises ValueError. The hook is the one ``W_dec`` writes to: a transcoder's
+    output hook (``cfg.output_hook``), an SAE's own.
     """
-    layer, kind = validate_hook(model, dictionary.cfg.hook)
+    hook = _decoder_hook(dictionary)
+    layer, kind = validate_hook(model, hook)
     w = dictionary.W_dec.detach().float()
     if kind == "mlp.hook_post":
         w = w @ W_out(model, layer).to(w.device, w.dtype)
     elif kind not in RESIDUAL_KINDS:
-        raise ValueError(f"{dictionary.cfg.hook}: no map into the residual stream")
+        raise ValueError(f"{hook}: no map into the residual stream")
     return unit_rows(w)
+
+
+def _decoder_hook(dictionary: Any) -> str:
+    """Where ``W_dec``'s rows live: ``cfg.output_hook`` (a transcoder's output) or ``cfg.hook``."""
+    return getattr(dictionary.cfg, "output_hook", None) or dictionary.cfg.hook
 
 
 def common_space(hook_a: str, hook_b: str, model: HookedModel) -> tuple[str | None, str]:

@@ -1,5 +1,8 @@
 """Evaluate a dictionary spliced into its model: CE/KL recovered and SAEBench's core
-reconstruction metrics on the same tokens (BOS, separators and padding excluded)."""
+reconstruction metrics on the same tokens (BOS, separators and padding excluded).
+A transcoder is scored on its output hook: FVU of the target, CE/KL recovered with the
+output hook (e.g. the MLP's output) replaced by its prediction and ablated for the
+baselines."""
 
 from __future__ import annotations
 
@@ -21,14 +24,19 @@ def evaluate(model: HookedModel, dictionary: Any, tokens: Tensor, batch_size: in
     ``frac_dense`` (firing above 10% of tokens)."""
     with model_lock(model):  # a live-harvest thread may share the model
         # One harvest pass gives the reconstruction metrics and the mean-ablation value.
+        # A transcoder reads its input hook and is scored on (and ablated at) its output
+        # hook; for an SAE both are cfg.hook.
+        hook_in = dictionary.cfg.hook
+        hook_out = getattr(dictionary.cfg, "output_hook", None) or hook_in
         stats = StreamingStats()
         d = dictionary.W_dec
-        total = torch.zeros(dictionary.cfg.d_in, dtype=torch.float64, device=d.device)
-        for acts in iter_harvest(model, [dictionary.cfg.hook], tokens, batch_size):
-            x = acts[dictionary.cfg.hook].to(d.device, d.dtype)
-            total += x.double().sum(0)
-            codes = dictionary.encode(x)
-            stats.update(x, dictionary.decode(codes), dictionary.active(codes))
+        total = torch.zeros(d.shape[1], dtype=torch.float64, device=d.device)
+        for acts in iter_harvest(model, list(dict.fromkeys([hook_in, hook_out])), tokens, batch_size):
+            x = acts[hook_in].to(d.device, d.dtype)
+            y = acts[hook_out].to(d.device, d.dtype)
+            total += y.double().sum(0)
+            codes, y_hat = dictionary.reconstruct(x)  # a skip transcoder needs x too
+            stats.update(y, y_hat, dictionary.active(codes))
         mean = (total / max(stats.n_tokens, 1)).float()
         rec = ce_kl_recovered(model, dictionary, tokens, batch_size=batch_size, mean=mean)
     out = rec._asdict()

@@ -35,20 +35,35 @@ def fit(data: Any, kind: str, d_dict: int, k: int | None = None, batch_size: int
     feature is dead for AuxK; default: :func:`~saekit.training.schedule.default_dead_tokens`), ``device``, and
     the kind's own hyperparameters (``aux_coefficient``, ``l1_coefficient``, ...).
 
+    Transcoders: ``target`` (a ``[n, d_out]`` tensor, row i the activation the model
+    produced at the output hook on the token of ``data``'s row i) makes an SAE kind a
+    transcoder from ``data`` to ``target``; ``hook_out`` records the output hook (checked
+    against ``model`` like ``hook``); ``skip=True`` adds the skip term ``x W_skipᵀ``.
+    Every SAE kind can transcode; SNMF and NMF cannot.
+
+    >>> tc = saekit.fit(x, kind="topk", d_dict=4096, k=32, target=y, skip=True)   # doctest: +SKIP
+
     Checked before any work: ``kind``, every keyword (an unknown one is an error that
     lists all of ``fit``'s keywords for that kind), and, when ``model`` is a loaded
     model and ``hook`` is given, that the hook exists and its width is the data's.
     """
     if kind not in REGISTRY:
         raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
+    if kind in FITTED and (kwargs.get("target") is not None or kwargs.get("hook_out") is not None):
+        raise ValueError(f"kind {kind!r} cannot be a transcoder (target=/hook_out=); train one of the SAE "
+                         "kinds (relu, topk, batchtopk, jumprelu, matryoshka_topk, matryoshka_batchtopk)")
     check_keywords(kind, kwargs)
     data = as_rows(data)
-    if hook is not None and model is not None and not isinstance(model, str):
-        width = hook_width(model, hook)  # an unknown hook raises here, listing the valid ones
-        if data.ndim == 2 and data.shape[1] != width:
-            raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the data "
-                             f"has d_in={data.shape[1]} (shape {tuple(data.shape)}): activations of "
-                             "another hook or model?")
+    if model is not None and not isinstance(model, str):
+        target = kwargs.get("target")
+        for h, rows, what in ((hook, data, "data has d_in"), (kwargs.get("hook_out"), target, "target has d_out")):
+            if h is None:
+                continue
+            width = hook_width(model, h)  # an unknown hook raises here, listing the valid ones
+            if getattr(rows, "ndim", 0) == 2 and rows.shape[1] != width:
+                raise ValueError(f"hook {h!r} of {model_name(model)} has width {width}, but the {what}="
+                                 f"{rows.shape[1]} (shape {tuple(rows.shape)}): activations of "
+                                 "another hook or model?")
     if kind in FITTED:
         d = fit_snmf(data, d_dict, kind=kind, k=k, seed=seed, hook=hook, model=model, progress=progress, **kwargs)
         if out is not None:

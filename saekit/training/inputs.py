@@ -3,12 +3,18 @@
 The SAE trainer (:mod:`saekit.training.trainer`) and the SNMF fitter
 (:mod:`saekit.training.snmf`) take the same data (a tensor, an activation cache or a
 live stream) and record the same provenance of it (hook, model, processing) in the
-dictionary they make; this is that shared first step.
+dictionary they make; this is that shared first step. A transcoder's targets are
+checked here too (:func:`check_target`), and the trainer's scaling of inputs and
+targets (:func:`input_scale`) lives beside it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from saekit.activations.stream import as_rows
 from saekit.dictionaries.base import DictionaryConfig
@@ -49,3 +55,40 @@ def rows_and_config(data: Any, kind: str, d_dict: int, k: int | None, hook: str 
     cfg = DictionaryConfig(kind=kind, d_in=rows.shape[1], d_dict=d_dict, k=k, hook=hook,
                            **source_fields(model, processing), **fields)
     return rows, cfg
+
+
+def input_scale(sample: Tensor, input_norm: str) -> float:
+    """The factor making E‖x − x̄‖² = width on ``sample`` (1 without ``scalar`` norm).
+    Centred: an offset shared by every token (b_dec's job) must not shrink the part the
+    features explain, or the sparsity coefficients bite harder the larger the offset."""
+    if input_norm != "scalar":
+        return 1.0
+    energy = (sample - sample.mean(0)).pow(2).sum(1).mean().item()
+    return math.sqrt(sample.shape[1] / max(energy, 1e-30))
+
+
+def variance(x: Tensor) -> Tensor:
+    """Mean squared deviation from the batch mean per row (FVU's denominator)."""
+    return (x - x.mean(0)).pow(2).sum(1).mean()
+
+
+def check_target(target: Any, data: Any) -> Tensor:
+    """A transcoder's targets: a finite floating ``[n, d_out]`` tensor with ``data``'s rows
+    (a tensor too: targets are indexed row for row with the inputs), or a ValueError that
+    names the problem."""
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a [n, d_out] tensor of output activations, got {type(target).__name__}")
+    if not isinstance(data, Tensor):
+        raise ValueError("a transcoder trains from tensors (data and target in memory): pass data as a "
+                         f"[n, d_in] tensor, not {type(data).__name__}; an activation cache or a live "
+                         "stream of two hooks is not supported yet")
+    if target.ndim != 2 or not target.is_floating_point():
+        raise ValueError(f"target must be a floating-point [n, d_out] tensor, got shape {tuple(target.shape)} "
+                         f"dtype {target.dtype}")
+    if data.ndim == 2 and len(target) != len(data):
+        raise ValueError(f"target has {len(target):,} rows but data has {len(data):,}: row i of target must be "
+                         "the output paired with row i of data (harvest both hooks in one pass)")
+    bad = int((~torch.isfinite(target)).any(1).sum())
+    if bad:
+        raise ValueError(f"target contains NaN or inf activations ({bad:,} of {len(target):,} rows)")
+    return target

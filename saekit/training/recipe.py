@@ -72,7 +72,8 @@ def run_recipe(recipe: TrainConfig | str | Path | None, out: str | Path | None =
     runs = cfg.runs()
     if rank == 0:
         _claim(root, cfg, runs, resume, overwrite)
-    hooks = list(dict.fromkeys(c.hook for _, c in runs))
+    # A transcoder's output hook is harvested in the same pass as its input hook.
+    hooks = list(dict.fromkeys(h for _, c in runs for h in (c.hook, c.hook_out) if h is not None))
     if any(c.kind in FITTED for _, c in runs) and cfg.stream:
         raise ValueError(f"{recipe}: kind {runs[0][1].kind!r} is fitted by exact passes over the data, "
                          "which a live stream cannot replay cheaply: harvest a cache (`saekit harvest`) "
@@ -89,11 +90,12 @@ def run_recipe(recipe: TrainConfig | str | Path | None, out: str | Path | None =
             jobs.append((_Fit(data[c.hook], c, model, processing),
                          dict(out=out_run, eval_fn=eval_fn, checkpoint_every=c.checkpoint_every)))
             continue
+        transcoder = {} if c.hook_out is None else {"target": data[c.hook_out], "hook_out": c.hook_out}
         trainer = Trainer(data[c.hook], c.kind, c.d_dict, c.k, c.batch_size, c.seed, c.hook, model,
                           lr=c.lr, n_tokens=min(c.n_tokens, len(data[c.hook])), warmup_steps=c.warmup_steps,
                           decay_start=c.decay_start, input_norm=c.input_norm, b_dec_init=c.b_dec_init,
                           dead_tokens=c.dead_tokens, device=c.device, processing=processing,
-                          autocast=c.autocast, compile=c.compile, **c.options)
+                          autocast=c.autocast, compile=c.compile, **transcoder, **c.options)
         if resume and (out_run / CHECKPOINT).exists():
             trainer.load_checkpoint(out_run / CHECKPOINT)
             log(f"resuming {out_run} at step {trainer.step} of {trainer.steps}")

@@ -15,6 +15,15 @@ Resumable: every random choice is a function of ``(seed, step)`` (each epoch's
 data order comes from its own seeded generator), so a checkpoint needs only the
 parameters, the optimizer's moments, the dead-feature counters and the step. A
 resumed run ends with exactly the weights of an uninterrupted one (fp32, CPU).
+
+Transcoders (``target``): the rows of ``target [n, d_out]`` are the outputs paired with
+``data``'s rows; a batch indexes both with the same rows, so the order (and resume)
+is unchanged. Input and target are scaled separately, each to E‖· − mean‖² = its width,
+and both scales are folded into the saved weights (:meth:`SAE.fold_input_scale`).
+``b_dec`` starts at the target's geometric median, the encoder at random unit
+directions of the input space with ``b_enc = −m W_enc`` (``m`` the input's geometric
+median, so pre-activations start centred without subtracting anything from the input),
+and FVU is the target's.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from saekit.dictionaries.sae import SAE
 from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
 from saekit.models import resolve_device
-from saekit.training.inputs import rows_and_config
+from saekit.training.inputs import check_target, input_scale, rows_and_config, variance
 from saekit.training.schedule import default_dead_tokens, default_lr, default_schedule
 from saekit.version import provenance
 
@@ -66,6 +75,8 @@ class Trainer:
     ``ActivationCache`` of one hook (read memory-mapped, shuffled batches gathered
     across shards). Other parameters match :func:`fit`; ``out`` is the run directory
     (``metrics.jsonl``, ``checkpoint/``, and the final dictionary in ``dictionary/``).
+    ``target`` (a ``[n, d_out]`` tensor, row i the output paired with ``data``'s row i)
+    makes the dictionary a transcoder; ``hook_out`` records the hook it came from.
     """
 
     def __init__(self, data: Tensor, kind: str, d_dict: int, k: int | None = None,
@@ -75,23 +86,32 @@ class Trainer:
                  decay_start: float = 0.8, input_norm: str = "scalar",
                  b_dec_init: str = "geometric_median", dead_tokens: int | None = None,
                  device: Any = None, processing: str | None = None, autocast: bool = False,
-                 compile: bool = False, **options: Any):
+                 compile: bool = False, target: Tensor | None = None, hook_out: str | None = None,
+                 **options: Any):
         if kind not in REGISTRY:
             raise ValueError(f"unknown dictionary kind {kind!r}; available: {sorted(REGISTRY)}")
         if input_norm not in ("scalar", "none"):
             raise ValueError(f"input_norm for training must be 'scalar' or 'none', got {input_norm!r}")
         if b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ValueError(f"b_dec_init must be geometric_median, mean or zeros, got {b_dec_init!r}")
+        if target is None and hook_out is not None:
+            raise ValueError(f"hook_out={hook_out!r} names a transcoder's output, but no target was given")
+        fields: dict[str, Any] = {}
+        if target is not None:
+            target = check_target(target, data)
+            fields = {"d_out": target.shape[1], "hook_out": hook_out}
         data, cfg = rows_and_config(data, kind, d_dict, k, hook, model, processing, input_norm=input_norm,
-                                    options=options)
+                                    options=options, **fields)
         if isinstance(data, Tensor) and not torch.isfinite(data).all():
             raise ValueError("data contains NaN or inf activations")
+        self.target = target
         self.data = data
         self.streaming = isinstance(data, LiveStream)
         self._stream: Any = None
         n, d_in = data.shape
         self.dev = resolve_device(device)
-        if not getattr(REGISTRY[kind], "TRAINABLE", False) or cfg.options.get("apply_b_dec_to_input") is False:
+        if not getattr(REGISTRY[kind], "TRAINABLE", False) or (
+                cfg.options.get("apply_b_dec_to_input") is False and not cfg.is_transcoder):
             raise ValueError(f"kind {kind!r} with options {options} loads and runs but does not train in saekit "
                              "(gated, or apply_b_dec_to_input=False as in Gemma Scope checkpoints)")
         if not self.streaming and n_tokens is None and epochs is None:
@@ -123,19 +143,24 @@ class Trainer:
                                  "load more text")
             sample = data.sample(min(n, 8192)).to(self.dev, torch.float32)
         else:
-            sample = data[torch.randperm(n, generator=gen)[:min(n, 8192)]].to(self.dev, torch.float32)
-        # Centred: an offset shared by every token (b_dec's job) must not shrink the part
-        # the features explain, or the sparsity coefficients bite harder the larger the offset.
-        energy = (sample - sample.mean(0)).pow(2).sum(1).mean().item()
-        self.scale = math.sqrt(d_in / max(energy, 1e-30)) if input_norm == "scalar" else 1.0
+            rows = torch.randperm(n, generator=gen)[:min(n, 8192)]
+            sample = data[rows].to(self.dev, torch.float32)
+        self.scale = input_scale(sample, input_norm)
         sample = sample * self.scale
         self.sample = sample  # kept to calibrate what needs the trained dictionary (finish)
+        target_sample = sample
+        self.target_scale = self.scale
+        if target is not None:
+            target_sample = target[rows].to(self.dev, torch.float32)
+            self.target_scale = input_scale(target_sample, input_norm)
+            target_sample = target_sample * self.target_scale
         self.sae.to(self.dev)
         with torch.no_grad():
-            if b_dec_init == "geometric_median":
-                self.sae.b_dec.copy_(geometric_median(sample))
-            elif b_dec_init == "mean":
-                self.sae.b_dec.copy_(sample.mean(0))
+            centre = {"geometric_median": geometric_median, "mean": lambda t: t.mean(0)}.get(b_dec_init)
+            if centre is not None:
+                self.sae.b_dec.copy_(centre(target_sample))
+                if target is not None:  # the encoder reads raw inputs: centre them through b_enc
+                    self.sae.b_enc.copy_(-(centre(sample) @ self.sae.W_enc))
         # fused: one kernel for all parameters (on a 2-core CPU, 8x faster than the default).
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.step = 0
@@ -160,6 +185,11 @@ class Trainer:
     def batch(self, step: int) -> Tensor:
         """Rows of step ``step``: epoch e's order is a permutation seeded by (seed, e); a
         live stream is read in order (replayed up to ``step`` after a resume)."""
+        return self.batch_pair(step)[0]
+
+    def batch_pair(self, step: int) -> tuple[Tensor, Tensor | None]:
+        """``(inputs, targets)`` of step ``step``, scaled: the same rows of ``data`` and of
+        ``target`` (targets None for an SAE)."""
         if self.streaming:
             if self._stream is None:
                 self._stream = self.data.batches(skip=step)
@@ -167,7 +197,7 @@ class Trainer:
             if self.world > 1:
                 per = self.batch_size // self.world
                 x = x[self.rank * per:(self.rank + 1) * per]
-            return x.to(self.dev, torch.float32, non_blocking=True) * self.scale
+            return x.to(self.dev, torch.float32, non_blocking=True) * self.scale, None
         n = len(self.data)
         rows = []
         pos, need = step * self.batch_size, self.batch_size
@@ -183,21 +213,24 @@ class Trainer:
         if self.world > 1:
             per = self.batch_size // self.world
             idx = idx[self.rank * per:(self.rank + 1) * per]
-        return self.data[idx].to(self.dev, torch.float32, non_blocking=True) * self.scale
+        x = self.data[idx].to(self.dev, torch.float32, non_blocking=True) * self.scale
+        if self.target is None:
+            return x, None
+        return x, self.target[idx].to(self.dev, torch.float32, non_blocking=True) * self.target_scale
 
     # -- training ------------------------------------------------------------------
 
     def train_step(self, metrics: bool = True) -> dict[str, float] | None:
         """One optimizer step; the metrics (which synchronise with a GPU) only if asked."""
         sae, step = self.sae, self.step
-        x = self.batch(step)
+        x, y = self.batch_pair(step)
         if isinstance(self.data, CacheRows) and not torch.isfinite(x).all():
             raise ValueError(f"NaN/inf activations in the batch of step {step} (cache {self.data.cache.path})")
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
         # bf16 autocast: matmuls in bf16, parameters, optimizer state and the loss in fp32.
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self._step_fn(x, step, dead=self.since_fired > self.dead_after)
+            out = self._step_fn(x, step, dead=self.since_fired > self.dead_after, target=y)
         if not torch.isfinite(out.loss):
             raise FloatingPointError(f"{sae.cfg.kind} loss became {out.loss.item()} at step {step}; "
                                      "the last checkpoint (if any) is intact")
@@ -228,7 +261,7 @@ class Trainer:
         if not metrics:
             return None
         return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()},
-                "fvu": (out.terms["mse"] / (x - x.mean(0)).pow(2).sum(1).mean()).item(),
+                "fvu": (out.terms["mse"] / variance(x if y is None else y)).item(),
                 "l0": counts.sum().item() / self.batch_size, "lr": self.lr_at(step),
                 "dead_pct": 100 * (self.since_fired > self.dead_after).double().mean().item()}
 
@@ -243,7 +276,7 @@ class Trainer:
             sae.calibrate_threshold(self.sample)
         sae.normalize_decoder()
         if sae.cfg.input_norm == "scalar":
-            sae.fold_input_scale(self.scale)
+            sae.fold_input_scale(self.scale, self.target_scale)
         return sae
 
     def run(self, out: str | Path | None = None, *, checkpoint_every: int = 0, log_every: int = 50,
@@ -326,6 +359,7 @@ class Trainer:
         sae.cfg.metadata.update({"steps": self.steps, "tokens": self.steps * self.batch_size,
                                  "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
                                  "input_scale": self.scale, "train_seconds": round(self.train_seconds, 2),
+                                 **({"target_scale": self.target_scale} if self.target is not None else {}),
                                  **provenance()})
         sae.eval()
         if path is not None:
@@ -345,6 +379,8 @@ class Trainer:
         meta = {"step": self.step, "seen": self.seen, "scale": self.scale,
                 "train_seconds": self.train_seconds, "steps": self.steps,
                 "config": self.sae.cfg.to_dict()}
+        if self.target is not None:
+            meta["target_scale"] = self.target_scale
         return tensors, meta
 
     def save_checkpoint(self, path: Path) -> None:
@@ -381,6 +417,12 @@ class Trainer:
         self.fired = tensors["fired"]
         self.step, self.seen = meta["step"], meta["seen"]
         self.scale, self.train_seconds = meta["scale"], meta["train_seconds"]
+        if self.target is not None:
+            ts = meta.get("target_scale")
+            if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts) or ts <= 0:
+                raise ValueError(f"{path / checkpoint.STATE_JSON}: field 'target_scale' must be a positive "
+                                 f"finite number for a transcoder's checkpoint, got {ts!r}")
+            self.target_scale = float(ts)
 
 
 def _step_of(line: str) -> int | None:

@@ -1,0 +1,264 @@
+"""Transcoders and skip transcoders: recovery on a synthetic sparse map, the skip term,
+the format on disk, resume, splice on the demo LM, bad targets, and `saekit train`."""
+
+import json
+
+import pytest
+import torch
+from conftest import DEMO_LM, ROOT
+
+import saekit
+from saekit.dictionaries import REGISTRY, DictionaryConfig, load_dictionary
+from saekit.metrics import fvu
+from saekit.metrics.downstream import ce_kl_recovered
+from saekit.metrics.spliced import evaluate
+from saekit.training.trainer import Trainer
+
+HOOK_IN, HOOK_OUT = "blocks.2.hook_resid_mid", "blocks.2.hook_mlp_out"
+KINDS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka_topk", "matryoshka_batchtopk"]
+
+
+def sparse_map(n=24_000, n_features=48, d_in=24, d_out=32, p=0.06, noise=0.02, seed=0):
+    """x = Σ f_i a_i d_i, y = Σ f_i a_i e_i + noise, with known unit d_i (input) and e_i
+    (output): each sparse input feature writes its own output direction."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(n_features, d_in, generator=g)
+    e = torch.randn(n_features, d_out, generator=g)
+    d, e = d / d.norm(dim=1, keepdim=True), e / e.norm(dim=1, keepdim=True)
+    fire = torch.rand(n, n_features, generator=g) < p
+    a = fire * (0.5 + torch.rand(n, n_features, generator=g))
+    x = a @ d
+    y = a @ e + noise * torch.randn(n, d_out, generator=g)
+    return x, y, a, d, e
+
+
+def best_match(learned, true):
+    """Per true direction: (max cosine over learned rows, index of that row)."""
+    cos = (true / true.norm(dim=1, keepdim=True)) @ (learned / learned.norm(dim=1, keepdim=True)).T
+    return cos.max(1)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    x, y, a, d, e = sparse_map()
+    tc = saekit.fit(x, kind="topk", d_dict=96, k=6, target=y, epochs=6, seed=0)
+    return x, y, a, d, e, tc
+
+
+def test_recovers_output_directions_and_input_selectivity(synthetic):
+    x, y, a, d, e, tc = synthetic
+    assert tc.cfg.is_transcoder and (tc.cfg.d_in, tc.cfg.d_out) == (24, 32)
+    assert tuple(tc.W_dec.shape) == (96, 32) and tuple(tc.W_enc.shape) == (24, 96)
+    torch.testing.assert_close(tc.W_dec.norm(dim=1), torch.ones(96))
+    cos, which = best_match(tc.W_dec.detach(), e)
+    # Measured: MMCS 0.989 (min 0.974), selectivity 0.91, encoder cosine 0.68, FVU 0.15
+    # (an SAE on x alone reaches FVU 0.075: the transcoder must infer y's features from a
+    # superposed x, 48 features in 24 dimensions).
+    assert cos.mean() > 0.95 and cos.min() > 0.9, cos  # MMCS of the output side
+    # Input side: the feature whose decoder matches e_i must fire on the tokens where
+    # feature i is active, in proportion to its magnitude (the encoder's selectivity).
+    with torch.no_grad():
+        codes = tc.encode(x[:6000])
+    sel = [torch.corrcoef(torch.stack([codes[:, j], a[:6000, i]]))[0, 1] for i, j in enumerate(which.tolist())]
+    sel = torch.stack(sel)
+    assert sel.mean() > 0.85, sel
+    # ... and its encoder column points along d_i more than along a random direction.
+    enc_cos = (tc.W_enc.detach().T[which] / tc.W_enc.detach().T[which].norm(dim=1, keepdim=True) * d).sum(1)
+    assert enc_cos.mean() > 0.5, enc_cos  # random: about 1 / sqrt(24) = 0.2
+    with torch.no_grad():
+        assert fvu(y, tc(x)) < 0.25
+
+
+def test_an_sae_on_the_input_does_not_recover_the_output_directions(synthetic):
+    """The test above can fail: decoder rows of a dictionary fitted to x live in the
+    wrong space and do not match e_i."""
+    x, y, a, d, e, _ = synthetic
+    sae = saekit.fit(x, kind="topk", d_dict=96, k=6, epochs=2, seed=0)
+    rand = torch.randn(96, 32)
+    assert best_match(rand, e)[0].mean() < 0.6
+    assert best_match(sae.W_dec.detach(), d)[0].mean() > 0.9  # it does find the input side
+
+
+def test_skip_transcoder_learns_a_dense_linear_part():
+    x, y_sparse, *_ = sparse_map(n=16_000, seed=1)
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(5)) / 24 ** 0.5 * 2
+    y = x @ A + y_sparse
+    plain = saekit.fit(x, kind="topk", d_dict=64, k=4, target=y, epochs=4, seed=0)
+    skip = saekit.fit(x, kind="topk", d_dict=64, k=4, target=y, epochs=4, seed=0, skip=True)
+    with torch.no_grad():
+        f_plain, f_skip = fvu(y, plain(x)), fvu(y, skip(x))
+        assert skip.W_skip is not None and plain.W_skip is None
+        # decode without x is the sparse part; with x it adds the skip term
+        codes = skip.encode(x[:10])
+        torch.testing.assert_close(skip.decode(codes, x[:10]), skip.decode(codes) + x[:10] @ skip.W_skip.T)
+        torch.testing.assert_close(skip.reconstruct(x[:10])[1], skip(x[:10]))
+    assert f_skip < 0.5 * f_plain, (f_skip, f_plain)
+    # W_skip [d_out, d_in] found the dense map (skip = x W_skipᵀ), mostly
+    assert torch.nn.functional.cosine_similarity(skip.W_skip.detach().T.flatten(), A.flatten(), dim=0) > 0.8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("skip", [False, True])
+def test_every_sae_kind_transcodes_and_round_trips(kind, skip, tmp_path):
+    x, y, *_ = sparse_map(n=4096, seed=2)
+    k = None if kind in ("relu", "jumprelu") else 6
+    tc = saekit.fit(x, kind=kind, d_dict=64, k=k, target=y, n_tokens=8192, batch_size=512, skip=skip,
+                    hook=HOOK_IN, hook_out=HOOK_OUT)
+    assert tc.cfg.options["apply_b_dec_to_input"] is False  # the encoder reads raw x
+    torch.testing.assert_close(tc.W_dec.norm(dim=1), torch.ones(64), rtol=1e-4, atol=1e-4)
+    tc.save(tmp_path / "tc")
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert cfg["d_out"] == 32 and cfg["saekit"]["d_out"] == 32 and cfg["saekit"]["hook_out"] == HOOK_OUT
+    assert cfg["metadata"]["hook_name_out"] == HOOK_OUT and cfg["apply_b_dec_to_input"] is False
+    back = load_dictionary(tmp_path / "tc")
+    assert back.cfg.to_dict() == tc.cfg.to_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x[:64]), tc(x[:64]))
+    if skip:
+        assert "W_skip" in back.state_dict()
+
+
+def test_old_files_without_the_transcoder_fields_still_load(tmp_path):
+    sae = saekit.fit(torch.randn(2048, 8), kind="topk", d_dict=16, k=2, n_tokens=2048, batch_size=256)
+    sae.save(tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "cfg.json").read_text())
+    for name in ("hook_out", "d_out"):
+        del cfg["saekit"][name]
+    (tmp_path / "d" / "cfg.json").write_text(json.dumps(cfg))
+    back = load_dictionary(tmp_path / "d")
+    assert not back.cfg.is_transcoder and back.cfg.output_hook is None
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="kind 'snmf' cannot be a transcoder"):
+        DictionaryConfig(kind="snmf", d_in=8, d_dict=4, d_out=6)
+    with pytest.raises(ValueError, match="hook_out=.*needs d_out"):
+        DictionaryConfig(kind="topk", d_in=8, d_dict=4, k=2, hook_out=HOOK_OUT)
+    with pytest.raises(ValueError, match="option skip=True needs a transcoder"):
+        saekit.fit(torch.randn(512, 8), kind="topk", d_dict=16, k=2, skip=True, n_tokens=512)
+    with pytest.raises(ValueError, match="kind 'snmf' cannot be a transcoder"):
+        saekit.fit(torch.randn(512, 8), kind="snmf", d_dict=4, target=torch.randn(512, 6))
+
+
+def test_a_bad_target_is_refused_clearly():
+    x = torch.randn(1024, 8)
+    with pytest.raises(ValueError, match=r"target has 1,000 rows but data has 1,024"):
+        saekit.fit(x, kind="topk", d_dict=16, k=2, target=torch.randn(1000, 6))
+    bad = torch.randn(1024, 6)
+    bad[7, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"target contains NaN or inf activations \(1 of 1,024 rows\)"):
+        saekit.fit(x, kind="topk", d_dict=16, k=2, target=bad)
+    with pytest.raises(ValueError, match=r"target must be a floating-point \[n, d_out\] tensor, got shape \(1024,\)"):
+        saekit.fit(x, kind="topk", d_dict=16, k=2, target=torch.randn(1024))
+    with pytest.raises(ValueError, match="hook_out=.*no target"):
+        saekit.fit(x, kind="topk", d_dict=16, k=2, hook_out=HOOK_OUT)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    x, y, *_ = sparse_map(n=4096, seed=3)
+    kw = dict(n_tokens=8192, batch_size=256, target=y, skip=True)
+    full = Trainer(x, "batchtopk", 32, 4, **kw)
+    for _ in range(full.steps):
+        full.train_step(metrics=False)
+    part = Trainer(x, "batchtopk", 32, 4, **kw)
+    for _ in range(full.steps // 2):
+        part.train_step(metrics=False)
+    part.save_checkpoint(tmp_path / "ckpt")
+    resumed = Trainer(x, "batchtopk", 32, 4, **kw)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.target_scale == part.target_scale != resumed.scale
+    for _ in range(resumed.step, resumed.steps):
+        resumed.train_step(metrics=False)
+    for (name, a), b in zip(full.sae.state_dict().items(), resumed.sae.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+# -- on the demo LM ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp_pair(demo_model, demo_tokens):
+    acts = saekit.harvest(demo_model, [HOOK_IN, HOOK_OUT], demo_tokens, batch_size=16)
+    return acts[HOOK_IN], acts[HOOK_OUT]
+
+
+@pytest.fixture(scope="module")
+def demo_transcoder(demo_model, mlp_pair):
+    x, y = mlp_pair
+    return saekit.fit(x, kind="topk", d_dict=512, k=16, target=y, epochs=4, batch_size=256,
+                      hook=HOOK_IN, hook_out=HOOK_OUT, model=demo_model)
+
+
+def test_splice_replaces_the_mlp_output(demo_model, demo_tokens, demo_transcoder):
+    toks = demo_tokens[:4]
+    with torch.no_grad():
+        clean = demo_model(toks)
+        with saekit.splice(demo_model, demo_transcoder, error_term=True):
+            same = demo_model(toks)
+        with saekit.splice(demo_model, demo_transcoder, error_term=True, edit=lambda c: c):
+            same_edit = demo_model(toks)
+        with saekit.splice(demo_model, demo_transcoder):
+            spliced = demo_model(toks)
+        got = {}
+        with saekit.splice(demo_model, demo_transcoder), demo_model.hooks(fwd_hooks=[
+                (HOOK_OUT, lambda a, hook: got.setdefault("out", a.clone())),
+                (HOOK_IN, lambda a, hook: got.setdefault("in", a.clone()))]):
+            demo_model(toks)
+    torch.testing.assert_close(same, clean)
+    torch.testing.assert_close(same_edit, clean, rtol=1e-4, atol=1e-4)
+    assert (spliced - clean).abs().max() > 1e-3
+    # the output hook holds the prediction from the input hook of the same pass; BOS untouched
+    pred = demo_transcoder(got["in"])
+    torch.testing.assert_close(got["out"][:, 1:], pred[:, 1:], rtol=1e-4, atol=1e-4)
+
+
+def test_ce_recovered_of_a_trained_transcoder(demo_model, demo_tokens, demo_transcoder):
+    toks = demo_tokens[:16]
+    rec = ce_kl_recovered(demo_model, demo_transcoder, toks)
+    assert rec.ce_recovered_zero > 0.5 and rec.ce_recovered_mean > 0.3, rec
+    # an untrained transcoder (random weights) recovers far less
+    untrained = saekit.fit(torch.randn(256, 128), kind="topk", d_dict=512, k=16, target=torch.randn(256, 128),
+                           n_tokens=256, batch_size=256, lr=1e-12, hook=HOOK_IN, hook_out=HOOK_OUT)
+    assert ce_kl_recovered(demo_model, untrained, toks).ce_recovered_zero < rec.ce_recovered_zero - 0.3
+    out = evaluate(demo_model, demo_transcoder, toks)
+    assert 0 < out["fvu"] < 0.5 and abs(out["l0"] - 16) < 1
+    assert out["ce_recovered_zero"] == pytest.approx(rec.ce_recovered_zero)
+
+
+def test_check_dictionary_fits_checks_both_hooks(demo_model, demo_transcoder):
+    from saekit.models import check_dictionary_fits
+
+    assert check_dictionary_fits(demo_model, demo_transcoder) == HOOK_OUT
+    cfg = demo_transcoder.cfg.to_dict()
+    wrong_width = REGISTRY["topk"](DictionaryConfig(**{**cfg, "hook_out": "blocks.2.mlp.hook_post"}))
+    with pytest.raises(ValueError, match=r"output hook 'blocks.2.mlp.hook_post' .* width 512, but the transcoder "
+                                         r"predicts d_out=128"):
+        check_dictionary_fits(demo_model, wrong_width)
+    backwards = REGISTRY["topk"](DictionaryConfig(**{**cfg, "hook_out": "blocks.1.hook_mlp_out"}))
+    with pytest.raises(ValueError, match="runs before its input hook"):
+        check_dictionary_fits(demo_model, backwards)
+
+
+def test_harvest_based_code_sees_an_ordinary_dictionary(demo_model, mlp_pair, demo_transcoder):
+    """Auto-interp and the evaluators call encode on cfg.hook's activations: unchanged."""
+    x, _ = mlp_pair
+    codes = demo_transcoder.encode(x[:100])
+    assert codes.shape == (100, 512) and 15 < demo_transcoder.active(codes).sum(1).float().mean() <= 16
+
+
+def test_saekit_train_recipe_end_to_end(tmp_path):
+    from saekit.cli import main
+
+    rc = main(["train", str(ROOT / "train" / "demo_transcoder.toml"), "--out", str(tmp_path),
+               "--set", f'model="{DEMO_LM}"', "--set", "n_tokens=32768", "--set", "batch_size=256",
+               "--set", "d_dict=256", "--set", "checkpoint_every=0", "--set", "eval_tokens=2048",
+               "--set", "options.skip=true"])
+    assert rc == 0
+    tc = load_dictionary(tmp_path / "dictionary")
+    assert (tc.cfg.hook, tc.cfg.hook_out, tc.cfg.d_in, tc.cfg.d_out) == (HOOK_IN, HOOK_OUT, 128, 128)
+    assert tc.W_skip is not None and tc.cfg.metadata["target_scale"] > 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["ce_recovered_zero"] > 0 and ev["fvu"] < 1
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    fvus = [r["fvu"] for r in lines if "fvu" in r]  # training lines (eval lines hold "eval")
+    assert fvus[-1] < fvus[0]
