@@ -188,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_interp_parser(sub)
 
-    p = sub.add_parser("convert", help="write a dictionary (any format read) as saekit, saelens or sparsify")
+    p = sub.add_parser("convert", help="write a dictionary (any format read) as saekit, saelens, sparsify or circuit_tracer")
     p.add_argument("src", help="dictionary: a path in any format saekit reads, RELEASE/ID or hf://")
     p.add_argument("dst", help="directory to write")
-    p.add_argument("--to", required=True, choices=["saekit", "saelens", "sparsify"])
+    p.add_argument("--to", required=True, choices=["saekit", "saelens", "sparsify", "circuit_tracer"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     p.set_defaults(fn=_cmd_convert)
 

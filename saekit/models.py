@@ -355,6 +355,10 @@ def check_dictionary_fits(model: HookedModel, dictionary: Any) -> str:
     if not hook:
         raise ValueError(f"{dictionary!r} has no recorded hook, so it cannot be spliced; "
                          "set dictionary.cfg.hook (or pass hook= when fitting)")
+    if getattr(cfg, "is_transcoder", False) and cfg.hook_out is None:
+        raise ValueError(f"{dictionary!r} is a transcoder without a recorded output hook, so saekit cannot "
+                         "tell which activation it replaces; set dictionary.cfg.hook_out (or pass "
+                         "hook_out= when fitting; SAELens' files do not record it)")
     width = hook_width(model, hook)
     if width != cfg.d_in:
         raise ValueError(f"hook {hook!r} of {model_name(model)} has width {width}, but the "

@@ -200,7 +200,7 @@ def test_each_kind_declares_typed_documented_options_beside_its_class():
 
 def test_options_are_validated_by_kind():
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['l1_coefficient'\] for kind 'topk'; allowed: "
-                                         r"\['apply_b_dec_to_input', 'aux_coefficient', 'aux_k'\]"):
+                                         r"\['apply_b_dec_to_input', 'aux_coefficient', 'aux_k', 'skip'\]"):
         DictionaryConfig("topk", 8, 16, k=2, options={"l1_coefficient": 1.0})
     with pytest.raises(ValueError, match=r"option 'aux_k' of kind 'topk' must be int \| None, got 2.5"):
         DictionaryConfig("topk", 8, 16, k=2, options={"aux_k": 2.5})

@@ -262,3 +262,134 @@ def test_saekit_train_recipe_end_to_end(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     fvus = [r["fvu"] for r in lines if "fvu" in r]  # training lines (eval lines hold "eval")
     assert fvus[-1] < fvus[0]
+
+
+def test_export_to_saelens_uses_its_transcoder_architectures(tmp_path):
+    from safetensors.torch import load_file
+
+    from saekit.formats import export
+
+    x, y, *_ = sparse_map(n=2048, seed=4)
+    relu = saekit.fit(x, kind="relu", d_dict=32, target=y, skip=True, n_tokens=2048, batch_size=512)
+    export(relu, tmp_path / "sl", to="saelens")
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert (cfg["architecture"], cfg["d_in"], cfg["d_out"], cfg["apply_b_dec_to_input"]) == ("skip_transcoder", 24, 32, False)
+    assert "saekit" not in cfg
+    t = load_file(str(tmp_path / "sl" / "sae_weights.safetensors"))
+    assert t["W_skip"].shape == (32, 24) and t["W_dec"].shape == (32, 32) and t["b_dec"].shape == (32,)
+    # ... and reads back as SAELens' skip_transcoder (the same predictions)
+    back = load_dictionary(tmp_path / "sl")
+    assert back.cfg.is_transcoder and back.cfg.options["skip"] and back.cfg.metadata["source_format"] == "saelens"
+    with torch.no_grad():
+        torch.testing.assert_close(back(x[:64]), relu(x[:64]), rtol=1e-5, atol=1e-5)
+    cfg["apply_b_dec_to_input"] = True
+    (tmp_path / "sl" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="'apply_b_dec_to_input' is true, but a skip_transcoder reads raw inputs"):
+        load_dictionary(tmp_path / "sl")
+    topk = saekit.fit(x, kind="topk", d_dict=32, k=4, target=y, n_tokens=2048, batch_size=512)
+    with pytest.raises(ValueError, match="SAELens has no topk transcoder"):
+        export(topk, tmp_path / "no", to="saelens")
+    with pytest.raises(ValueError, match="sparsify holds TopK SAEs .* and TopK transcoders with d_out = d_in"):
+        export(topk, tmp_path / "no", to="sparsify")  # d_out 32 != d_in 24
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("kind,skip,arch", [("jumprelu", False, "jumprelu_transcoder"),
+                                            ("batchtopk", True, "jumprelu_skip_transcoder"),
+                                            ("relu", False, "transcoder")])
+def test_saelens_transcoder_round_trip(kind, skip, arch, tmp_path):
+    from saekit.formats import export
+
+    x, y, *_ = sparse_map(n=2048, seed=5)
+    tc = saekit.fit(x, kind=kind, d_dict=32, k=4 if kind == "batchtopk" else None, target=y, skip=skip,
+                    n_tokens=2048, batch_size=512, hook=HOOK_IN, hook_out=HOOK_OUT)
+    export(tc, tmp_path / "sl", to="saelens")
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["architecture"] == arch
+    back = load_dictionary(tmp_path / "sl")
+    assert (back.cfg.kind, back.cfg.hook_out, back.cfg.d_out, back.cfg.k) == (kind, HOOK_OUT, 32, tc.cfg.k)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x[:256]), tc(x[:256]), rtol=1e-5, atol=1e-5)
+
+
+SAELENS_FIXTURES = sorted((ROOT / "tests" / "fixtures" / "transcoders").glob("saelens_*"))
+
+
+@pytest.mark.parametrize("path", SAELENS_FIXTURES, ids=[p.name for p in SAELENS_FIXTURES])
+def test_reads_transcoders_written_by_saelens(path, demo_model):
+    """Files written by SAELens 6.54.12's Transcoder classes (make_fixtures.py there):
+    saekit reproduces the library's codes (times the folded decoder norms) and prediction."""
+    from safetensors.torch import load_file
+
+    from saekit.models import check_dictionary_fits
+
+    e = load_file(path / "expected.safetensors")
+    raw = load_dictionary(path, fold_decoder_norms=False)
+    d = load_dictionary(path)
+    assert d.cfg.is_transcoder and (d.cfg.d_in, d.cfg.d_out, d.cfg.hook) == (24, 20, HOOK_IN)
+    assert d.cfg.options["skip"] == ("skip" in path.name)
+    with torch.no_grad():
+        torch.testing.assert_close(raw.encode(e["x"]), e["codes"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(raw(e["x"]), e["pred"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d(e["x"]), e["pred"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d.W_dec.norm(dim=1), torch.ones(48), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d.encode(e["x"]), e["codes"] * raw.W_dec.norm(dim=1), rtol=1e-5, atol=1e-5)
+    # SAELens records no output hook: splicing needs one
+    with pytest.raises(ValueError, match="transcoder without a recorded output hook"):
+        check_dictionary_fits(demo_model, d)
+
+
+@pytest.mark.parametrize("name", ["sparsify_transcoder", "sparsify_skip_transcoder"])
+def test_reads_transcoders_written_by_sparsify(name):
+    """``SparseCoderConfig(transcode=True[, skip_connection=True])`` saved by sparsify itself."""
+    from safetensors.torch import load_file
+
+    run = ROOT / "tests" / "fixtures" / "transcoders" / name
+    e = load_file(run / "expected.safetensors")
+    d = load_dictionary(run / "layers.1.mlp")
+    assert d.cfg.is_transcoder and (d.cfg.kind, d.cfg.k, d.cfg.d_in, d.cfg.d_out) == ("topk", 6, 24, 24)
+    assert (d.cfg.hook, d.cfg.hook_out) == (None, "blocks.1.hook_mlp_out")  # the MLP's input is post-LN
+    assert d.cfg.options["skip"] == ("skip" in name) and d.cfg.options["apply_b_dec_to_input"] is False
+    with torch.no_grad():
+        torch.testing.assert_close(d.encode(e["x"]), e["codes"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(d(e["x"]), e["pred"], rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_transcoder_round_trip(tmp_path):
+    from saekit.formats import export
+
+    x, _, *_ = sparse_map(n=2048, seed=6)
+    y = torch.tanh(x @ torch.randn(24, 24, generator=torch.Generator().manual_seed(1)))
+    tc = saekit.fit(x, kind="topk", d_dict=32, k=4, target=y, skip=True, n_tokens=2048, batch_size=512)
+    export(tc, tmp_path / "layers.1.mlp", to="sparsify")
+    cfg = json.loads((tmp_path / "layers.1.mlp" / "cfg.json").read_text())
+    assert cfg["transcode"] is True and cfg["skip_connection"] is True
+    back = load_dictionary(tmp_path / "layers.1.mlp")
+    with torch.no_grad():
+        torch.testing.assert_close(back(x[:256]), tc(x[:256]), rtol=1e-5, atol=1e-5)
+
+
+def test_export_in_circuit_tracers_layout(tmp_path):
+    """The keys, orientations and config circuit-tracer's ``load_transcoder`` /
+    ``load_transcoder_set`` read; its JumpReLU computed here as it computes it."""
+    from safetensors.torch import load_file
+
+    from saekit.formats import export
+
+    x, _, *_ = sparse_map(n=2048, seed=7)
+    y = torch.tanh(x @ torch.randn(24, 24, generator=torch.Generator().manual_seed(2)))
+    tc = saekit.fit(x, kind="jumprelu", d_dict=32, target=y, skip=True, n_tokens=2048, batch_size=512,
+                    hook=HOOK_IN, hook_out=HOOK_OUT, model="demo")
+    export(tc, tmp_path / "ct", to="circuit_tracer")
+    cfg = (tmp_path / "ct" / "config.yaml").read_text()
+    assert 'feature_input_hook: "hook_resid_mid"' in cfg and 'feature_output_hook: "hook_mlp_out"' in cfg
+    assert '  - "layer_2.safetensors"' in cfg
+    t = load_file(str(tmp_path / "ct" / "layer_2.safetensors"))
+    assert t["W_enc"].shape == (32, 24) and t["W_skip"].shape == (24, 24)
+    with torch.no_grad():
+        pre = torch.nn.functional.linear(x[:64], t["W_enc"], t["b_enc"])
+        acts = pre * (pre > t["activation_function.threshold"])
+        pred = acts @ t["W_dec"] + t["b_dec"] + x[:64] @ t["W_skip"].T
+        torch.testing.assert_close(pred, tc(x[:64]), rtol=1e-5, atol=1e-5)
+    sae = saekit.fit(x, kind="topk", d_dict=16, k=2, n_tokens=2048, batch_size=512)
+    with pytest.raises(ValueError, match="circuit-tracer holds per-layer transcoders"):
+        export(sae, tmp_path / "no", to="circuit_tracer")

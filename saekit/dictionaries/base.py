@@ -103,8 +103,8 @@ class DictionaryConfig:
         width. ``d_out=None`` is an ordinary dictionary (it reconstructs its input);
         any ``d_out`` (even ``d_out == d_in``) makes a transcoder: ``W_dec [d_dict,
         d_out]``, ``b_dec [d_out]``, an encoder that reads the raw input
-        (:mod:`saekit.dictionaries.sae`). ``hook_out=None`` means the output hook is
-        ``hook`` itself. Files written before these fields existed load as dictionaries
+        (:mod:`saekit.dictionaries.sae`). ``hook_out=None``: an SAE's output is its own
+        hook; a transcoder's is unknown (it cannot be spliced until set). Files written before these fields existed load as dictionaries
         without them.
     """
 
@@ -137,7 +137,10 @@ class DictionaryConfig:
 
     @property
     def output_hook(self) -> str | None:
-        """The hook whose activation ``decode`` predicts (``hook_out``, else ``hook``)."""
+        """The hook whose activation ``decode`` predicts and where ``W_dec``'s rows live
+        (``hook_out``, else ``hook``). A transcoder without ``hook_out`` (fitted without
+        one, or read from SAELens, whose files do not record it) cannot be spliced:
+        :func:`saekit.models.check_dictionary_fits` says so."""
         return self.hook_out if self.hook_out is not None else self.hook
 
     def __post_init__(self) -> None:

@@ -223,6 +223,11 @@ class JumpReLUSAE(SAE):
         self.threshold.clamp_(min=0.0)
 
 
+@dataclass
+class GatedOptions(SAEOptions):
+    """Options of kind ``gated`` (those every SAE kind has)."""
+
+
 @register("gated")
 class GatedSAE(SAE):
     """Gated SAE (Rajamanoharan et al. 2024), for loaded checkpoints: a gate
@@ -230,6 +235,7 @@ class GatedSAE(SAE):
     shared, rescaled weights ``ReLU(x (W_enc ⊙ exp(r_mag)) + b_mag)`` says how much
     (SAELens' ``gated`` architecture). Loads and runs; saekit has no gated trainer."""
 
+    Options = GatedOptions
     SAELENS_ARCHITECTURE = "gated"
     TRAINABLE = False
     TRANSCODES = False

@@ -18,10 +18,11 @@ from typing import Any
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.sae import SAE
 from saekit.formats import readers, registry
+from saekit.formats.circuit_tracer import export_circuit_tracer
 from saekit.formats.readers import FORMATS, READERS, FormatError
 from saekit.models import portable_spec
 
-EXPORTS = ("saekit", "saelens", "sparsify")
+EXPORTS = ("saekit", "saelens", "sparsify", "circuit_tracer")
 
 
 def detect(path: str | Path) -> tuple[str, Path]:
@@ -90,29 +91,47 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
     - ``saelens``: the strict SAELens layout (no saekit section; SAE kinds only; a
       BatchTopK becomes SAELens' JumpReLU with ``training_architecture`` recorded);
     - ``sparsify``: a sparsify hookpoint directory (``cfg.json`` + ``sae.safetensors``),
-      TopK with raw inputs only. ``path`` is that hookpoint directory.
+      TopK with raw inputs only (SAEs, and transcoders with d_out = d_in, skip term
+      included). ``path`` is that hookpoint directory;
+    - ``circuit_tracer``: a transcoder's ``layer_{L}.safetensors`` + ``config.yaml``
+      (:mod:`saekit.formats.circuit_tracer`).
     """
     d = load(dictionary) if isinstance(dictionary, (str, Path)) else dictionary
     if to not in EXPORTS:
         raise ValueError(f"unknown export format {to!r}; choose one of {EXPORTS}")
     if to == "saekit":
         return d.save(path)
+    if to == "circuit_tracer":
+        return export_circuit_tracer(d, path)
     kind = d.cfg.kind
     if not isinstance(d, SAE):
         raise ValueError(f"a {kind} dictionary has no {to} form: {to} holds sparse autoencoders only "
                          "(export it with --to saekit)")
     if to == "saelens":
-        return d.write_directory(path, d.saelens_config(), d.saelens_tensors())
-    if kind != "topk" or d.cfg.input_norm != "none" or not d.cfg.options["apply_b_dec_to_input"]:
-        raise ValueError(f"sparsify holds TopK SAEs that subtract b_dec from raw inputs; this is a {kind} "
-                         f"dictionary with input_norm={d.cfg.input_norm!r}, apply_b_dec_to_input="
-                         f"{d.cfg.options['apply_b_dec_to_input']}")
+        cfg = d.saelens_config()
+        if d.cfg.is_transcoder and cfg["architecture"] not in SAE.SAELENS_TRANSCODERS.values():
+            raise ValueError(f"SAELens has no {cfg['architecture']} transcoder (its transcoders are "
+                             f"{sorted(set(SAE.SAELENS_TRANSCODERS.values()))}); export this {kind} transcoder "
+                             "with --to saekit")
+        return d.write_directory(path, cfg, d.saelens_tensors())
     c = d.cfg
+    # sparsify's transcoders (transcode=True) read raw inputs and predict an output of the
+    # same width; its SAEs subtract b_dec from raw inputs.
+    transcoder_ok = c.is_transcoder and c.d_out == c.d_in
+    # "scalar" is folded into the weights at the end of training: the dictionary takes raw x.
+    if kind != "topk" or c.input_norm == "layer_norm" or (c.is_transcoder and not transcoder_ok) or (
+            not c.is_transcoder and not c.options["apply_b_dec_to_input"]):
+        raise ValueError(f"sparsify holds TopK SAEs that subtract b_dec from raw inputs and TopK transcoders "
+                         f"with d_out = d_in; this is a {kind} dictionary with input_norm={c.input_norm!r}, "
+                         f"apply_b_dec_to_input={c.options['apply_b_dec_to_input']}, d_out={c.d_out}")
+    skip = c.options.get("skip", False)
     cfg = {"activation": "topk", "expansion_factor": max(1, c.d_dict // c.d_in), "normalize_decoder": True,
-           "num_latents": c.d_dict, "k": c.k, "multi_topk": False, "skip_connection": False, "transcode": False,
-           "d_in": c.d_in}
-    return d.write_directory(path, cfg, {"encoder.weight": d.enc_weight, "encoder.bias": d.b_enc,
-                                         "W_dec": d.W_dec, "b_dec": d.b_dec}, weights="sae.safetensors")
+           "num_latents": c.d_dict, "k": c.k, "multi_topk": False, "skip_connection": bool(skip),
+           "transcode": c.is_transcoder, "d_in": c.d_in}
+    tensors = {"encoder.weight": d.enc_weight, "encoder.bias": d.b_enc, "W_dec": d.W_dec, "b_dec": d.b_dec}
+    if skip:
+        tensors["W_skip"] = d.W_skip  # [d_out, d_in]: sparsify adds x @ W_skip.mT
+    return d.write_directory(path, cfg, tensors, weights="sae.safetensors")
 
 
 def load_dictionary(spec: str | Path, device: Any = None, fold_decoder_norms: bool = True) -> Dictionary:

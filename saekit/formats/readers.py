@@ -97,11 +97,13 @@ def need(tensors: dict[str, Any], names: list[str], where: Path) -> None:
 def build(kind: str, tensors: dict[str, Tensor], where: Path, *, k: int | None = None, hook: str | None = None,
           model: str | None = None, processing: str | None = None, input_norm: str = "none",
           options: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-          fold: bool = True, rescale: bool = False) -> Dictionary:
+          fold: bool = True, rescale: bool = False, transcoder: bool = False,
+          hook_out: str | None = None) -> Dictionary:
     """A ``kind`` dictionary holding ``tensors`` (saekit names and orientation, float32).
 
     ``rescale``: the file's codes are the pre-activations times ‖W_dec,i‖ (SAELens'
     ``rescale_acts_by_decoder_norm``), which folding makes exact for any kind.
+    ``transcoder``: ``W_dec`` is ``[d_dict, d_out]`` and ``d_in`` is ``W_enc``'s rows.
     """
     for name, t in tensors.items():
         check_tensor(name, t, where)
@@ -109,10 +111,13 @@ def build(kind: str, tensors: dict[str, Tensor], where: Path, *, k: int | None =
     if W_dec.ndim != 2 or 0 in W_dec.shape:
         raise FormatError(f"{where}: W_dec must be 2-D [d_dict, d_in], got shape {tuple(W_dec.shape)}")
     d_dict, d_in = W_dec.shape
+    d_out = None
+    if transcoder:
+        d_out, d_in = d_in, tensors["W_enc"].shape[0]
     try:
         cfg = DictionaryConfig(kind=kind, d_in=d_in, d_dict=d_dict, k=k, hook=hook, model=model,
                                processing=processing, input_norm=input_norm, options=options or {},
-                               metadata=dict(metadata or {}))
+                               metadata=dict(metadata or {}), d_out=d_out, hook_out=hook_out)
     except ValueError as e:
         raise FormatError(f"{where}: {e}") from e
     d = REGISTRY[kind](cfg)
@@ -212,6 +217,9 @@ def tl_hook_from_module(name: str) -> str | None:
 # -- the readers -----------------------------------------------------------------------
 
 _SAELENS_KINDS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+#: SAELens' transcoder architectures (``sae_lens/saes/transcoder.py``) -> (kind, skip term).
+_SAELENS_TRANSCODERS = {"transcoder": ("relu", False), "skip_transcoder": ("relu", True),
+                        "jumprelu_transcoder": ("jumprelu", False), "jumprelu_skip_transcoder": ("jumprelu", True)}
 
 
 def read_saelens(path: Path, fold: bool = True) -> Dictionary:
@@ -219,9 +227,10 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     cpath = path / "cfg.json"
     cfg = read_json(cpath)
     arch = get(cfg, "architecture", (str,), cpath, "standard", "SAELens' architecture")
-    if arch not in _SAELENS_KINDS:
+    if arch not in _SAELENS_KINDS and arch not in _SAELENS_TRANSCODERS:
         raise FormatError(f"{cpath}: architecture {arch!r} is not supported; "
-                          f"saekit reads {sorted(_SAELENS_KINDS)}")
+                          f"saekit reads {sorted(_SAELENS_KINDS) + sorted(_SAELENS_TRANSCODERS)}")
+    transcoder = arch in _SAELENS_TRANSCODERS
     norm = get(cfg, "normalize_activations", (str, type(None)), cpath, "none") or "none"
     if norm not in ("none", "expected_average_only_in", "layer_norm"):
         raise FormatError(f"{cpath}: normalize_activations {norm!r} has no saekit equivalent "
@@ -240,13 +249,20 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     training = get({"metadata": md}, "metadata.training_architecture", str_or_null, cpath, None)
     where = path / "sae_weights.safetensors"
     t = read_safetensors(where)
-    kind = _SAELENS_KINDS[arch]
+    kind, skip = _SAELENS_TRANSCODERS.get(arch, (_SAELENS_KINDS.get(arch), False))
     names = ["W_enc", "W_dec", "b_dec"] + (["b_gate", "b_mag", "r_mag"] if kind == "gated" else ["b_enc"])
+    names += ["W_skip"] if skip else []
     need(t, names + (["threshold"] if kind == "jumprelu" else []), where)
     shape = matrix(t, "W_dec", where)
-    for field, dim, value in (("d_in", 1, d_in), ("d_sae", 0, d_sae)):
+    d_out = _int(cfg.get("d_out"), "d_out", cpath, what="SAELens' transcoder output width") if transcoder else d_in
+    for field, dim, value in (("d_out" if transcoder else "d_in", 1, d_out), ("d_sae", 0, d_sae)):
         if value != shape[dim]:
             raise FormatError(f"{where}: W_dec has shape {shape}, but cfg.json says {field}={value}")
+    if transcoder:
+        if b_dec_in:
+            raise FormatError(f"{cpath}: field 'apply_b_dec_to_input' is true, but a {arch} reads raw inputs "
+                              "(SAELens refuses it too)")
+        shapes(t, {"W_enc": (d_in, d_sae), **({"W_skip": (d_out, d_in)} if skip else {})}, where)
     if "scaling_factor" in t:  # older SAELens fine-tuning scale on the codes: fold it into W_dec
         shapes(t, {"scaling_factor": (d_sae,)}, where)
         t["W_dec"] = t["W_dec"] * t.pop("scaling_factor").reshape(-1, 1)
@@ -254,7 +270,7 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     if training:
         meta["training_architecture"] = training
     k = None
-    options: dict[str, Any] = {"apply_b_dec_to_input": b_dec_in}
+    options: dict[str, Any] = {"apply_b_dec_to_input": b_dec_in, **({"skip": True} if skip else {})}
     detail = get({"metadata": md}, "metadata.training_architecture_details", (dict, type(None)), cpath,
                  None) or {}
     if kind == "topk":
@@ -269,7 +285,8 @@ def read_saelens(path: Path, fold: bool = True) -> Dictionary:
     d = build(kind, {n: t[n] for n in names + (["threshold"] if "threshold" in t else []) if n in t}, where,
               k=k, hook=hook, model=model, processing="hooked", options=options,
               input_norm="layer_norm" if norm == "layer_norm" else "none", metadata=meta, fold=fold,
-              rescale=bool(rescale) and kind == "topk")
+              rescale=bool(rescale) and kind == "topk", transcoder=transcoder,
+              hook_out=get({"metadata": md}, "metadata.hook_name_out", str_or_null, cpath, None) if transcoder else None)
     if (path / "sparsity.safetensors").is_file():
         s = read_safetensors(path / "sparsity.safetensors")
         need(s, ["sparsity"], path / "sparsity.safetensors")
@@ -298,16 +315,17 @@ def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
     activation = get(cfg, "activation", (str,), cpath, "topk")
     if activation != "topk":
         raise FormatError(f"{cpath}: activation {activation!r}; saekit reads topk")
-    for flag in ("transcode", "skip_connection"):
-        if get(cfg, flag, (bool, type(None)), cpath, False):
-            raise FormatError(f"{cpath}: {flag}=true (a transcoder or skip connection) "
-                              "is not a dictionary of this hook's activations; saekit does not read it")
+    transcode = bool(get(cfg, "transcode", (bool, type(None)), cpath, False))
+    skip = bool(get(cfg, "skip_connection", (bool, type(None)), cpath, False))
+    if skip and not transcode:
+        raise FormatError(f"{cpath}: skip_connection=true without transcode (an SAE with a skip term from its "
+                          "input to itself); saekit reads skip connections on transcoders only")
     num_latents = get(cfg, "num_latents", (int,), cpath, 0, "sparsify's number of features")
     expansion = get(cfg, "expansion_factor", (int,), cpath, None)
     cfg_d_in = get(cfg, "d_in", (int,), cpath, None)
     where = path / "sae.safetensors"
     t = read_safetensors(where)
-    need(t, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], where)
+    need(t, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"] + (["W_skip"] if skip else []), where)
     n, d_in = matrix(t, "W_dec", where)
     k = _int(cfg.get("k"), "k", cpath, n, "sparsify's codes kept per token")
     if cfg_d_in is not None and cfg_d_in != d_in:
@@ -317,14 +335,25 @@ def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
     if not num_latents and expansion is not None and expansion * d_in != n:
         raise FormatError(f"{where}: W_dec has shape {(n, d_in)}, but cfg.json says num_latents=0 and "
                           f"expansion_factor={expansion} (so {expansion} * d_in features)")
-    shapes(t, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "b_dec": (d_in,)}, where)
+    shapes(t, {"encoder.weight": (n, d_in), "encoder.bias": (n,), "b_dec": (d_in,),
+               **({"W_skip": (d_in, d_in)} if skip else {})}, where)
     tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+    if skip:  # sparsify adds x @ W_skip.mT: saekit's [d_out, d_in] orientation already
+        tensors["W_skip"] = t["W_skip"]
     run = path.parent / "config.json"  # the trainer's run config, when the run directory is intact
     model = get(read_json(run), "model", (str, type(None)), run, None) if run.is_file() else None
     # sparsify keeps the top-k of the ReLU'd pre-activations; SAELens-style top-k then
     # ReLU keeps the same codes (when fewer than k are positive both pad with zeros).
-    return build("topk", tensors, where, k=k, hook=tl_hook_from_module(path.name), model=model, processing="raw",
-                 metadata={"source_format": "sparsify", "source_hook": path.name}, fold=fold)
+    meta = {"source_format": "sparsify", "source_hook": path.name}
+    if not transcode:
+        return build("topk", tensors, where, k=k, hook=tl_hook_from_module(path.name), model=model,
+                     processing="raw", metadata=meta, fold=fold)
+    # A sparsify transcoder reads its hookpoint module's input and predicts its output
+    # (same width; the encoder sees raw x). The output of `layers.L.mlp` is hook_mlp_out;
+    # its input (after the MLP's LayerNorm) is no hook saekit names, so `hook` stays unset.
+    return build("topk", tensors, where, k=k, hook=None, model=model, processing="raw",
+                 options={"apply_b_dec_to_input": False, "skip": skip}, metadata=meta, fold=fold,
+                 transcoder=True, hook_out=tl_hook_from_module(path.name))
 
 
 def read_dictionary_learning(path: Path, fold: bool = True) -> Dictionary:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from saekit.activations.harvest import iter_harvest, model_lock
 from saekit.metrics import StreamingStats, ce_kl_recovered
-from saekit.models import HookedModel
+from saekit.models import HookedModel, check_dictionary_fits
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def evaluate(model: HookedModel, dictionary: Any, tokens: Tensor, batch_size: in
         # A transcoder reads its input hook and is scored on (and ablated at) its output
         # hook; for an SAE both are cfg.hook.
         hook_in = dictionary.cfg.hook
-        hook_out = getattr(dictionary.cfg, "output_hook", None) or hook_in
+        hook_out = check_dictionary_fits(model, dictionary)  # the output hook, checked first
         stats = StreamingStats()
         d = dictionary.W_dec
         total = torch.zeros(d.shape[1], dtype=torch.float64, device=d.device)
