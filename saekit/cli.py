@@ -111,6 +111,9 @@ def _info_dictionary(spec: str) -> int:
     source = c.metadata.get("source_format", "saekit")
     print(f"{c.kind} dictionary {spec} ({source}): d_in={c.d_in}, d_dict={c.d_dict}, k={c.k}, hook={c.hook}, "
           f"model={c.model}, processing={c.processing}, input_norm={c.input_norm}")
+    if c.is_transcoder:
+        print(f"  transcoder: predicts hook_out={c.hook_out} (d_out={c.d_out})"
+              + (", with a skip term W_skip" if c.options.get("skip") else ""))
     norms = d.W_dec.detach().norm(dim=1)
     print(f"  decoder row norms: min {norms.min():.4f}, mean {norms.mean():.4f}, max {norms.max():.4f}")
     if hasattr(d, "neurons_per_feature"):

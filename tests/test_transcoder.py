@@ -393,3 +393,15 @@ def test_export_in_circuit_tracers_layout(tmp_path):
     sae = saekit.fit(x, kind="topk", d_dict=16, k=2, n_tokens=2048, batch_size=512)
     with pytest.raises(ValueError, match="circuit-tracer holds per-layer transcoders"):
         export(sae, tmp_path / "no", to="circuit_tracer")
+
+
+def test_auto_interp_collects_a_transcoders_examples(demo_model, demo_tokens, demo_transcoder):
+    """Auto-interp reads cfg.hook (the input) and encodes it, as for any dictionary; the
+    logit lens reads W_dec's rows at the output hook."""
+    from saekit.interp.describe import logit_lens
+    from saekit.interp.store import collect, token_strings
+
+    store = collect(demo_model, demo_transcoder, demo_tokens[:8], features=[0, 1, 2], top_k=5, n_samples=5)
+    assert store.manifest["hook"] == HOOK_IN
+    lens = logit_lens(demo_model, demo_transcoder, [0, 1], token_strings(demo_model), k=3)
+    assert len(lens) == 2 and len(lens[0]["promoted"]) == 3
