@@ -37,7 +37,8 @@ class TrainConfig:
     hook_out: str | list[str] | None = None
     """Train transcoders: the hook whose activation each dictionary predicts from
     ``hook``'s (e.g. ``blocks.1.hook_resid_mid`` -> ``blocks.1.hook_mlp_out``), harvested in
-    the same pass; a list pairs with a list of ``hook`` entry by entry. Unset: SAEs."""
+    the same pass (or read from a ``cache`` holding both); a list pairs with a list of
+    ``hook`` entry by entry. Unset: SAEs."""
     data: str = "demo"
     """Text source for ``saekit.load_tokens``."""
     cache: str | None = None
@@ -123,9 +124,9 @@ class TrainConfig:
             if any(c.kind in ("snmf", "nmf") for _, c in runs):
                 raise ValueError(f"{where}: key 'hook_out' makes transcoders, which kinds snmf/nmf cannot be; "
                                  "use an SAE kind (topk, batchtopk, relu, jumprelu, matryoshka_*)")
-            if self.cache or self.stream:
-                raise ValueError(f"{where}: key 'hook_out' (transcoders) trains from an in-memory harvest of "
-                                 "both hooks; unset 'cache' and set stream = false")
+            if self.stream:
+                raise ValueError(f"{where}: key 'hook_out' (transcoders) trains from an in-memory harvest or "
+                                 "a cache of both hooks, not yet from a live stream; set stream = false")
             for _, c in runs:
                 if c.hook_out == c.hook:
                     raise ValueError(f"{where}: key 'hook_out' equals 'hook' ({c.hook!r}); leave hook_out "

@@ -405,3 +405,25 @@ def test_auto_interp_collects_a_transcoders_examples(demo_model, demo_tokens, de
     assert store.manifest["hook"] == HOOK_IN
     lens = logit_lens(demo_model, demo_transcoder, [0, 1], token_strings(demo_model), k=3)
     assert len(lens) == 2 and len(lens[0]["promoted"]) == 3
+
+
+def test_train_a_transcoder_from_a_cache_of_both_hooks(tmp_path):
+    from saekit.activations.cache import CacheRows
+    from saekit.cli import main
+
+    assert main(["harvest", "--model", str(DEMO_LM), "--hooks", HOOK_IN, HOOK_OUT, "--n-tokens", "8192",
+                 "--out", str(tmp_path / "cache")]) == 0
+    assert main(["train", str(ROOT / "train" / "demo_transcoder.toml"), "--out", str(tmp_path / "run"),
+                 "--set", f'cache="{tmp_path / "cache"}"', "--set", "batch_size=512", "--set", "d_dict=128",
+                 "--set", "checkpoint_every=0", "--set", "eval_tokens=0"]) == 0
+    tc = load_dictionary(tmp_path / "run" / "dictionary")
+    assert (tc.cfg.hook, tc.cfg.hook_out, tc.cfg.processing) == (HOOK_IN, HOOK_OUT, "native")
+    x, y = CacheRows(tmp_path / "cache", HOOK_IN), CacheRows(tmp_path / "cache", HOOK_OUT)
+    rows = torch.arange(2048)
+    with torch.no_grad():
+        assert fvu(y[rows], tc(x[rows])) < 0.8
+    other = tmp_path / "other"
+    assert main(["harvest", "--model", str(DEMO_LM), "--hooks", HOOK_OUT, "--n-tokens", "4096",
+                 "--out", str(other)]) == 0
+    with pytest.raises(ValueError, match="rows pair only within one cache"):
+        saekit.fit(x, kind="topk", d_dict=16, k=2, target=CacheRows(other, HOOK_OUT))

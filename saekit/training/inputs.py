@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.activations.cache import CacheRows
 from saekit.activations.stream import as_rows
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.models import source_fields
@@ -72,16 +73,25 @@ def variance(x: Tensor) -> Tensor:
     return (x - x.mean(0)).pow(2).sum(1).mean()
 
 
-def check_target(target: Any, data: Any) -> Tensor:
-    """A transcoder's targets: a finite floating ``[n, d_out]`` tensor with ``data``'s rows
-    (a tensor too: targets are indexed row for row with the inputs), or a ValueError that
-    names the problem."""
+def check_target(target: Any, data: Any) -> Any:
+    """A transcoder's targets, row i paired with ``data``'s row i (the trainer indexes both
+    with the same rows): a finite floating ``[n, d_out]`` tensor beside a ``[n, d_in]``
+    tensor, or another hook of the same activation cache as ``data`` (harvested in the
+    same pass, so its rows are the same tokens; finiteness is checked per batch, as for
+    the inputs). Anything else is a ValueError that names the problem."""
+    data = as_rows(data)
+    if isinstance(data, CacheRows) and isinstance(target, CacheRows):
+        if target.cache.path != data.cache.path:
+            raise ValueError(f"target is hook {target.hook} of cache {target.cache.path}, data is of cache "
+                             f"{data.cache.path}: rows pair only within one cache (harvest both hooks together)")
+        return target
     if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a [n, d_out] tensor of output activations, got {type(target).__name__}")
+        raise ValueError(f"target must be a [n, d_out] tensor of output activations (or, with data from an "
+                         f"activation cache, another hook of it), got {type(target).__name__}")
     if not isinstance(data, Tensor):
-        raise ValueError("a transcoder trains from tensors (data and target in memory): pass data as a "
-                         f"[n, d_in] tensor, not {type(data).__name__}; an activation cache or a live "
-                         "stream of two hooks is not supported yet")
+        raise ValueError("a transcoder trains from tensors or from two hooks of one activation cache: pass "
+                         f"data as a [n, d_in] tensor, not {type(data).__name__} (a live stream of two hooks "
+                         "is not supported yet)")
     if target.ndim != 2 or not target.is_floating_point():
         raise ValueError(f"target must be a floating-point [n, d_out] tensor, got shape {tuple(target.shape)} "
                          f"dtype {target.dtype}")

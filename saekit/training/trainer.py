@@ -226,6 +226,9 @@ class Trainer:
         x, y = self.batch_pair(step)
         if isinstance(self.data, CacheRows) and not torch.isfinite(x).all():
             raise ValueError(f"NaN/inf activations in the batch of step {step} (cache {self.data.cache.path})")
+        if isinstance(self.target, CacheRows) and not torch.isfinite(y).all():
+            raise ValueError(f"NaN/inf target activations in the batch of step {step} (cache "
+                             f"{self.target.cache.path}, hook {self.target.hook})")
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(step)
         # bf16 autocast: matmuls in bf16, parameters, optimizer state and the loss in fp32.
