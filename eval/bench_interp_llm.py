@@ -105,6 +105,7 @@ def main() -> None:
     from saekit import gguf
     from saekit.fileio import atomic_write_text
     from saekit.interp.pipeline import split_tokens
+    from saekit.models import portable_spec
     from saekit.report import json_safe
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-interp-llm-"))
@@ -124,7 +125,8 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "date": time.strftime("%Y-%m-%d"), "llm": "SmolLM2-135M-Instruct (transformers serve, CPU, float32)",
-        "model": args.model, "dictionary": args.dictionary, "data": args.data, "n_tokens": args.n_tokens,
+        "model": portable_spec(args.model), "dictionary": portable_spec(args.dictionary), "data": args.data,
+        "n_tokens": args.n_tokens,
         "n_score_tokens": args.n_score_tokens, "budget_s": args.budget, "startup_seconds": server.startup_seconds,
         "first_run": first,
         "seconds_per_llm_feature": round(first["llm"]["seconds"] / done, 1) if done else None,

@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.evals.common import EvalResult, encode_rows, settings
+from saekit.evals.common import EvalResult, settings
 from saekit.evals.sparse_probing import (
     ConceptProbes,
+    Prepared,
     fit_probe,
     prepare,
     top_mean_difference,
@@ -72,8 +73,9 @@ def absorbed_tokens(x: Tensor, codes: Tensor, active: Tensor, directions: Tensor
     return missed, missed & absorbing.any(1), absorbing
 
 
-def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
-    """Absorption of each dictionary on each concept (module docstring).
+def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepared | None = None) -> EvalResult:
+    """Absorption of each dictionary on each concept (module docstring); ``prepared``
+    (:func:`~saekit.evals.sparse_probing.prepare`) reuses another evaluator's harvest and codes.
 
     Returns
     -------
@@ -87,22 +89,22 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                          f"{cfg.n_main}, {cfg.min_cosine}, {cfg.min_share}")
     if not cfg.dictionaries:
         raise ValueError("Config.dictionaries must name at least one dictionary")
-    model, dicts, acts, names, splits, skipped = prepare(cfg, model, progress)
+    _, dicts, acts, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
+    directions = []  # each concept's probe direction (unit), which no dictionary changes
+    for _, train, y, _, _ in splits:
+        _, std, w = fit_probe(acts[train], y, cfg.l2)
+        directions.append(torch.nn.functional.normalize((w[:-1] / std).float(), dim=0))
     rows: list[dict[str, Any]] = []
     for name, d in dicts:
-        w_dec = torch.nn.functional.normalize(d.W_dec.detach().float().cpu(), dim=1)
-        scale = d.W_dec.detach().float().cpu().norm(dim=1)
-        b_dec = getattr(d, "b_dec", None)
-        centre = b_dec.detach().float().cpu() if b_dec is not None else torch.zeros(acts.shape[1])
-        for c, train, y, test, y_test in splits:
-            _, std, w = fit_probe(acts[train], y, cfg.l2)
-            p = torch.nn.functional.normalize((w[:-1] / std).float(), dim=0)
-            codes = encode_rows(d, acts[train].to(d.W_dec.device)).float().cpu()
-            main = top_mean_difference(codes, y, cfg.n_main)
+        w_dec = d.W_dec.detach().float().cpu()
+        unit, scale = torch.nn.functional.normalize(w_dec, dim=1), w_dec.norm(dim=1)
+        centre, z_all = d.b_dec.detach().float().cpu(), codes[name]
+        for (c, train, y, test, y_test), p in zip(splits, directions, strict=True):
+            main = top_mean_difference(z_all[train], y, cfg.n_main)
             pos = test[y_test]
-            z = encode_rows(d, acts[pos].to(d.W_dec.device)).float().cpu()
-            active = d.active(z.to(d.W_dec.device)).cpu() if hasattr(d, "active") else z > 0
-            missed, absorbed, absorbing = absorbed_tokens(acts[pos] - centre, z * scale, active, w_dec, main, p,
+            z = z_all[pos]
+            active = d.active(z.to(d.W_dec.device)).cpu()
+            missed, absorbed, absorbing = absorbed_tokens(acts[pos] - centre, z * scale, active, unit, main, p,
                                                           cfg.min_cosine, cfg.min_share)
             counts = absorbing[absorbed].sum(0)
             top = [int(i) for i in counts.argsort(descending=True)[:5] if counts[i] > 0]

@@ -163,39 +163,50 @@ def concept_splits(labels: Tensor, n_concepts: int, cfg: ConceptProbes) -> tuple
 
 
 class Prepared(NamedTuple):
-    """What the concept evaluators start from (:func:`prepare`)."""
+    """What the concept evaluators start from (:func:`prepare`): one harvest and one
+    encoding per dictionary, shared by sparse probing, TPP and absorption."""
 
     model: Any
     """The loaded model."""
     dictionaries: list[tuple[str, Any]]
     """``(name, dictionary)`` pairs, checked against ``cfg.hook``."""
     acts: Tensor
-    """Activations ``[n, d_in]`` at ``cfg.hook``."""
+    """Activations ``[n, d_in]`` at ``cfg.hook`` of the labelled positions some split uses."""
+    codes: dict[str, Tensor]
+    """Each dictionary's codes of ``acts`` (on the CPU), by name."""
     names: list[str]
     """Concept names, indexed by label."""
     splits: list[tuple[int, Tensor, Tensor, Tensor, Tensor]]
-    """Per concept: ``(label, train rows, train labels, test rows, test labels)``."""
+    """Per concept: ``(label, train rows, train labels, test rows, test labels)``, rows
+    indexing ``acts``."""
     skipped: list[str]
     """Concepts with too few labelled positions."""
 
 
-def prepare(cfg: ConceptProbes, model: Any, progress: bool, min_concepts: int = 1) -> Prepared:
-    """Load the model (unless given) and dictionaries, harvest and label the activations,
-    and split each concept; fewer than ``min_concepts`` usable concepts is an error."""
+def prepare(cfg: ConceptProbes, model: Any = None, progress: bool = False) -> Prepared:
+    """Load the model (unless given) and dictionaries, harvest and label the activations
+    once, split each concept, keep the rows the splits use and encode them once per
+    dictionary. No usable concept is an error."""
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
     dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
     acts, labels, names = concept_data(cfg, model, progress)
     splits, skipped = concept_splits(labels, len(names), cfg)
-    if len(splits) < min_concepts:
-        raise ValueError(f"{len(splits)} concept(s) have {cfg.min_per_class} labelled positions in {cfg.n_tokens} "
-                         f"tokens of {cfg.data!r}, {min_concepts} needed; the planted concepts are the demo "
-                         "corpus's (use data 'demo' or more tokens)")
-    return Prepared(model, dicts, acts, names, splits, [names[c] for c in skipped])
+    if not splits:
+        raise ValueError(f"no concept has {cfg.min_per_class} labelled positions in {cfg.n_tokens} tokens of "
+                         f"{cfg.data!r}; the planted concepts are the demo corpus's (use data 'demo' or more tokens)")
+    used = torch.unique(torch.cat([torch.cat([s[1], s[3]]) for s in splits]))
+    where = torch.full((len(acts),), -1, dtype=torch.long)
+    where[used] = torch.arange(len(used))
+    x = acts[used]
+    codes = {name: encode_rows(d, x.to(d.W_dec.device)).float().cpu() for name, d in dicts}
+    splits = [(c, where[tr], y, where[te], y_te) for c, tr, y, te, y_te in splits]
+    return Prepared(model, dicts, x, codes, names, splits, [names[c] for c in skipped])
 
 
-def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
-    """Dense and k-sparse probes for every planted concept (module docstring).
+def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepared | None = None) -> EvalResult:
+    """Dense and k-sparse probes for every planted concept (module docstring);
+    ``prepared`` (:func:`prepare`) reuses another evaluator's harvest and codes.
 
     Returns
     -------
@@ -206,17 +217,12 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     """
     if not cfg.k_values or any(k < 1 for k in cfg.k_values):
         raise ValueError(f"Config.k_values must be positive integers, got {cfg.k_values!r}")
-    model, dicts, acts, names, splits, skipped = prepare(cfg, model, progress)
-    used = torch.unique(torch.cat([torch.cat([s[1], s[3]]) for s in splits]))
-    where = torch.full((len(acts),), -1, dtype=torch.long)
-    where[used] = torch.arange(len(used))
-    x = acts[used]
-    codes = {name: encode_rows(d, x.to(d.W_dec.device)).cpu() for name, d in dicts}
+    _, dicts, x, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
+    codes = dict(codes)
     if cfg.random_control:
         codes["random"] = encode_rows(random_topk(x, dicts[0][1] if dicts else None, cfg.seed), x)
     rows: list[dict[str, Any]] = []
-    for c, train, y_train, test, y_test in splits:
-        tr, te = where[train], where[test]
+    for c, tr, y_train, te, y_test in splits:
         common = {"concept": names[c], "n_train": len(tr), "n_test": len(te)}
         probe = fit_probe(x[tr], y_train, cfg.l2)
         rows.append({"probe": "dense", **common, "k": x.shape[1],

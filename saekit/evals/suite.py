@@ -21,12 +21,15 @@ from typing import Any, Literal
 from saekit.data import load_tokens
 from saekit.evals import evaluator
 from saekit.evals.common import EvalConfig, EvalResult, load_dictionaries, settings
+from saekit.evals.sparse_probing import Prepared, prepare
 from saekit.formats import load_dictionary
 from saekit.metrics.spliced import evaluate
 from saekit.models import load_model
 
 #: What the suite can run, in order.
 PARTS = ("core", "sparse_probing", "tpp", "absorption", "sensitivity", "steering")
+#: The parts that probe the planted concepts and share :func:`~saekit.evals.sparse_probing.prepare`.
+CONCEPT_PARTS = ("sparse_probing", "tpp", "absorption")
 #: SAEBench's ``eval_type_id`` of the parts it has.
 SAEBENCH_IDS = {"core": "core", "sparse_probing": "sparse_probing", "tpp": "tpp", "absorption": "absorption_first_letter"}
 
@@ -97,6 +100,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     tables: dict[str, list[dict[str, Any]]] = {}
     data: dict[str, Any] = {}
     pages: dict[str, str] = {}
+    prepared: Prepared | None = None
     common = dict(model=cfg.model, hook=hook, dictionaries=specs, data=cfg.data, ctx_len=cfg.ctx_len,
                   batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device)
     for part in cfg.parts:
@@ -112,9 +116,14 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
             continue
         mod = evaluator(part)
         fields = {f for f in mod.Config.__dataclass_fields__}
+        concepts = part in CONCEPT_PARTS
         sub = mod.Config(**{k: v for k, v in common.items() if k in fields},
-                         **({"n_tokens": cfg.n_tokens} if part in ("sparse_probing", "tpp", "absorption") else {}))
-        result = mod.run(sub, model=model, progress=progress)
+                         **({"n_tokens": cfg.n_tokens} if concepts else {}))
+        if concepts:  # one harvest and one encoding per dictionary for all three
+            prepared = prepared or prepare(sub, model, progress)
+            result = mod.run(sub, model=model, progress=progress, prepared=prepared)
+        else:
+            result = mod.run(sub, model=model, progress=progress)
         tables[part], data[part] = result.rows, result.summary
         for row, (name, d) in zip(rows, dicts, strict=True):
             row.update(_headline(part, result.summary, name))

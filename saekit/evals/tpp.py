@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saekit.evals.common import EvalResult, encode_rows, settings
+from saekit.evals.common import EvalResult, settings
 from saekit.evals.sparse_probing import (
     ConceptProbes,
+    Prepared,
     fit_probe,
     predict,
     prepare,
@@ -50,8 +51,9 @@ class Config(ConceptProbes):
     """Numbers of a concept's features ablated together."""
 
 
-def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
-    """TPP of each dictionary (module docstring).
+def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepared | None = None) -> EvalResult:
+    """TPP of each dictionary (module docstring); ``prepared``
+    (:func:`~saekit.evals.sparse_probing.prepare`) reuses another evaluator's harvest and codes.
 
     Returns
     -------
@@ -64,7 +66,10 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         raise ValueError(f"Config.n_features must be positive integers, got {cfg.n_features!r}")
     if not cfg.dictionaries:
         raise ValueError("Config.dictionaries must name at least one dictionary")
-    model, dicts, acts, names, splits, skipped = prepare(cfg, model, progress, min_concepts=2)
+    _, dicts, acts, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
+    if len(splits) < 2:
+        raise ValueError(f"TPP needs two concepts with {cfg.min_per_class} labelled positions each in "
+                         f"{cfg.n_tokens} tokens of {cfg.data!r}; found {len(splits)}")
     probes = [fit_probe(acts[train], y, cfg.l2) for _, train, y, _, _ in splits]
 
     def accuracy(j: int, x: Tensor) -> float:
@@ -74,16 +79,15 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     g = torch.Generator().manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
     for name, d in dicts:
-        w_dec = d.W_dec.detach().float().cpu()
-        test_codes = [encode_rows(d, acts[s[3]].to(d.W_dec.device)).float().cpu() for s in splits]
+        w_dec, z = d.W_dec.detach().float().cpu(), codes[name]
         for i, (c, train, y, _, _) in enumerate(splits):
-            pos = encode_rows(d, acts[train[y]].to(d.W_dec.device)).float().cpu().mean(0)
-            mean, std, w = probes[i]
+            pos = z[train[y]].mean(0)
+            _, std, w = probes[i]
             effect = pos * (w_dec.double() @ (w[:-1] / std)).float()
             order = effect.argsort(descending=True)
             for n in cfg.n_features:
                 for control, chosen in (("", order[:n]), ("/random", torch.randperm(len(effect), generator=g)[:n])):
-                    drops = [clean[j] - accuracy(j, acts[s[3]] - test_codes[j][:, chosen] @ w_dec[chosen])
+                    drops = [clean[j] - accuracy(j, acts[s[3]] - z[s[3]][:, chosen] @ w_dec[chosen])
                              for j, s in enumerate(splits)]
                     others = [x for j, x in enumerate(drops) if j != i]
                     rows.append({"dictionary": name + control, "concept": names[c], "n": n,

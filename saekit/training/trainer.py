@@ -50,6 +50,7 @@ from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
 from saekit.models import resolve_device
 from saekit.training.inputs import check_target, input_scale, rows_and_config, variance
+from saekit.training.metrics_log import MetricsLog
 from saekit.training.schedule import default_dead_tokens, default_lr, default_schedule
 from saekit.version import provenance
 
@@ -307,7 +308,7 @@ class Trainer:
         if out is not None:
             out = Path(out)
             out.mkdir(parents=True, exist_ok=True)
-            log = _MetricsLog(out / "metrics.jsonl", self.step, wandb_project,
+            log = MetricsLog(out / "metrics.jsonl", self.step, wandb_project,
                               self.sae.cfg.to_dict()) if main else None
         every = max(1, checkpoint_every // self.batch_size) if checkpoint_every else 0
         eval_steps = max(1, eval_every // self.batch_size) if eval_every else 0
@@ -426,44 +427,6 @@ class Trainer:
                 raise ValueError(f"{path / checkpoint.STATE_JSON}: field 'target_scale' must be a positive "
                                  f"finite number for a transcoder's checkpoint, got {ts!r}")
             self.target_scale = float(ts)
-
-
-def _step_of(line: str) -> int | None:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-class _MetricsLog:
-    """Append-only JSONL, and wandb when a project is configured (imported only then).
-
-    On resume, lines past the checkpoint's step are dropped.
-    """
-
-    def __init__(self, path: Path, step: int, wandb_project: str | None = None, config: dict | None = None):
-        self.path = path
-        if path.exists():  # a killed run may have left a partial last line: drop it too
-            atomic_write_text(path, "".join(line + "\n" for line in path.read_text().splitlines()
-                                            if _step_of(line) is not None and _step_of(line) <= step))
-        self.wandb = None
-        if wandb_project:
-            import wandb
-
-            self.wandb = wandb.init(project=wandb_project, dir=str(path.parent), config=config or {},
-                                    name=path.parent.name, resume="allow")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.wandb is not None:
-            flat = {**{k: v for k, v in record.items() if k != "eval"},
-                    **{f"eval/{k}": v for k, v in record.get("eval", {}).items()}}
-            self.wandb.log(flat, step=record["step"])
-
-    def close(self) -> None:
-        if self.wandb is not None:
-            self.wandb.finish()
 
 
 def train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool = False) -> list[SAE]:
