@@ -6,7 +6,9 @@ columns ``W_i`` of its represented features, directions in the m-dimensional hid
 space) and :func:`synthetic_sparse_data` (defined here; also exported by :mod:`saekit.toy`). :func:`ground_truth_benchmark`
 scores each fitted dictionary by MMCS, the fraction of true features matched at
 |cos| ≥ 0.9, dead latents, L0 and FVU. ``saekit toy`` (:mod:`saekit.toy_report`)
-runs it on both.
+runs it on both. Transcoders and absorption have their own ground truths, built on the
+helpers here: :mod:`saekit.ground_truth_transcoder` (a known sparse map x → y) and
+:mod:`saekit.ground_truth_hierarchy` (parents and children, as in the Matryoshka toys).
 """
 
 from __future__ import annotations

@@ -25,7 +25,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saekit.ground_truth import MATCH, Magnitude, _check_positive_int, _magnitudes, _unit_directions
+from saekit.ground_truth import (
+    _MAGNITUDES,
+    MATCH,
+    Magnitude,
+    _check_positive_int,
+    _magnitudes,
+    _unit_directions,
+)
 from saekit.hierarchy import fit_hierarchy
 from saekit.metrics import fvu, match, recovery, unit_rows
 from saekit.training.api import fit
@@ -98,6 +105,8 @@ def hierarchical_sparse_data(n: int, n_parents: int = 3, n_children: int = 3, n_
                          f"got {n_children} * {p_child}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be finite and >= 0, got {noise}")
+    if magnitude not in _MAGNITUDES:
+        raise ValueError(f"magnitude must be one of {_MAGNITUDES}, got {magnitude!r}")
     n_features = n_parents * (1 + n_children) + n_independent
     d_in = n_features if d_in is None else d_in
     _check_positive_int(d_in, "d_in")
@@ -168,6 +177,11 @@ def absorption_scores(W_dec: Tensor, active: Tensor, data: HierarchicalData) -> 
     data
         The hierarchy the dictionary was fitted on (its rows, codes and directions).
     """
+    if W_dec.ndim != 2 or W_dec.shape[1] != data.features.shape[1]:
+        raise ValueError(f"W_dec must be [d_dict, d_in = {data.features.shape[1]}], got {tuple(W_dec.shape)}")
+    if active.shape != (len(data.codes), len(W_dec)) or active.dtype != torch.bool:
+        raise ValueError(f"active must be a bool [n, d_dict] = [{len(data.codes)}, {len(W_dec)}] tensor (which "
+                         f"latents fire on each row of data), got {active.dtype} {tuple(active.shape)}")
     latent = matched_latents(W_dec, data.features)
     dirs = unit_rows(W_dec.detach().double())
     rows = []

@@ -114,6 +114,7 @@ def test_hierarchy_children_fire_only_with_their_parent_and_never_together():
     (dict(n_independent=-1), "n_independent"),
     (dict(n_parents=0), "n_parents"),
     (dict(noise=-1.0), "noise"),
+    (dict(magnitude="gaussian"), "magnitude must be one of"),
 ])
 def test_hierarchy_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -147,6 +148,10 @@ def test_absorption_score_is_zero_for_the_true_dictionary_and_one_for_the_absorb
     assert absorbed.child_parent_cos == pytest.approx(1 / math.sqrt(2), abs=1e-5)
     assert [r["parent latent"] for r in absorbed.per_pair] == [p for p, _ in data.pairs()]
     assert all(r["tokens"] > 50 for r in absorbed.per_pair)
+    with pytest.raises(ValueError, match=r"active must be a bool \[n, d_dict\] = \[5000, 20\]"):
+        absorption_scores(W, active[:100], data)
+    with pytest.raises(ValueError, match="W_dec must be"):
+        absorption_scores(W[:, :5], active, data)
 
 
 @pytest.fixture(scope="module")

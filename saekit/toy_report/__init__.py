@@ -309,6 +309,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print("\n" + text_table([{k: r[k] for k in ("data", "kind", "d_dict", "MMCS", "signed MMCS",
                                                 f"matched >= {MATCH}", "dead", "L0", "FVU")}
                              for r in result.rows]))
+    for name, columns in (("transcoder", architectures.TRANSCODER_COLUMNS),
+                          ("hierarchy_mean", architectures.HIERARCHY_COLUMNS)):
+        print("\n" + text_table([{k: r.get(k) for k in columns} for r in result.tables[name]]))
     print(f"\nwrote {out / 'report.md'}, toy.json, toy.csv (the benchmark), index.html and PNG plots "
           f"({result.summary['seconds']['total']:.0f} s)")
     return 0
