@@ -130,3 +130,26 @@ def test_suite_scores_a_transcoder_where_it_reads_and_writes(demo_model, tmp_pat
     assert row["sparse_probing_top5"] > 0.9 and row["tpp_top20"] > row["tpp_top20_random"] + 0.2, row
     assert 0 <= row["absorption_rate"] <= row["absorption_false_negatives"] <= 1
     assert "sensitivity" in r.summary["not_run"] and "sensitivity" not in r.tables
+
+
+def test_first_letter_labels_words_by_their_first_letter():
+    from saekit.evals.concept_tasks import first_letter_lookup
+
+    vocab = ["Ġapple", " Banana", "▁cat", "x", "12", "Ġé", "Ġa", "dog", "Ġdon't", "<|endoftext|>"]
+    assert first_letter_lookup(vocab).tolist() == [0, 1, 2, -1, -1, -1, -1, 3, -1, -1]
+
+
+@pytest.mark.timeout(300)
+def test_real_text_tasks_run_on_the_demo_lm(demo_model):
+    """First letter and text source label real tokens; a dense probe reads both well above
+    chance (measured on 16k tokens: 0.89 over 22 letters, 0.80 for English vs the Python
+    docs), and a task that cannot be built says why."""
+    r = run("sparse_probing", Config(task="first_letter", n_tokens=8192, k_values=[1], dictionaries=[]),
+            model=demo_model)
+    assert r.summary["concepts"] >= 15 and r.summary["dense"] > 0.75, r.summary
+    assert {row["concept"] for row in r.rows} <= set("abcdefghijklmnopqrstuvwxyz")
+    r = run("sparse_probing", Config(task="source", sources=["english", "demo"], n_tokens=8192, k_values=[1],
+                                     dictionaries=[]), model=demo_model)
+    assert r.summary["concepts"] == 2 and r.summary["dense"] > 0.65, r.summary
+    with pytest.raises(ValueError, match="task 'source' needs at least two text sources"):
+        run("sparse_probing", Config(task="source", sources=["demo"], dictionaries=[]), model=demo_model)
