@@ -438,3 +438,29 @@ def test_evaluators_that_perturb_one_hook_refuse_a_transcoder_by_name(demo_model
                                          r"saekit eval suite"):
         run("sensitivity", SensitivityConfig(hook=HOOK_IN, dictionaries=[str(tmp_path / "tc")], n_tokens=256),
             model=demo_model)
+
+
+def test_a_transcoder_trains_from_a_live_stream_of_both_hooks(demo_model):
+    """Both hooks come from one shuffled harvest (LiveStream.together), so input and target
+    rows stay paired: the streamed transcoder fits as well as one trained in memory on the
+    same tokens, and streams of two harvests are refused."""
+    from saekit.activations.stream import LiveStream
+
+    tokens = saekit.load_tokens("demo", demo_model, n_tokens=160 * 128, seed=5)
+    toks = tokens[:128]
+    kw = dict(kind="topk", d_dict=256, k=8, hook=HOOK_IN, hook_out=HOOK_OUT, model=demo_model, seed=0,
+              batch_size=256)
+    streams = LiveStream.together(demo_model, [HOOK_IN, HOOK_OUT], toks, 256, seed=0, prefetch=0)
+    n = len(streams[HOOK_IN]) // 256 * 256
+    live = saekit.fit(streams[HOOK_IN], target=streams[HOOK_OUT], n_tokens=n, **kw)
+    acts = saekit.harvest(demo_model, [HOOK_IN, HOOK_OUT], toks)
+    memory = saekit.fit(acts[HOOK_IN], target=acts[HOOK_OUT], n_tokens=n, **kw)
+    held = saekit.harvest(demo_model, [HOOK_IN, HOOK_OUT], tokens[128:])
+    with torch.no_grad():
+        f_live = float(fvu(held[HOOK_OUT], live(held[HOOK_IN])))
+        f_mem = float(fvu(held[HOOK_OUT], memory(held[HOOK_IN])))
+    # unpaired rows (shuffled input against unshuffled target) would leave FVU near 1
+    assert f_live < 0.4 and abs(f_live - f_mem) < 0.05, (f_live, f_mem)  # measured 0.262 and 0.261
+    other = LiveStream.together(demo_model, [HOOK_OUT], toks, 256, seed=1, prefetch=0)[HOOK_OUT]
+    with pytest.raises(ValueError, match="another harvest"):
+        saekit.fit(streams[HOOK_IN], target=other, n_tokens=256, **kw)
