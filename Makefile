@@ -46,6 +46,10 @@ bench: .venv/.ready .venv-peers/.ready
 	  --md eval/results/bench_snmf_stopping.md
 	$(OFFLINE) $(PY) eval/bench_defaults.py --out eval/results/bench_defaults.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
+	$(OFFLINE) $(PY) eval/bench_suite.py --out eval/results/bench_suite.json
+	$(OFFLINE) $(PY) eval/bench_train.py --transcoder --peers $(PEERS) --out eval/results/bench_train_transcoder.json
+	$(OFFLINE) $(PY) eval/bench_train.py --transcoder --skip --peers $(PEERS) \
+	  --out eval/results/bench_train_skip_transcoder.json
 	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
 	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 16384 --batch-size 32 \
 	  --out eval/results/bench_harvest_smollm2.json
