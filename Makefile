@@ -74,6 +74,10 @@ fixtures: .venv/.ready .venv-peers/.fixtures-ready
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_fixtures.py
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_sparsify_fixtures.py
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_gemma_scope_fixtures.py
+	rm -rf .fixtures-ct && $(PY) -m pip download -q --no-deps circuit-tracer==0.5.0 -d .fixtures-ct
+	$(PY) -m zipfile -e .fixtures-ct/circuit_tracer-0.5.0-py3-none-any.whl .fixtures-ct/lib
+	$(OFFLINE) PYTHONPATH=.fixtures-ct/lib $(PY) tests/fixtures/transcoders/make_circuit_tracer_fixtures.py
+	rm -rf .fixtures-ct
 	rm -rf .fixtures-check && $(PY) tests/fixtures/formats/check_saelens_loads_saekit.py export .fixtures-check
 	$(OFFLINE) $(PEERS) tests/fixtures/formats/check_saelens_loads_saekit.py check .fixtures-check
 	rm -rf .fixtures-check
