@@ -32,12 +32,12 @@ import torch
 from torch import Tensor
 
 from saekit.ground_truth import (
-    _MAGNITUDES,
+    MAGNITUDES,
     MATCH,
     Magnitude,
-    _check_positive_int,
-    _magnitudes,
-    _unit_directions,
+    check_positive_int,
+    draw_magnitudes,
+    unit_directions,
 )
 from saekit.hierarchy import fit_hierarchy
 from saekit.metrics import fvu, match, recovery, unit_rows
@@ -100,7 +100,7 @@ def hierarchical_sparse_data(n: int, n_parents: int = 3, n_children: int = 3, n_
         As :func:`saekit.ground_truth.synthetic_sparse_data`.
     """
     for value, name in ((n, "n"), (n_parents, "n_parents"), (n_children, "n_children")):
-        _check_positive_int(value, name)
+        check_positive_int(value, name)
     if isinstance(n_independent, bool) or not isinstance(n_independent, int) or n_independent < 0:
         raise ValueError(f"n_independent must be an int >= 0, got {n_independent!r}")
     for value, name in ((p_parent, "p_parent"), (p_child, "p_child"), (p_independent, "p_independent")):
@@ -111,17 +111,17 @@ def hierarchical_sparse_data(n: int, n_parents: int = 3, n_children: int = 3, n_
                          f"got {n_children} * {p_child}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be finite and >= 0, got {noise}")
-    if magnitude not in _MAGNITUDES:
-        raise ValueError(f"magnitude must be one of {_MAGNITUDES}, got {magnitude!r}")
+    if magnitude not in MAGNITUDES:
+        raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}")
     n_features = n_parents * (1 + n_children) + n_independent
     d_in = n_features if d_in is None else d_in
-    _check_positive_int(d_in, "d_in")
+    check_positive_int(d_in, "d_in")
     g = torch.Generator().manual_seed(seed)
     if d_in >= n_features:
         q, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=g, dtype=torch.float64))
         features = q[:, :n_features].T.contiguous()
     else:
-        features = _unit_directions(n_features, d_in, g)
+        features = unit_directions(n_features, d_in, g)
     on_parent = torch.rand(n, n_parents, generator=g, dtype=torch.float64) < p_parent
     # One uniform draw per parent picks its child: child j where u falls in [j p, (j+1) p).
     u = torch.rand(n, n_parents, generator=g, dtype=torch.float64)
@@ -129,7 +129,7 @@ def hierarchical_sparse_data(n: int, n_parents: int = 3, n_children: int = 3, n_
     on_child = (which.unsqueeze(-1) == torch.arange(n_children)) & on_parent.unsqueeze(-1)
     on_indep = torch.rand(n, n_independent, generator=g, dtype=torch.float64) < p_independent
     fires = torch.cat([on_parent, on_child.reshape(n, -1), on_indep], 1)
-    codes = fires * _magnitudes(magnitude, (n, n_features), g)
+    codes = fires * draw_magnitudes(magnitude, (n, n_features), g)
     x = codes @ features
     if noise > 0:
         x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)

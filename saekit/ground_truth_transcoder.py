@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from saekit.ground_truth import MATCH, _check_positive_int, _unit_directions, synthetic_sparse_data
+from saekit.ground_truth import MATCH, check_positive_int, synthetic_sparse_data, unit_directions
 from saekit.metrics import fvu, recovery
 from saekit.training.api import fit
 
@@ -62,11 +62,11 @@ def synthetic_sparse_map(n: int, d_in: int = 32, d_out: int = 32, n_features: in
     so ``y`` is not a linear function of ``x``: a transcoder must find which sparse
     features are present to predict it.
     """
-    _check_positive_int(d_out, "d_out")
+    check_positive_int(d_out, "d_out")
     data = synthetic_sparse_data(n, d_in, n_features, p_active=p_active, noise=noise, seed=seed,
                                  dtype=torch.float64, **options)
     g = torch.Generator().manual_seed(seed + _OUT_STREAM)
-    out_features = _unit_directions(n_features, d_out, g)
+    out_features = unit_directions(n_features, d_out, g)
     y = data.codes @ out_features
     if noise > 0:
         y = y + noise * torch.randn(y.shape, generator=g, dtype=torch.float64)

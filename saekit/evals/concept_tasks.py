@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from saekit.data import CONCEPTS, concept_groups, concept_labels, load_tokens
+from saekit.tokenization import token_strings
 
 TASKS = ("planted", "first_letter", "source")
 #: Word-start markers of byte-level BPE (``Ġ``) and SentencePiece (``▁``) vocabularies.
@@ -51,8 +52,6 @@ def planted(cfg: Any, model: Any) -> tuple[Tensor, Tensor, list[str]]:
 
 
 def first_letter(cfg: Any, model: Any) -> tuple[Tensor, Tensor, list[str]]:
-    from saekit.interp.store import token_strings
-
     tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
     lut = first_letter_lookup(token_strings(model))
     return tokens, lut[tokens.clamp_max(len(lut) - 1)], list(string.ascii_lowercase)

@@ -47,11 +47,12 @@ from saekit.interp.dashboard import render_dashboard
 from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
 from saekit.interp.llm_run import calls_table, run_llm
 from saekit.interp.prism import polysemanticity
-from saekit.interp.store import collect, token_strings
+from saekit.interp.store import collect
 from saekit.jobs import claim_output
 from saekit.models import load_model
 from saekit.report import Result
 from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
+from saekit.tokenization import token_strings
 
 
 @dataclass
