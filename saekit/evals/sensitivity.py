@@ -87,7 +87,7 @@ from saekit.evals.common import (
 from saekit.metrics.reconstruction import unit_rows
 from saekit.metrics.uncertainty import bootstrap_se
 from saekit.models import model_device, splice, validate_hook
-from saekit.report import figure_png
+from saekit.report import Section, Stat, figure_png
 
 BASELINE_FAMILIES = ("isotropic", "cov_difference", "cov_mixture", "real_difference", "real_mixture")
 FEATURE_CLASSES = ("active", "alive", "dead")
@@ -331,7 +331,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     config = {**settings(cfg),
               "dictionaries": [n for n, _ in dicts], "median_norm": med, "isotropic_scale_used": iso_scale,
               "cov_ridge_used": gauss.ridge if gauss is not None else None, "n_tokens_evaluated": int(mask.sum())}
-    return EvalResult("sensitivity", rows, summary, config, _figures(cfg, rows))
+    figures = _figures(cfg, rows)
+    tables = _readable_tables(cfg, rows, summary)
+    return EvalResult("sensitivity", rows, summary, config, figures, tables=tables,
+                      sections=_sections(cfg, summary, tables, figures),
+                      title=f"saekit sensitivity: which directions at {cfg.hook} move the output")
 
 
 def _mean(t: Tensor) -> Tensor:
@@ -367,7 +371,7 @@ def _rows(cfg: Config, kls: dict, recon_kls: dict, eps: dict, mask: Tensor, dist
             # recon KL sum over perturbation KL sum, windows resampled jointly
             ratio_se = float(bootstrap_se(_ratio, torch.stack([window_sums[("recon", dname)][:, 0], ws[:, 0]], 1))[0])
         rows.append({"experiment": experiment, "family": family, "dictionary": dname, "r": r,
-                     "r_abs": float(r_abs), "n_tokens": len(k), "n_directions": n_dir,
+                     "r_abs": float(r_abs), "n_tokens": len(k), "n_windows": len(ws), "n_directions": n_dir,
                      "kl_mean": float(k.mean()) if len(k) else math.nan, "kl_mean_se": kl_se,
                      **{c: float(q) for c, q in zip(qcols, qs, strict=True)},
                      "kl_recon": recon, "kl_ratio": ratio, "kl_ratio_se": ratio_se})
@@ -396,6 +400,53 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
     return s
 
 
+# --------------------------------------------------------------------------- the page
+
+
+def _intro(cfg: Config, summary: dict[str, Any]) -> str:
+    unit = "× the median activation norm" if cfg.radius_unit == "median_norm" else "in the hook's L2 units"
+    return (f"What is measured: how much the model's next-token distribution changes (KL divergence, nats "
+            f"per token) when every token's activation at {cfg.hook} is pushed a distance r ({unit}; "
+            f"median norm {summary['median_norm']:.3g}) along one direction, for random baseline directions "
+            "and for dictionary features. How to read it: at the same r, a higher KL means the model is "
+            "more sensitive to that kind of direction; feature directions that move the output more than "
+            "random ones are directions the model reads. The error-pathology test splices in each "
+            "dictionary's reconstruction and compares its KL with an equally long step along a baseline "
+            "direction: a ratio above 1 means the reconstruction error hurts more than an ordinary step "
+            "of its size (Gurnee 2024), about 1 or below that it does not (Lee & Heimersheim 2024).")
+
+
+def _readable_tables(cfg: Config, rows: list[dict], summary: dict[str, Any]) -> dict[str, list[dict]]:
+    """The page's two short tables, each number a :class:`~saekit.report.Stat` with its n
+    (windows): the KL per kind of direction at the reference radius, and the pathology ratios."""
+    ref = summary["reference_radius"]
+    at_ref = [{"family": r["family"], "dictionary": r["dictionary"] or None, "n_directions": r["n_directions"],
+               "kl_mean ± SE": Stat(r["kl_mean"], r["kl_mean_se"], r["n_windows"])}
+              for r in rows if r["experiment"] == "curve" and r["r"] == ref]
+    path = [{"dictionary": r["dictionary"], "family": r["family"], "r_abs": r["r_abs"], "kl_recon": r["kl_recon"],
+             "kl_mean": r["kl_mean"], "kl_ratio ± SE": Stat(r["kl_ratio"], r["kl_ratio_se"], r["n_windows"])}
+            for r in rows if r["experiment"] == "pathology"]
+    return {k: v for k, v in (("at_reference_radius", at_ref), ("pathology", path)) if v}
+
+
+def _sections(cfg: Config, summary: dict[str, Any], tables: dict, figures: dict) -> tuple[Section, ...]:
+    ref = summary["reference_radius"]
+    out = [Section("What this page shows", _intro(cfg, summary))]
+    if "at_reference_radius" in tables:
+        out.append(Section(f"Mean KL per kind of direction at r = {ref:g}", "Baseline families have no "
+                           "dictionary; a dictionary's rows push along its feature directions.",
+                           "at_reference_radius"))
+    if "pathology" in tables:
+        out.append(Section("Error pathology: the reconstruction against a step of the same size", "r_abs is "
+                           "the mean length of the reconstruction error, the step's length.", "pathology"))
+    if figures:
+        out.append(Section("Plots", "Left: mean KL against r per family (dashed: a dictionary's features); "
+                           "right: the same over the isotropic family's KL.", figures=tuple(figures)))
+    out.append(Section("Every measurement", "One row per experiment, family, dictionary and r "
+                       "(sensitivity.csv holds the same).", "sensitivity"))
+    return tuple(out)
+
+
 def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
     from matplotlib.figure import Figure
 
@@ -421,7 +472,7 @@ def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
         ax1.set_ylabel("mean KL(P ‖ Q) per token")
         ax2.set_ylabel("mean KL / mean KL of isotropic directions")
         ax2.axhline(1.0, color="grey", lw=0.8)
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=7, loc="upper left")  # curves rise to the right: that corner stays clear
         fig.suptitle(f"Sensitivity to directions at {cfg.hook}")
         figs["sensitivity_curves.png"] = figure_png(fig)
     path = [r for r in rows if r["experiment"] == "pathology"]
@@ -442,6 +493,6 @@ def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
         ax.set_xticks([i + width * len(fams) / 2 for i in range(len(names))], names)
         ax.set_ylabel("mean KL per token")
         ax.set_title("Error pathology: KL(x̂) / KL(x + ε·u) at matched ε")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not on them
         figs["error_pathology.png"] = figure_png(fig)
     return figs
