@@ -5,7 +5,9 @@ the activations hold; then train a TopK SAE on the middle MLP layer and fit an S
 beside it; report FVU, L0, dead features and CE/KL recovered on held-out text, each
 with a bootstrap standard error over windows; end with a short sensitivity and steering
 comparison of the two dictionaries' features against baseline directions, and feature
-dashboards. On the demo LM (:data:`DEMO_PLAN`) it also compares how well single SAE
+dashboards. Every headline number carries its n and interval (:class:`saekit.report.Stat`),
+every column is explained where it appears (:mod:`saekit.report.glossary`), and the report
+ends with the seconds each stage took (:class:`saekit.demo_report.Stages`). On the demo LM (:data:`DEMO_PLAN`) it also compares how well single SAE
 features, SNMF features and neurons pick out the planted concepts; on a real model
 (``--model smollm2-135m``, :data:`REAL_PLAN`) it reads the committed English corpus.
 """
@@ -45,18 +47,34 @@ def concept_table(acts: torch.Tensor, labels: torch.Tensor, unit: str = "neuron"
 
     rows = []
     x = acts.float()
+    # The spread and the column sums once, not per family: on a dictionary's codes (64k
+    # tokens x 2,048 features) recomputing them for each of 7 families cost 30 s of CPU.
+    sd = x.std(0) + 1e-6
+    total = x.sum(0, dtype=torch.float64)
     for f, family in enumerate(FAMILIES):
         on = labels == f
         if on.sum() < 2 or (~on).sum() < 2:
             continue
         # Rank neurons by a standardised mean difference (cheap), then AUROC the winner.
-        diff = (x[on].mean(0) - x[~on].mean(0)) / (x.std(0) + 1e-6)
+        s_on = x[on].sum(0, dtype=torch.float64)
+        n_on = int(on.sum())
+        diff = ((s_on / n_on - (total - s_on) / (len(x) - n_on)) / sd).float()
         best = int(diff.argmax())
         auroc = float(roc_auc_score(on.numpy(), x[:, best].numpy()))
-        rows.append({"family": family, "tokens": int(on.sum()), f"best {unit}": best,
+        n_on, n_off = int(on.sum()), int((~on).sum())
+        rows.append({"family": family, "tokens": n_on, f"best {unit}": best,
                      "mean on family": float(x[on, best].mean()),
-                     "mean elsewhere": float(x[~on, best].mean()), "AUROC": auroc})
+                     "mean elsewhere": float(x[~on, best].mean()), "AUROC": auroc,
+                     "AUROC ± SE": Stat(auroc, auroc_se(auroc, n_on, n_off), n_on)})
     return rows
+
+
+def auroc_se(auc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC from ``n_pos`` positives and ``n_neg`` negatives (Hanley
+    & McNeil 1982): closed form, so each concept's number carries an interval for free."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return math.sqrt(max(var, 0.0))
 
 
 @dataclass(frozen=True)
@@ -137,7 +155,8 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
     file is taken as ``out``.
 
     Returns the demo's :class:`~saekit.report.Result` (named ``demo``: ``rows`` the
-    dictionaries' evaluation, ``tables`` ``hooks``, ``concepts``, ``effects`` and ``interp``),
+    dictionaries' evaluation, ``tables`` ``hooks``, ``concepts``, ``effects``, ``interp`` and
+    ``times``, the wall-clock and CPU seconds per stage; ``summary["stage_seconds"]`` the same),
     composed from the results of the analyses it runs (the evaluators' summaries, each
     dictionary's interp result), and writes it to ``out`` with ``Result.save`` (the same
     layout as every analysis: ``demo.json``, ``demo.csv``, a CSV per table, ``report.md``,
@@ -180,14 +199,15 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
     n = int(mask.sum())
     print(f"harvested {len(hooks)} hooks x {n:,} tokens in one pass per batch: {dt:.1f}s ({n / dt:,.0f} tokens/s)")
 
-    hook_rows = []
-    for h, x in acts.items():
-        norms = x.norm(dim=1)
-        hook_rows.append({"hook": h, "tokens": x.shape[0], "d": x.shape[1],
-                          "mean ||x||": float(norms.mean()), "max ||x||": float(norms.max()),
-                          "frac > 0": float((x > 0).float().mean())})
-    labels = concept_labels(tokens, model)[mask] if plan.concepts else None
-    concept_rows = concept_table(acts[mid], labels) if plan.concepts else []
+    with stages("activation statistics, concepts per neuron"):
+        hook_rows = []
+        for h, x in acts.items():
+            norms = x.norm(dim=1)
+            hook_rows.append({"hook": h, "tokens": x.shape[0], "d": x.shape[1],
+                              "mean ||x||": float(norms.mean()), "max ||x||": float(norms.max()),
+                              "frac > 0": float((x > 0).float().mean())})
+        labels = concept_labels(tokens, model)[mask] if plan.concepts else None
+        concept_rows = concept_table(acts[mid], labels) if plan.concepts else []
 
     shipped = DEMO_LM.parent / "demo-topk"
     shipped = load_dictionary(shipped) if shipped.is_dir() and _is_demo_lm(model_path) else None
@@ -200,6 +220,8 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
     for r, c, s in zip(concept_rows, sae_concepts, snmf_concepts, strict=True):
         r["best SAE feature AUROC"] = c["AUROC"]
         r["best SNMF feature AUROC"] = s["AUROC"]
+        r["best SAE feature AUROC ± SE"] = c["AUROC ± SE"]
+        r["best SNMF feature AUROC ± SE"] = s["AUROC ± SE"]
 
     with stages("save the dictionaries, plot"):
         png = _plot(acts, concept_rows, sae_freq, mid)
@@ -211,7 +233,7 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
           + report.text_table(_shown(sae_rows)))
     if concept_rows:
         print(f"\nPlanted concepts in {mid}: the single neuron / SAE / SNMF feature that best detects each family\n"
-              + report.text_table(concept_rows))
+              + report.text_table([{c: r[c] for c in CONCEPT_COLUMNS} for r in concept_rows]))
     if effect_rows:
         print(f"\nPerturbing {mid} along each kind of direction (saekit eval sensitivity / steering)\n"
               + report.text_table(effect_rows))
@@ -232,7 +254,7 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
         Section(name, about),
         Section("Activations per hook", table="hooks"),
         Section(f"TopK SAE and SNMF on {mid} (± one standard error over windows)", table="demo", columns=shown),
-        *([Section(f"Planted concepts in {mid}", table="concepts")] if concept_rows else []),
+        *([Section(f"Planted concepts in {mid}", table="concepts", columns=CONCEPT_COLUMNS)] if concept_rows else []),
         *([Section(f"Sensitivity and steering at {mid}", table="effects")] if effect_rows else []),
         Section("Feature descriptions (saekit interp)", INTERP_TEXT, "interp",
                 links=tuple((k, str(p.relative_to(out))) for k, p in dashboards.items())),
@@ -270,6 +292,11 @@ SHOWN = ("kind", "d_dict", "k", "train tokens", "fit seconds", "FVU ± SE", "L0"
          "CE rec. zero ± SE", "CE rec. mean ± SE", "KL rec. zero ± SE", "CE clean / spliced")
 
 
+#: Columns of the concepts table a person reads: each AUROC with its interval.
+CONCEPT_COLUMNS = ("family", "tokens", "best neuron", "mean on family", "mean elsewhere", "AUROC ± SE",
+                   "best SAE feature AUROC ± SE", "best SNMF feature AUROC ± SE")
+
+
 def _shown(rows: list[dict]) -> list[dict]:
     return [{c: r[c] for c in SHOWN if c in r} for r in rows]
 
@@ -279,15 +306,22 @@ def _plot(acts: dict, concept_rows: list[dict], sae_freq: torch.Tensor, mid: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 3 if concept_rows else 2, figsize=(16 if concept_rows else 11, 3.8))
     norms = {h: x.norm(dim=1).clamp_min(1e-6) for h, x in acts.items()}
-    # log-spaced: a real model's residual stream has rare tokens with 100x the typical norm
+    # Log-spaced only when the norms span a factor of 10 or more (a real model's residual
+    # stream has rare tokens with 100x the typical norm); the demo LM's fit a linear axis.
     lo, hi = min(float(n.min()) for n in norms.values()), max(float(n.max()) for n in norms.values())
-    bins = torch.logspace(math.log10(lo), math.log10(hi), 80).numpy()
+    log = hi / lo >= 10
+    bins = (torch.logspace(math.log10(lo), math.log10(hi), 80) if log else torch.linspace(lo, hi, 80)).numpy()
     for h, n in norms.items():
         axes[0].hist(n.numpy(), bins=bins, histtype="step", label=h)
-    axes[0].set(xlabel="activation norm per token", ylabel="tokens", xscale="log")
+    axes[0].set(xlabel="activation norm per token" + (" (log scale)" if log else ""), ylabel="tokens",
+                xscale="log" if log else "linear")
+    if log:  # plain numbers, not 3×10⁰ on every minor tick
+        axes[0].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     # Legends sit above the axes, under the title: inside, they covered lines and bars.
     axes[0].set_title("Activation norms", pad=34)
     axes[0].legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
@@ -297,13 +331,14 @@ def _plot(acts: dict, concept_rows: list[dict], sae_freq: torch.Tensor, mid: str
         for shift, key, label, colour in ((-0.27, "AUROC", "best neuron", "#4c72b0"),
                                           (0.0, "best SAE feature AUROC", "best SAE feature", "#dd8452"),
                                           (0.27, "best SNMF feature AUROC", "best SNMF feature", "#8172b3")):
-            axes[1].bar(pos + shift, [r[key] for r in concept_rows], 0.27, label=label, color=colour)
-        axes[1].set(ylim=(0.5, 1.0), ylabel="AUROC")
+            axes[1].bar(pos + shift, [r[key] for r in concept_rows], 0.27, label=label, color=colour,
+                        yerr=[r[f"{key} ± SE"].se for r in concept_rows], error_kw={"lw": 0.8})
+        axes[1].set(ylim=(0.5, 1.02), ylabel="AUROC (± SE)")
         axes[1].set_title(f"Detecting each concept ({mid})", pad=34)
         axes[1].set_xticks(pos.tolist(), fams, rotation=30)
         axes[1].legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     axes[-1].hist(sae_freq.numpy(), bins=50, color="#55a868")
-    axes[-1].set(xlabel="log10 firing frequency (held-out)", ylabel="SAE features")
+    axes[-1].set(xlabel="log10 firing frequency on held-out text (never fired: -7)", ylabel="SAE features")
     axes[-1].set_title("SAE feature density", pad=34)
     png = report.figure_png(fig)
     plt.close(fig)

@@ -115,3 +115,6 @@ def test_pages_say_what_they_show(site):
     assert 'title="PRISM' in feature  # polysemanticity explained where it appears
     report = (site["demo"].parent / "report.md").read_text("utf-8")
     assert "- **CoSy AUC**:" in report and "| total |" in report
+    times = {r["stage"]: r for r in json.loads((site["demo"].parent / "demo.json").read_text())["tables"]["times"]}
+    assert {"harvest held-out text", "fit the TopK SAE", "interp (TopK SAE)", "total"} <= set(times)
+    assert times["total"]["seconds"] >= sum(r["seconds"] for k, r in times.items() if k != "total") - 0.5

@@ -73,9 +73,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], explain_columns: bool = True)
     if not rows:
         return "(no rows)\n"
     cols = _columns(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
-    notes = [f"- **{c}**: {e}" for c, e in legend(cols)] if explain_columns else []
+
+    def cell(text: str) -> str:  # a bare | would end the cell (column names like "mean ||x||")
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(_fmt(r.get(c))) for c in cols) + " |" for r in rows]
+    notes = [f"- **{cell(c)}**: {e}" for c, e in legend(cols)] if explain_columns else []
     notes += [f"- {n}" for n in _notes(rows)]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
@@ -121,7 +125,7 @@ def figure_png(fig: Any) -> bytes:
 #: tables scroll inside their box instead of being cut or widening the page, explained
 #: headers show a dotted underline, statistics over too few items are greyed.
 TABLE_CSS = """.scroll{overflow-x:auto;max-width:100%;margin:1rem 0}th[title]{cursor:help;
-text-decoration:underline dotted #999}td.lown{color:#999}pre{overflow-x:auto;max-width:100%}
+text-decoration:underline dotted #999}td.lown{color:#999}td.txt{text-align:left}pre{overflow-x:auto;max-width:100%}
 .legend{font-size:.85em;color:#555;margin:.2rem 0 1rem}.legend dt{font-weight:600;display:inline}
 .legend dd{display:inline;margin:0 0 0 .3rem}.legend dd::after{content:"";display:block}"""
 PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
@@ -163,7 +167,8 @@ def html_td(v: Any) -> str:
     if s is not None and s.low_n:
         return (f'<td class="lown" title="only {s.n} items (fewer than {MIN_N}): too few to compare">'
                 f"{html.escape(stat_text(s, mark=False))}</td>")
-    return f"<td>{html.escape(_fmt(v))}</td>"
+    cls = ' class="txt"' if isinstance(v, str) else ""  # words read left to right, numbers align right
+    return f"<td{cls}>{html.escape(_fmt(v))}</td>"
 
 
 def html_table(rows: Sequence[dict[str, Any]], explain_columns: bool = True) -> str:

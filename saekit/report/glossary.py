@@ -63,6 +63,10 @@ COLUMNS: dict[str, str] = {
     "AUROC": "How well the best neuron's activation ranks family tokens above others (0.5 = chance, 1 = perfect).",
     "best SAE feature AUROC": "The same AUROC for the best single TopK SAE feature.",
     "best SNMF feature AUROC": "The same AUROC for the best single SNMF feature.",
+    "AUROC ± SE": ("How well the best neuron's activation ranks the family's tokens above all others (0.5 = "
+                   f"chance, 1 = perfect), {_SE} (Hanley & McNeil 1982); n = the family's tokens."),
+    "best SAE feature AUROC ± SE": "The same for the best single TopK SAE feature.",
+    "best SNMF feature AUROC ± SE": "The same for the best single SNMF feature.",
     # --- perturbation effects (demo)
     "direction": "Which kind of direction the activations are pushed along.",
     "KL at 0.3 median norms": ("Mean next-token KL (nats per token) after moving every token 0.3 median "
@@ -80,10 +84,11 @@ COLUMNS: dict[str, str] = {
                     "feature; maxact/llm = written by an LLM."),
     "features": "Features with at least one score for this description kind (the n of its scores).",
     "CoSy AUC": ("CoSy score (Kopf et al. 2024): probability that the feature fires more on held-out text "
-                 f"matching the description than on random text; 0.5 = chance. Mean over features, {_SE}."),
+                 f"matching the description than on random text; 0.5 = chance. Mean over the descriptions scored, {_SE}."),
     "random CoSy AUC": "The same for another feature's description: the bar a real description must clear.",
     "embedding AUROC": ("How well the description's embedding similarity to held-out chunks ranks the "
-                        f"chunks where the feature fires above others; 0.5 = chance. Mean {_SE}."),
+                        f"chunks where the feature fires above others; 0.5 = chance. Mean over the descriptions "
+                        f"scored, {_SE}."),
     "random embedding AUROC": "The same for another feature's description (the baseline).",
     "random emb. AUROC": "The same for another feature's description (the baseline).",
     "n": "Number of items the means on this row are over.",
