@@ -74,7 +74,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "Activations per hook" in out and "Planted concepts" in out
     doc = json.loads((tmp_path / "demo.json").read_text())  # the demo's Result, in every analysis's layout
     summary = {"sae": doc["rows"], **doc["tables"]}
-    assert saekit.report.Result.load(tmp_path).tables["concepts"] == doc["tables"]["concepts"]
+    # Loading gives back the same table (its statistics as Stat cells, saved as {"mean", "se", "n"})
+    loaded = saekit.report.Result.load(tmp_path).tables["concepts"]
+    assert saekit.report.json_safe(loaded) == doc["tables"]["concepts"]
+    assert isinstance(loaded[0]["AUROC ± SE"], saekit.report.Stat)
     assert {r["family"] for r in summary["concepts"]} == {"day", "month", "colour", "number", "animal", "city", "emotion"}
     assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
     sae = summary["sae"][0]
