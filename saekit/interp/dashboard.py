@@ -36,7 +36,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.2em 2em;color:#222}
 h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.4em 0 .4em}h3{font-size:1em}
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.2em .6em;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;white-space:nowrap;
 font-variant-numeric:tabular-nums}th.sortable{cursor:pointer;user-select:none}
 th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
 .meta{color:#555}.meta span{margin-right:1.2em}.ex{font:13px/1.7 ui-monospace,monospace;
