@@ -84,10 +84,11 @@ from saekit.evals.common import (
     perturbation_kl,
     settings,
 )
+from saekit.evals.sensitivity_page import page_sections, readable_tables
 from saekit.metrics.reconstruction import unit_rows
 from saekit.metrics.uncertainty import bootstrap_se
 from saekit.models import model_device, splice, validate_hook
-from saekit.report import Section, Stat, figure_png
+from saekit.report import figure_png
 
 BASELINE_FAMILIES = ("isotropic", "cov_difference", "cov_mixture", "real_difference", "real_mixture")
 FEATURE_CLASSES = ("active", "alive", "dead")
@@ -208,11 +209,14 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         Rows: one per (experiment, family, dictionary, r): ``experiment`` is ``curve``
         (KL against r) or ``pathology`` (matched-ε baseline vs the reconstruction; ``r``
         is NaN and ``r_abs`` the mean ε); columns ``n_tokens`` (tokens averaged over),
+        ``n_windows`` (windows the standard errors are over),
         ``n_directions`` (distinct directions drawn: one per token for the random
         families, distinct features for the feature classes), ``kl_mean``, ``kl_q..``,
         ``kl_recon`` and ``kl_ratio`` (pathology only).
         Summary: the median norm, the mean KL per family at the reference radius, and
-        each pathology ratio.
+        each pathology ratio. Tables ``at_reference_radius`` and ``pathology``: the same
+        numbers as :class:`~saekit.report.Stat` cells (± SE, n windows) for the page,
+        which opens with what is measured and how to read it.
     """
     check_choices(cfg.families, BASELINE_FAMILIES, "families")
     check_choices(cfg.feature_classes, FEATURE_CLASSES, "feature_classes")
@@ -332,9 +336,9 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
               "dictionaries": [n for n, _ in dicts], "median_norm": med, "isotropic_scale_used": iso_scale,
               "cov_ridge_used": gauss.ridge if gauss is not None else None, "n_tokens_evaluated": int(mask.sum())}
     figures = _figures(cfg, rows)
-    tables = _readable_tables(cfg, rows, summary)
+    tables = readable_tables(rows, summary["reference_radius"])
     return EvalResult("sensitivity", rows, summary, config, figures, tables=tables,
-                      sections=_sections(cfg, summary, tables, figures),
+                      sections=page_sections(cfg.hook, cfg.radius_unit, summary, tables, figures),
                       title=f"saekit sensitivity: which directions at {cfg.hook} move the output")
 
 
@@ -398,53 +402,6 @@ def _summary(cfg: Config, rows: list[dict], med: float, iso_scale: float, gauss:
             s[f"pathology_ratio/{row['dictionary']}/{row['family']}"] = row["kl_ratio"]
             s[f"pathology_ratio_se/{row['dictionary']}/{row['family']}"] = row["kl_ratio_se"]
     return s
-
-
-# --------------------------------------------------------------------------- the page
-
-
-def _intro(cfg: Config, summary: dict[str, Any]) -> str:
-    unit = "× the median activation norm" if cfg.radius_unit == "median_norm" else "in the hook's L2 units"
-    return (f"What is measured: how much the model's next-token distribution changes (KL divergence, nats "
-            f"per token) when every token's activation at {cfg.hook} is pushed a distance r ({unit}; "
-            f"median norm {summary['median_norm']:.3g}) along one direction, for random baseline directions "
-            "and for dictionary features. How to read it: at the same r, a higher KL means the model is "
-            "more sensitive to that kind of direction; feature directions that move the output more than "
-            "random ones are directions the model reads. The error-pathology test splices in each "
-            "dictionary's reconstruction and compares its KL with an equally long step along a baseline "
-            "direction: a ratio above 1 means the reconstruction error hurts more than an ordinary step "
-            "of its size (Gurnee 2024), about 1 or below that it does not (Lee & Heimersheim 2024).")
-
-
-def _readable_tables(cfg: Config, rows: list[dict], summary: dict[str, Any]) -> dict[str, list[dict]]:
-    """The page's two short tables, each number a :class:`~saekit.report.Stat` with its n
-    (windows): the KL per kind of direction at the reference radius, and the pathology ratios."""
-    ref = summary["reference_radius"]
-    at_ref = [{"family": r["family"], "dictionary": r["dictionary"] or None, "n_directions": r["n_directions"],
-               "kl_mean ± SE": Stat(r["kl_mean"], r["kl_mean_se"], r["n_windows"])}
-              for r in rows if r["experiment"] == "curve" and r["r"] == ref]
-    path = [{"dictionary": r["dictionary"], "family": r["family"], "r_abs": r["r_abs"], "kl_recon": r["kl_recon"],
-             "kl_mean": r["kl_mean"], "kl_ratio ± SE": Stat(r["kl_ratio"], r["kl_ratio_se"], r["n_windows"])}
-            for r in rows if r["experiment"] == "pathology"]
-    return {k: v for k, v in (("at_reference_radius", at_ref), ("pathology", path)) if v}
-
-
-def _sections(cfg: Config, summary: dict[str, Any], tables: dict, figures: dict) -> tuple[Section, ...]:
-    ref = summary["reference_radius"]
-    out = [Section("What this page shows", _intro(cfg, summary))]
-    if "at_reference_radius" in tables:
-        out.append(Section(f"Mean KL per kind of direction at r = {ref:g}", "Baseline families have no "
-                           "dictionary; a dictionary's rows push along its feature directions.",
-                           "at_reference_radius"))
-    if "pathology" in tables:
-        out.append(Section("Error pathology: the reconstruction against a step of the same size", "r_abs is "
-                           "the mean length of the reconstruction error, the step's length.", "pathology"))
-    if figures:
-        out.append(Section("Plots", "Left: mean KL against r per family (dashed: a dictionary's features); "
-                           "right: the same over the isotropic family's KL.", figures=tuple(figures)))
-    out.append(Section("Every measurement", "One row per experiment, family, dictionary and r "
-                       "(sensitivity.csv holds the same).", "sensitivity"))
-    return tuple(out)
 
 
 def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
