@@ -19,6 +19,9 @@ baseline (the description of another feature, scored on this feature's data).
   max-pooling compares like with like.
 - :func:`embedding_auroc`: delphi's embedding scorer: AUROC of cos(description, chunk)
   between activating chunks (decile-stratified) and non-activating ones.
+- delphi's simulation scorer (:mod:`saekit.interp.simulation`): the correlation of the
+  feature's per-token activations with those an offline simulator predicts from the
+  description, on the same activating and non-activating chunks.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import Tensor
 from saekit.data import get_tokenizer, special_ids, token_mask
 from saekit.interp.prism import embed
 from saekit.interp.prompts import generate_concept_texts
+from saekit.interp.simulation import corpus_simulation
 from saekit.interp.store import TextExample, window_codes
 
 _EMBEDDINGS: dict[str, Tensor] = {}
@@ -236,13 +240,16 @@ def random_partners(features: Sequence[int], seed: int = 0) -> dict[int, int]:
 
 
 def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple[str, str]]],
-                       seed: int = 0, n_concept: int = 50) -> dict[int, list[dict[str, Any]]]:
+                       seed: int = 0, n_concept: int = 50, simulation: bool = True) -> dict[int, list[dict[str, Any]]]:
     """Score every ``(method, text)`` description of every feature, with random baselines.
 
     Returns ``{feature: [{"method", "text", "scores": {...}}]}`` where scores hold
-    ``cosy_auc, cosy_mad, cosy_p, embedding_auroc`` and the same four of a random
-    description (``random_*``: the same method's description of another feature that
-    has one, see :func:`random_partners`, scored on this feature's data).
+    ``cosy_auc, cosy_mad, cosy_p, embedding_auroc``, with ``simulation`` (delphi's
+    simulation score with the offline simulator: the correlation pooled over all tokens,
+    :func:`~saekit.interp.simulation.corpus_simulation`) and ``simulation_per_example``
+    (the mean of the examples' own correlations) unless ``simulation=False``, and the same
+    of a random description (``random_*``: the same method's description of another
+    feature that has one, see :func:`random_partners`, scored on this feature's data).
     """
     # Donors are drawn per method among the features that have a description of it, so
     # every method gets its baseline (PRISM labels exist only for some features).
@@ -268,12 +275,18 @@ def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple
         allt = torch.stack([table[t] for t in texts + rand_texts])
         cs = retrieval_cosy(corpus, f, allt, n_concept)
         ea = embedding_auroc(corpus, f, allt)
+        sim = corpus_simulation(corpus, f, texts + rand_texts) if simulation else None
         res, j = [], len(texts)
         for i, (m, t) in enumerate(rows):
             s = {"cosy_auc": cs[i].auc, "cosy_mad": cs[i].mad, "cosy_p": cs[i].p, "embedding_auroc": ea[i]}
+            if sim is not None:
+                s.update({"simulation": sim[i].correlation, "simulation_per_example": sim[i].example_mean})
             if rand[i] is not None:
                 s.update({"random_cosy_auc": cs[j].auc, "random_cosy_mad": cs[j].mad,
                           "random_cosy_p": cs[j].p, "random_embedding_auroc": ea[j]})
+                if sim is not None:
+                    s.update({"random_simulation": sim[j].correlation,
+                              "random_simulation_per_example": sim[j].example_mean})
                 j += 1
             res.append({"method": m, "text": t, "scores": s})
         out[f] = res
