@@ -240,3 +240,20 @@ def test_llm_simulator_against_the_real_server(server, tmp_path):
     assert -1 <= s.correlation <= 1, s
     print(f"LLM simulation on the real server (SmolLM2-135M): {s}, answers {calls}; "
           f"server ready in {server.startup_seconds:.1f} s")
+
+
+@pytest.mark.timeout(120)
+def test_dictionary_simulation_gives_one_row_of_headline_numbers(demo_model):
+    from saekit.interp.score import dictionary_simulation
+
+    d = saekit.load_dictionary(ROOT / "checkpoints" / "demo-topk")
+    tokens = saekit.load_tokens("demo:heldout", demo_model, n_tokens=48 * 128, seed=1)
+    out = dictionary_simulation(demo_model, d, tokens, n_features=16)
+    assert out["n_features"] == len(out["rows"]) == 16
+    assert out["simulation"] == pytest.approx(np.mean([r["simulation"] for r in out["rows"]]))
+    # The most frequent features fire on punctuation and function words, in some places
+    # only, so real descriptions score low here (0.1-0.2), but still above random ones.
+    assert out["simulation"] > out["random_simulation"] and abs(out["random_simulation"]) < 0.1, out
+    assert out["simulation_se"] > 0 and all(r["description"] for r in out["rows"])
+    with pytest.raises(ValueError, match=">= 2 windows"):
+        dictionary_simulation(demo_model, d, tokens[:1])

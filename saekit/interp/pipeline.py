@@ -444,7 +444,8 @@ def _with_interval(s: dict[str, Any], key: str) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The mean scores per method beside their random baselines, as a text table."""
+    """The mean scores per method beside their random baselines, as a text table (simulation
+    scores as mean ± 1.96 standard errors over features: a 95% interval)."""
     rows = []
     for m, s in summary["methods"].items():
         row = {"description": m, "n": s.get("n"), "CoSy AUC": s.get("cosy_auc"),

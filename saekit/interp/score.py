@@ -21,7 +21,8 @@ baseline (the description of another feature, scored on this feature's data).
   between activating chunks (decile-stratified) and non-activating ones.
 - delphi's simulation scorer (:mod:`saekit.interp.simulation`): the correlation of the
   feature's per-token activations with those an offline simulator predicts from the
-  description, on the same activating and non-activating chunks.
+  description, on the same activating and non-activating chunks;
+  :func:`dictionary_simulation` gives a dictionary's mean in one call.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ import torch
 from torch import Tensor
 
 from saekit.data import get_tokenizer, special_ids, token_mask
+from saekit.interp import describe
 from saekit.interp.prism import embed
 from saekit.interp.prompts import generate_concept_texts
 from saekit.interp.simulation import corpus_simulation
-from saekit.interp.store import TextExample, window_codes
+from saekit.interp.store import TextExample, collect, token_strings, window_codes
+from saekit.metrics.uncertainty import mean_se
 
 _EMBEDDINGS: dict[str, Tensor] = {}
 
@@ -291,3 +294,51 @@ def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple
             res.append({"method": m, "text": t, "scores": s})
         out[f] = res
     return out
+
+
+def dictionary_simulation(model: Any, dictionary: Any, tokens: Tensor, n_features: int = 64,
+                          seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+    """A dictionary's offline simulation score in one call (for a one-row summary such as
+    ``saekit eval suite``), as ``saekit interp`` computes it at its defaults.
+
+    The first three quarters of ``tokens`` (windows ``[n, ctx_len]``) describe; the
+    ``n_features`` features firing most there are described offline
+    (:func:`saekit.interp.describe.describe`) and simulated on the last quarter
+    (:func:`~saekit.interp.simulation.corpus_simulation`), each beside another feature's
+    description (:func:`random_partners`).
+
+    Returns
+    -------
+    dict
+        ``simulation`` and ``random_simulation`` (means over features of the pooled
+        correlation), their standard errors over features (``*_se``), ``n_features``
+        (features with a score), and ``rows``: per feature ``{"feature", "description",
+        "simulation", "simulation_per_example", "random_simulation"}``.
+    """
+    if len(tokens) < 2:
+        raise ValueError(f"dictionary_simulation needs >= 2 windows of tokens (to describe and to score on), "
+                         f"got {len(tokens)}")
+    cut = max(1, 3 * len(tokens) // 4)
+    store = collect(model, dictionary, tokens[:cut], top_k=100, n_samples=100, batch_size=batch_size, seed=seed,
+                    progress=False)
+    count = store.count()
+    feats = [store.features[i] for i in count.argsort(descending=True, stable=True)[:n_features].tolist()
+             if count[i] > 0]
+    vocab = token_strings(model)
+    text = {f: r["text"] for f, r in describe.describe(store, vocab, feats, model=model,
+                                                      dictionary=dictionary).items()}
+    corpus = scoring_corpus(model, dictionary, tokens[cut:], feats, vocab, batch_size=batch_size, seed=seed)
+    donors = random_partners(feats, seed)
+    rows = []
+    for f in feats:
+        real, *rand = corpus_simulation(corpus, f, [text[f]] + ([text[donors[f]]] if f in donors else []))
+        rows.append({"feature": f, "description": text[f], "simulation": real.correlation,
+                     "simulation_per_example": real.example_mean,
+                     "random_simulation": rand[0].correlation if rand else math.nan})
+    out: dict[str, Any] = {}
+    for key in ("simulation", "random_simulation"):
+        vals = [r[key] for r in rows if not math.isnan(r[key])]
+        out[key] = float(np.mean(vals)) if vals else math.nan
+        out[f"{key}_se"] = mean_se(vals)
+    out["n_features"] = sum(not math.isnan(r["simulation"]) for r in rows)
+    return {**out, "rows": rows}

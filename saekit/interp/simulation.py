@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 
 from saekit.interp.answers import CallLog, log_to, outcome, strip_thinking
+from saekit.interp.prism import embed
 from saekit.interp.prompts import simulation_messages, tokens_and_acts
 
 MAX_SIMULATED = 10
@@ -223,8 +224,6 @@ _TOKEN_EMBEDDINGS: dict[str, Tensor] = {}
 def _embed_cached(texts: Sequence[str]) -> Tensor:
     """MiniLM embeddings of short strings, kept for the process (token strings recur
     across features, descriptions and runs)."""
-    from saekit.interp.prism import embed
-
     new = sorted({t for t in texts if t not in _TOKEN_EMBEDDINGS})
     if new:
         _TOKEN_EMBEDDINGS.update(zip(new, embed(new), strict=True))
@@ -293,6 +292,7 @@ def corpus_simulation(corpus: Any, feature: int, descriptions: Sequence[str], n:
     flags = [True] * len(on) + [False] * len(off)
     preds = simulate_offline(list(descriptions), [examples] * len(descriptions), semantic)
     return [simulation_score(true, p, flags) for p in preds]
+
 
 
 # --------------------------------------------------------------------------- LLM simulator
