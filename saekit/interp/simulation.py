@@ -41,13 +41,14 @@ Where saekit departs from delphi, and why:
 - **No expected values.** delphi's default ("all at once") simulator reads, at each
   token, the LLM's log-probabilities of "0".."10" and takes their expected value. The
   OpenAI-compatible servers saekit targets often return no logprobs (``transformers
-  serve``, the real server of saekit's tests, ignores ``logprobs``/``top_logprobs``; so
-  does OpenRouter, delphi's own API client), and :class:`~saekit.interp.llm.LLMClient`
-  keeps the answer text only. saekit therefore uses delphi's other mode (the JSON
-  simulator: the model writes its integers), in a compact form: a list of integers
-  instead of a JSON echo of every token, which a small local model writes far more
-  reliably and in a third of the tokens. Integer predictions tie more than expected
-  values, which lowers correlations somewhat.
+  serve``, the real server of saekit's tests, ignores ``logprobs``/``top_logprobs``;
+  delphi's own API client, for OpenRouter, asks for none), and
+  :class:`~saekit.interp.llm.LLMClient` keeps the answer text only. saekit therefore
+  uses delphi's other mode (the JSON simulator: the model writes its integers, one
+  prompt per example, after few-shot examples), in a compact form: a list of integers
+  rather than a JSON echo of every token with its value, about a third as many tokens
+  to write. Integer predictions tie more than expected values do, which lowers
+  correlations somewhat.
 - **Unreadable answers are left out, not scored as zeros.** delphi's JSON simulator
   predicts all zeros for an answer it cannot parse, which adds zeros to the pooled
   correlation. saekit leaves such an example out (``n_simulated < n_examples``) and
