@@ -193,6 +193,9 @@ def test_interp_reports_simulation_scores_with_intervals(demo_model, tmp_path):
     offline = res.summary["methods"]["offline"]
     assert offline["simulation_n"] == offline["n"] == 6 and offline["random_simulation_n"] == 6
     assert offline["simulation_se"] > 0 and -1 <= offline["simulation"] <= 1
+    paired = offline["simulation_vs_random"]
+    assert paired["n"] == 6 and paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    assert paired["difference"] == pytest.approx(offline["simulation"] - offline["random_simulation"])
     maxact = res.summary["methods"]["maxact"]
     assert maxact["llm_simulation_n"] == 3 and maxact["random_llm_simulation_n"] == 3
     calls = res.summary["llm_calls"]["simulation"]
@@ -206,6 +209,7 @@ def test_interp_reports_simulation_scores_with_intervals(demo_model, tmp_path):
     assert all(-1 <= r["simulation"] <= 1 for r in res.rows)
     text = summary_table(res.summary)
     assert "simulation r" in text and "random sim. r" in text and "LLM sim. r" in text and " ± " in text
+    assert "simulation gain" in text and "LLM sim. gain" in text
     off = interp(demo_model, d, *tokens, None, InterpConfig(features="3", prism_features=0, llm="off",
                                                             simulation="off"), progress=False)
     assert not any("simulation" in k for r in off.rows for k in r)
@@ -255,5 +259,7 @@ def test_dictionary_simulation_gives_one_row_of_headline_numbers(demo_model):
     # only, so real descriptions score low here (0.1-0.2), but still above random ones.
     assert out["simulation"] > out["random_simulation"] and abs(out["random_simulation"]) < 0.1, out
     assert out["simulation_se"] > 0 and all(r["description"] for r in out["rows"])
+    assert out["difference"] == pytest.approx(out["simulation"] - out["random_simulation"])
+    assert out["ci95"][0] <= out["difference"] <= out["ci95"][1]
     with pytest.raises(ValueError, match=">= 2 windows"):
         dictionary_simulation(demo_model, d, tokens[:1])

@@ -58,7 +58,7 @@ from saekit.interp.llm_run import calls_table, run_llm
 from saekit.interp.prism import polysemanticity
 from saekit.interp.store import collect
 from saekit.jobs import claim_output
-from saekit.metrics.uncertainty import mean_se
+from saekit.metrics.uncertainty import mean_se, paired_difference
 from saekit.models import load_model
 from saekit.report import Result
 from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
@@ -233,7 +233,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
     poly = {f: prism.polysemanticity([c.label for c in clusters[f]], embedded) for f in clusters}
     records = [_record(store, f, vocab, offline[f], scored.get(f, []), clusters.get(f, []), poly.get(f))
                for f in shown]
-    summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed))
+    summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed), cfg.seed)
     summary.update(n_tokens=store.n_tokens, n_score_chunks=len(corpus), n_shown=len(shown),
                    llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1),
                    llm_calls=llm["calls"], llm_work=llm["work"])
@@ -269,12 +269,18 @@ def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch
 #: Scores whose per-method mean the summary gives with its standard error over features
 #: (``{key}_se``; a 95% interval is the mean ± 1.96 SE).
 SE_SCORES = ("simulation", "random_simulation", "llm_simulation", "random_llm_simulation")
+#: Scores the summary also pairs with their random-description control, item by item
+#: (``{key}_vs_random``: :func:`~saekit.metrics.uncertainty.paired_difference`).
+PAIRED_SCORES = ("simulation", "llm_simulation")
 
 
-def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], random_poly: float | None) -> dict:
+def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], random_poly: float | None,
+              seed: int = 0) -> dict:
     """Mean of every score per method, the PRISM best-of-k and mean, with baselines; the
     :data:`SE_SCORES` also with their standard error over features (``{key}_se``) and
-    how many features have them (``{key}_n``)."""
+    how many features have them (``{key}_n``), the :data:`PAIRED_SCORES` with their
+    paired difference from the random control and its bootstrap 95% interval
+    (``{key}_vs_random``)."""
     by: dict[str, dict[str, list[float]]] = {}
     for rows in scored.values():
         for r in rows:
@@ -290,6 +296,10 @@ def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], rand
                        | {f"{k}_se": mean_se(_finite(d[k])) for k in SE_SCORES if k in d}
                        | {f"{k}_n": len(_finite(d[k])) for k in SE_SCORES if k in d}
                        for m, d in by.items()}}
+    for m, d in out["methods"].items():
+        items = [r["scores"] for rows in scored.values() for r in rows if r["method"] == m]
+        d.update({f"{k}_vs_random": paired_difference(items, k, seed=seed) for k in PAIRED_SCORES
+                  if any(k in s for s in items)})
     p = [v for v in poly.values() if v is not None]
     out["polysemanticity"] = {"mean": _mean(p), "random_labels": random_poly, "n": len(p)}
     return out
@@ -443,9 +453,18 @@ def _with_interval(s: dict[str, Any], key: str) -> str:
     return f"{mean:.3f}" + (f" ± {1.96 * se:.3f}" if se is not None and not math.isnan(se) else "")
 
 
+def _gain(paired: dict[str, Any] | None) -> str:
+    """A paired difference from the random control as ``difference [low, high]`` (``-`` when none)."""
+    if not paired or "difference" not in paired:
+        return "-"
+    low, high = paired["ci95"]
+    return f"{paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """The mean scores per method beside their random baselines, as a text table (simulation
-    scores as mean ± 1.96 standard errors over features: a 95% interval)."""
+    scores as mean ± 1.96 standard errors over features, a 95% interval, and their paired
+    gain over the random control with its bootstrap 95% interval)."""
     rows = []
     for m, s in summary["methods"].items():
         row = {"description": m, "n": s.get("n"), "CoSy AUC": s.get("cosy_auc"),
@@ -455,6 +474,8 @@ def summary_table(summary: dict[str, Any]) -> str:
                           ("llm_simulation", "LLM sim. r"), ("random_llm_simulation", "random LLM sim. r")):
             if any(key in v for v in summary["methods"].values()):
                 row[name] = _with_interval(s, key)
+            if key in PAIRED_SCORES and any(f"{key}_vs_random" in v for v in summary["methods"].values()):
+                row[name.replace(" r", " gain")] = _gain(s.get(f"{key}_vs_random"))
         rows.append(row)
     p = summary["polysemanticity"]
     text = (report.text_table(rows) + f"\npolysemanticity (mean label cosine, PRISM): {p['mean']:.3f} "

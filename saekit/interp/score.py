@@ -42,7 +42,7 @@ from saekit.interp.prism import embed
 from saekit.interp.prompts import generate_concept_texts
 from saekit.interp.simulation import corpus_simulation
 from saekit.interp.store import TextExample, collect, token_strings, window_codes
-from saekit.metrics.uncertainty import mean_se
+from saekit.metrics.uncertainty import mean_se, paired_difference
 
 _EMBEDDINGS: dict[str, Tensor] = {}
 
@@ -312,7 +312,9 @@ def dictionary_simulation(model: Any, dictionary: Any, tokens: Tensor, n_feature
     dict
         ``simulation`` and ``random_simulation`` (means over features of the pooled
         correlation), their standard errors over features (``*_se``), ``n_features``
-        (features with a score), and ``rows``: per feature ``{"feature", "description",
+        (features with a score), the paired ``difference`` of real and random and its
+        bootstrap 95% interval ``ci95``
+        (:func:`~saekit.metrics.uncertainty.paired_difference`), and ``rows``: per feature ``{"feature", "description",
         "simulation", "simulation_per_example", "random_simulation"}``.
     """
     if len(tokens) < 2:
@@ -341,4 +343,6 @@ def dictionary_simulation(model: Any, dictionary: Any, tokens: Tensor, n_feature
         out[key] = float(np.mean(vals)) if vals else math.nan
         out[f"{key}_se"] = mean_se(vals)
     out["n_features"] = sum(not math.isnan(r["simulation"]) for r in rows)
+    paired = paired_difference(rows, "simulation", seed=seed)
+    out["difference"], out["ci95"] = paired.get("difference", math.nan), paired.get("ci95")
     return {**out, "rows": rows}
