@@ -32,7 +32,8 @@ def main() -> None:
 
     import saekit
     from saekit.interp.prism import embed
-    from saekit.interp.store import collect, token_strings, window_codes
+    from saekit.interp.store import collect, window_codes
+    from saekit.tokenization import token_strings
 
     model = saekit.load_model(ROOT / "checkpoints" / "demo-lm", device="cpu")
     d = saekit.load_dictionary(ROOT / "checkpoints" / "demo-topk")

@@ -12,7 +12,8 @@ import torch
 
 import saekit
 from saekit.interp import describe, prism, score
-from saekit.interp.store import FeatureStore, collect, token_strings
+from saekit.interp.store import FeatureStore, collect
+from saekit.tokenization import token_strings
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parent.parent

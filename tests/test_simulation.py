@@ -32,7 +32,8 @@ from saekit.interp.simulation import (
     simulate_offline,
     simulation_score,
 )
-from saekit.interp.store import collect, token_strings
+from saekit.interp.store import collect
+from saekit.tokenization import token_strings
 
 ROOT = Path(__file__).resolve().parent.parent
 

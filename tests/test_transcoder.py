@@ -414,7 +414,8 @@ def test_auto_interp_collects_a_transcoders_examples(demo_model, demo_tokens, de
     """Auto-interp reads cfg.hook (the input) and encodes it, as for any dictionary; the
     logit lens reads W_dec's rows at the output hook."""
     from saekit.interp.describe import logit_lens
-    from saekit.interp.store import collect, token_strings
+    from saekit.interp.store import collect
+    from saekit.tokenization import token_strings
 
     store = collect(demo_model, demo_transcoder, demo_tokens[:8], features=[0, 1, 2], top_k=5, n_samples=5)
     assert store.manifest["hook"] == HOOK_IN

@@ -41,8 +41,9 @@ from saekit.interp import describe
 from saekit.interp.prism import embed
 from saekit.interp.prompts import generate_concept_texts
 from saekit.interp.simulation import corpus_simulation
-from saekit.interp.store import TextExample, collect, token_strings, window_codes
+from saekit.interp.store import TextExample, collect, window_codes
 from saekit.metrics.uncertainty import mean_se, paired_difference
+from saekit.tokenization import token_strings
 
 _EMBEDDINGS: dict[str, Tensor] = {}
 

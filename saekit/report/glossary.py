@@ -112,6 +112,13 @@ COLUMNS: dict[str, str] = {
     "cosy_p": "One-sided Mann–Whitney p-value that matching chunks activate more than random ones (small = real).",
     "embedding_auroc": ("AUROC of the description's embedding similarity to held-out chunks, chunks where "
                         "the feature fires against others (0.5 = chance)."),
+    "simulation": ("Simulation score (delphi, Bills et al.): Pearson r between the activations predicted "
+                   "from the description (offline matcher, 0-10 per token) and the true ones over held-out "
+                   "activating and silent chunks (0 = no better than a constant)."),
+    "simulation_per_example": "Mean over the held-out activating chunks of each chunk's own simulation r.",
+    "llm_simulation": "Simulation score with the LLM as the simulator (the MaxAct description).",
+    "llm_simulation_per_example": "LLM simulation r per activating chunk, averaged.",
+    "llm_simulation_parsed": "Fraction of the LLM simulator's answers that could be read.",
     "llm_cosy_auc": "CoSy AUC on texts an LLM wrote from the description (PRISM's CoSy for text).",
     "llm_cosy_mad": "CoSy MAD on texts an LLM wrote from the description.",
     "detection_balanced_accuracy": ("An LLM, given the description, says which held-out chunks make the "
