@@ -4,7 +4,7 @@ against a plain forward of the same tokens.
     python eval/bench_suite.py [--dictionary checkpoints/demo-topk] [--n-tokens 16384]
                                [--out eval/results/bench_suite.json]
 
-The suite runs with its defaults (core metrics, sparse probing, TPP, absorption,
+The suite runs with its defaults (core metrics, sparse probing, TPP, absorption, SCR,
 sensitivity, steering) in one call, as a user runs it; each part's wall time is read
 from a second call per part group (the three concept parts share one harvest, so they
 are timed together). ``plain forward`` is ``model(tokens)`` on the suite's ``n_tokens``
@@ -35,7 +35,7 @@ from saekit.evals.suite import Config  # noqa: E402
 from saekit.fileio import atomic_write_text  # noqa: E402
 from saekit.models import portable_spec  # noqa: E402
 
-GROUPS = (["core"], ["sparse_probing", "tpp", "absorption"], ["sensitivity"], ["steering"])
+GROUPS = (["core"], ["sparse_probing", "tpp", "absorption"], ["scr"], ["sensitivity"], ["steering"])
 
 
 def plain_forward(model, tokens: torch.Tensor, batch_size: int) -> float:

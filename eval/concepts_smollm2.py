@@ -11,7 +11,10 @@ Matryoshka BatchTopK (kept in ``runs/concepts-smollm2`` and reused). On held-out
   probe and a random SAE), absorption (false negatives and absorbed share per letter)
   and TPP;
 - **source**: English prose against the demo corpus' Python documentation; sparse
-  probing and TPP.
+  probing and TPP;
+- **SCR**: a probe for the source trained where the source and a word's first letter
+  (a–m) always agree, then the dictionary's features for the letter ablated
+  (:mod:`saekit.evals.scr`), against as many random features.
 
 Means over letters come with their standard error over letters. Results:
 ``eval/results/concepts_smollm2.{json,md}``.
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import saekit  # noqa: E402
-from saekit.evals import absorption, sparse_probing, tpp  # noqa: E402
+from saekit.evals import absorption, scr, sparse_probing, tpp  # noqa: E402
 from saekit.fileio import atomic_write_text  # noqa: E402
 from saekit.metrics.uncertainty import mean_se  # noqa: E402
 from saekit.report import json_safe, markdown_table  # noqa: E402
@@ -116,9 +119,16 @@ def main(argv: list[str] | None = None) -> int:
            "n_tokens": args.n_tokens, "seed": args.seed, "tasks": {}}
     for task in ("first_letter", "source"):
         res["tasks"][task] = run_task(model, hook, dicts, task, args.n_tokens, args.seed)
+    r = scr.run(scr.Config(model=MODEL, hook=hook, dictionaries=dicts, n_tokens=args.n_tokens, seed=args.seed,
+                           batch_size=32, n_features=[5, 20]), model, progress=True)
+    res["scr"] = {"summary": r.summary, "rows": r.rows}
     res.update(seconds=round(time.time() - t0, 1), machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
                command="python eval/concepts_smollm2.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    md = table(res)
+    md = table(res) + "\n\nSCR (source probe trained with first letter a–m as the spurious attribute): biased " \
+        f"{res['scr']['summary']['biased_accuracy']:.3f}, oracle {res['scr']['summary']['oracle_accuracy']:.3f}, " \
+        f"{res['scr']['summary']['per_cell']} words per combination\n\n" + markdown_table(
+            [{"dictionary": r["dictionary"], "n": r["n"], "ablated accuracy": f"{r['ablated_accuracy']:.3f}",
+              "SCR": f"{r['scr']:.3f}"} for r in res["scr"]["rows"]])
     atomic_write_text(args.out, json.dumps(json_safe(res), indent=2) + "\n")
     atomic_write_text(args.out.with_suffix(".md"), f"# Concept evaluations on {MODEL} {hook}\n\n{md}\n\n"
                       f"`{res['command']}` ({res['machine']}, {res['seconds']:.0f} s)\n")

@@ -123,9 +123,10 @@ def test_suite_scores_a_transcoder_where_it_reads_and_writes(demo_model, tmp_pat
                     epochs=4, batch_size=256, seed=0)
     tc.save(tmp_path / "tc")
     cfg = SuiteConfig(dictionaries=[str(tmp_path / "tc")], n_tokens=8192,
-                      parts=["sparse_probing", "tpp", "absorption", "sensitivity"])
+                      parts=["sparse_probing", "tpp", "absorption", "scr", "sensitivity"])
     r = run_eval("suite", cfg, tmp_path / "suite", model=demo_model)
     (row,) = r.rows
+    assert "scr_top20" in row and "scr_top20_random" in row
     assert (row["hook"], row["hook_out"]) == (hi, ho)
     assert row["sparse_probing_top5"] > 0.9 and row["tpp_top20"] > row["tpp_top20_random"] + 0.2, row
     assert 0 <= row["absorption_rate"] <= row["absorption_false_negatives"] <= 1

@@ -2,7 +2,8 @@
 
 Runs, on one model and one text, the core metrics (FVU, L0, CE and KL recovered,
 SAEBench's reconstruction metrics: :func:`saekit.metrics.spliced.evaluate`), sparse
-probing, targeted probe perturbation, absorption, sensitivity and steering, and gathers
+probing, targeted probe perturbation, absorption, spurious correlation removal
+(:mod:`saekit.evals.scr`, on its two text sources), sensitivity and steering, and gathers
 their headlines into one row per dictionary, comparable across SAE kinds, SNMF,
 transcoders and loaded checkpoints (a transcoder reads ``hook`` and is scored where it
 writes; sensitivity and steering, which perturb one hook along decoder rows, run on the
@@ -29,11 +30,14 @@ from saekit.metrics.spliced import evaluate
 from saekit.models import load_model
 
 #: What the suite can run, in order.
-PARTS = ("core", "sparse_probing", "tpp", "absorption", "sensitivity", "steering")
+PARTS = ("core", "sparse_probing", "tpp", "absorption", "scr", "sensitivity", "steering")
 #: The parts that probe the planted concepts and share :func:`~saekit.evals.sparse_probing.prepare`.
 CONCEPT_PARTS = ("sparse_probing", "tpp", "absorption")
 #: SAEBench's ``eval_type_id`` of the parts it has.
-SAEBENCH_IDS = {"core": "core", "sparse_probing": "sparse_probing", "tpp": "tpp", "absorption": "absorption_first_letter"}
+SAEBENCH_IDS = {"core": "core", "sparse_probing": "sparse_probing", "tpp": "tpp", "absorption": "absorption_first_letter",
+                "scr": "scr"}
+#: The parts that take transcoders (the others perturb one hook along decoder rows: SAEs only).
+TRANSCODER_PARTS = (*CONCEPT_PARTS, "scr")
 
 
 @dataclass
@@ -45,7 +49,7 @@ class Config(EvalConfig):
     dictionaries: list[str] | None = None
     """Dictionaries to evaluate (paths or registry ids); at least one."""
     n_tokens: int = 16384
-    parts: list[Literal["core", "sparse_probing", "tpp", "absorption", "sensitivity", "steering"]] = field(
+    parts: list[Literal["core", "sparse_probing", "tpp", "absorption", "scr", "sensitivity", "steering"]] = field(
         default_factory=lambda: list(PARTS))
     """Evaluations to run (sensitivity and steering are the slowest)."""
 
@@ -58,6 +62,8 @@ def _headline(part: str, summary: dict[str, Any], name: str) -> dict[str, Any]:
         keys = {f"{name}@20": "tpp_top20", f"{name}/random@20": "tpp_top20_random"}
     elif part == "absorption":
         keys = {f"{name}/absorption": "absorption_rate", f"{name}/false_negatives": "absorption_false_negatives"}
+    elif part == "scr":
+        keys = {f"{name}@20": "scr_top20", f"{name}/random@20": "scr_top20_random"}
     else:
         return {f"{part}:{k}": v for k, v in summary.items()
                 if name in k and (v is None or isinstance(v, (int, float)))}
@@ -121,12 +127,12 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         mod = evaluator(part)
         fields = {f for f in mod.Config.__dataclass_fields__}
         concepts = part in CONCEPT_PARTS
-        own = common if concepts else {**common, "dictionaries": saes}
+        own = common if part in TRANSCODER_PARTS else {**common, "dictionaries": saes}
         if not own["dictionaries"]:
             not_run[part] = "no dictionary it takes (it perturbs the hook along decoder rows: SAEs only)"
             continue
         sub = mod.Config(**{k: v for k, v in own.items() if k in fields},
-                         **({"n_tokens": cfg.n_tokens} if concepts else {}))
+                         **({"n_tokens": cfg.n_tokens} if part in TRANSCODER_PARTS else {}))
         if concepts:  # one harvest and one encoding per dictionary for all three
             prepared = prepared or prepare(sub, model, progress)
             result = mod.run(sub, model=model, progress=progress, prepared=prepared)
