@@ -61,6 +61,7 @@ from saekit.jobs import claim_output
 from saekit.metrics.uncertainty import mean_se, paired_difference
 from saekit.models import load_model
 from saekit.report import Result
+from saekit.report.stats import EMPTY, LOW_N_NOTE, Stat, stat_text
 from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 from saekit.tokenization import token_strings
 
@@ -266,9 +267,6 @@ def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch
     return float(np.mean(vals)) if vals else None
 
 
-#: Scores whose per-method mean the summary gives with its standard error over features
-#: (``{key}_se``; a 95% interval is the mean ± 1.96 SE).
-SE_SCORES = ("simulation", "random_simulation", "llm_simulation", "random_llm_simulation")
 #: Scores the summary also pairs with their random-description control, item by item
 #: (``{key}_vs_random``: :func:`~saekit.metrics.uncertainty.paired_difference`).
 PAIRED_SCORES = ("simulation", "llm_simulation")
@@ -276,9 +274,9 @@ PAIRED_SCORES = ("simulation", "llm_simulation")
 
 def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], random_poly: float | None,
               seed: int = 0) -> dict:
-    """Mean of every score per method, the PRISM best-of-k and mean, with baselines; the
-    :data:`SE_SCORES` also with their standard error over features (``{key}_se``) and
-    how many features have them (``{key}_n``), the :data:`PAIRED_SCORES` with their
+    """Mean of every score per method, the PRISM best-of-k and mean, with baselines; each
+    also with its standard error over features (``{key}_se``) and how many features have
+    it (``{key}_n``); the :data:`PAIRED_SCORES` with their
     paired difference from the random control and its bootstrap 95% interval
     (``{key}_vs_random``)."""
     by: dict[str, dict[str, list[float]]] = {}
@@ -293,8 +291,8 @@ def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], rand
                 if vals:
                     by.setdefault("prism (best of k)", {}).setdefault(key, []).append(max(vals))
     out = {"methods": {m: {k: _mean(v) for k, v in d.items()} | {"n": max(map(len, d.values()))}
-                       | {f"{k}_se": mean_se(_finite(d[k])) for k in SE_SCORES if k in d}
-                       | {f"{k}_n": len(_finite(d[k])) for k in SE_SCORES if k in d}
+                       | {f"{k}_se": mean_se(_finite(v)) for k, v in d.items()}
+                       | {f"{k}_n": len(_finite(v)) for k, v in d.items()}
                        for m, d in by.items()}}
     for m, d in out["methods"].items():
         items = [r["scores"] for rows in scored.values() for r in rows if r["method"] == m]
@@ -445,41 +443,46 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_interval(s: dict[str, Any], key: str) -> str:
-    """``mean ± 1.96 SE`` of one of the :data:`SE_SCORES` (``-`` when absent)."""
-    mean, se = s.get(key), s.get(f"{key}_se")
+def _stat_cell(s: dict[str, Any], key: str) -> str:
+    """One score of a method as ``mean ± SE (n=…)`` over features (:func:`saekit.report.stats.stat_text`;
+    marked under its minimum n, ``—`` when absent)."""
+    mean = s.get(key)
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    return f"{mean:.3f}" + (f" ± {1.96 * se:.3f}" if se is not None and not math.isnan(se) else "")
+        return EMPTY
+    se = s.get(f"{key}_se")
+    return stat_text(Stat(mean, se if se is not None and not math.isnan(se) else None, s.get(f"{key}_n", s["n"])))
 
 
 def _gain(paired: dict[str, Any] | None) -> str:
     """A paired difference from the random control as ``difference [low, high]`` (``-`` when none)."""
     if not paired or "difference" not in paired:
-        return "-"
+        return EMPTY
     low, high = paired["ci95"]
     return f"{paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The mean scores per method beside their random baselines, as a text table (simulation
-    scores as mean ± 1.96 standard errors over features, a 95% interval, and their paired
-    gain over the random control with its bootstrap 95% interval)."""
+    """The mean scores per method beside their random baselines, as a text table: each as
+    mean ± standard error over features with its n, and the simulation scores' paired gain
+    over the random control with its bootstrap 95% interval."""
     rows = []
     for m, s in summary["methods"].items():
-        row = {"description": m, "n": s.get("n"), "CoSy AUC": s.get("cosy_auc"),
-               "random CoSy AUC": s.get("random_cosy_auc"), "embedding AUROC": s.get("embedding_auroc"),
-               "random emb. AUROC": s.get("random_embedding_auroc")}
+        row = {"description": m, "CoSy AUC": _stat_cell(s, "cosy_auc"),
+               "random CoSy AUC": _stat_cell(s, "random_cosy_auc"), "embedding AUROC": _stat_cell(s, "embedding_auroc"),
+               "random emb. AUROC": _stat_cell(s, "random_embedding_auroc")}
         for key, name in (("simulation", "simulation r"), ("random_simulation", "random sim. r"),
                           ("llm_simulation", "LLM sim. r"), ("random_llm_simulation", "random LLM sim. r")):
             if any(key in v for v in summary["methods"].values()):
-                row[name] = _with_interval(s, key)
+                row[name] = _stat_cell(s, key)
             if key in PAIRED_SCORES and any(f"{key}_vs_random" in v for v in summary["methods"].values()):
                 row[name.replace(" r", " gain")] = _gain(s.get(f"{key}_vs_random"))
         rows.append(row)
     p = summary["polysemanticity"]
-    text = (report.text_table(rows) + f"\npolysemanticity (mean label cosine, PRISM): {p['mean']:.3f} "
-            f"against {p['random_labels'] or float('nan'):.3f} for random labels ({p['n']} features)")
+    mean = EMPTY if p["mean"] is None or math.isnan(p["mean"]) else f"{p['mean']:.3f}"
+    rand = EMPTY if p["random_labels"] is None or math.isnan(p["random_labels"]) else f"{p['random_labels']:.3f}"
+    text = (report.text_table(rows) + f"\nscores: mean ± SE over features (n); {LOW_N_NOTE}"
+            f"\npolysemanticity (mean label cosine, PRISM): {mean} against {rand} for random labels "
+            f"(n={p['n']} features)")
     if summary.get("llm_calls"):
         text += "\nLLM answers:\n" + report.text_table(calls_table(summary["llm_calls"]))
     work = summary.get("llm_work")
