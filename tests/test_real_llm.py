@@ -12,9 +12,11 @@ import pytest
 from real_llm import RealLLMServer
 
 from saekit import gguf
+from saekit.interp.answers import CallLog
 from saekit.interp.detection import detection
 from saekit.interp.llm import LLMClient
 from saekit.interp.prompts import explain_maxact
+from saekit.interp.simulation import llm_simulation
 
 WORDS = "The children walked to school on Monday and came home on Tuesday afternoon".split()
 
@@ -135,3 +137,18 @@ def test_steering_judge_against_the_real_server(server, tmp_path):
     assert row["parsed"] + row["salvaged"] == (s.concept is not None) + (s.fluency is not None)
     assert s.score is None or 0 <= s.score <= 2  # None when either rating is unreadable, never a pass
     print(f"judge on the real server in {time.time() - t0:.1f} s: concept {s.concept}, fluency {s.fluency}; {row}")
+
+
+@pytest.mark.timeout(240)
+def test_llm_simulator_against_the_real_server(server, tmp_path):
+    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
+    log = CallLog()
+    on = [{"tokens": ["We", " met", " on", " Monday", " at", " noon"], "acts": [0, 0, 0, 3.0, 0, 0]}]
+    off = [{"tokens": ["Rain", " fell", " over", " the", " harbour"], "acts": [0.0] * 5}]
+    [s] = llm_simulation(client, ["days of the week"], [on], [off], log=log)
+    calls = log.as_dict()["simulation"]
+    assert calls["total"] == 2 and calls["failed"] == calls["skipped"] == 0
+    assert calls["parsed"] + calls["salvaged"] == s.n_simulated >= 1, (calls, s)
+    assert -1 <= s.correlation <= 1, s
+    print(f"LLM simulation on the real server (SmolLM2-135M): {s}, answers {calls}; "
+          f"server ready in {server.startup_seconds:.1f} s")

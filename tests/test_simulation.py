@@ -1,8 +1,8 @@
 """delphi's simulation scorer (saekit.interp.simulation): the 0–10 scale and the
 correlation on hand-built arrays with known answers, the answer parser, the offline
 simulator on the demo LM's planted-concept features against random descriptions, the
-pipeline's ``simulation`` columns (with an LLM simulator on a scripted server), and the
-LLM simulator against a real server (SmolLM2-135M-Instruct on loopback)."""
+pipeline's ``simulation`` columns (with an LLM simulator on a scripted server); the LLM
+simulator against a real server is in tests/test_real_llm.py, which shares its server."""
 
 from __future__ import annotations
 
@@ -19,14 +19,13 @@ from test_interp_llm import honest_model
 
 import saekit
 from saekit.interp import describe, score
-from saekit.interp.answers import CallLog, NoAnswer
+from saekit.interp.answers import NoAnswer
 from saekit.interp.llm import LLMClient
 from saekit.interp.simulation import (
     activation_list_outcome,
     corpus_simulation,
     correlation,
     description_terms,
-    llm_simulation,
     normalize_activations,
     parse_activation_list,
     simulate_offline,
@@ -216,35 +215,6 @@ def test_interp_reports_simulation_scores_with_intervals(demo_model, tmp_path):
     assert not any("simulation" in k for r in off.rows for k in r)
     with pytest.raises(ValueError, match="simulation must be"):
         InterpConfig(simulation="yes")
-
-
-# --------------------------------------------------------------------------- a real LLM server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from real_llm import RealLLMServer
-
-    from saekit import gguf
-
-    model_dir = gguf.resolve_model_dir("smollm2-135m")  # converted once, cached
-    with RealLLMServer(model_dir, log=tmp_path_factory.mktemp("serve") / "serve.log") as s:
-        yield s
-
-
-@pytest.mark.timeout(240)
-def test_llm_simulator_against_the_real_server(server, tmp_path):
-    client = LLMClient(server.url, server.model, cache_dir=tmp_path / "cache", timeout=90, max_retries=1)
-    log = CallLog()
-    on = [{"tokens": ["We", " met", " on", " Monday", " at", " noon"], "acts": [0, 0, 0, 3.0, 0, 0]}]
-    off = [{"tokens": ["Rain", " fell", " over", " the", " harbour"], "acts": [0.0] * 5}]
-    [s] = llm_simulation(client, ["days of the week"], [on], [off], log=log)
-    calls = log.as_dict()["simulation"]
-    assert calls["total"] == 2 and calls["failed"] == calls["skipped"] == 0
-    assert calls["parsed"] + calls["salvaged"] == s.n_simulated >= 1, (calls, s)
-    assert -1 <= s.correlation <= 1, s
-    print(f"LLM simulation on the real server (SmolLM2-135M): {s}, answers {calls}; "
-          f"server ready in {server.startup_seconds:.1f} s")
 
 
 @pytest.mark.timeout(120)
