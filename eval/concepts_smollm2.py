@@ -124,16 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     res["scr"] = {"summary": r.summary, "rows": r.rows}
     res.update(seconds=round(time.time() - t0, 1), machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
                command="python eval/concepts_smollm2.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    md = table(res) + "\n\nSCR (source probe trained with first letter a–m as the spurious attribute): biased " \
-        f"{res['scr']['summary']['biased_accuracy']:.3f}, oracle {res['scr']['summary']['oracle_accuracy']:.3f}, " \
-        f"{res['scr']['summary']['per_cell']} words per combination\n\n" + markdown_table(
-            [{"dictionary": r["dictionary"], "n": r["n"], "ablated accuracy": f"{r['ablated_accuracy']:.3f}",
-              "SCR": f"{r['scr']:.3f}"} for r in res["scr"]["rows"]])
+    md = report(res)
     atomic_write_text(args.out, json.dumps(json_safe(res), indent=2) + "\n")
     atomic_write_text(args.out.with_suffix(".md"), f"# Concept evaluations on {MODEL} {hook}\n\n{md}\n\n"
                       f"`{res['command']}` ({res['machine']}, {res['seconds']:.0f} s)\n")
     print(md)
     return 0
+
+
+def report(res: dict) -> str:
+    """The Markdown tables of a result (also to re-render a saved one)."""
+    return table(res) + "\n\nSCR (source probe trained with first letter a–m as the spurious attribute): biased " \
+        f"{res['scr']['summary']['biased_accuracy']:.3f}, oracle {res['scr']['summary']['oracle_accuracy']:.3f}, " \
+        f"{res['scr']['summary']['per_cell']} words per combination\n\n" + markdown_table(
+            [{"dictionary": r["dictionary"], "features ablated": r["n"], "ablated accuracy": f"{r['ablated_accuracy']:.3f}",
+              "SCR": f"{r['scr']:.3f}"} for r in res["scr"]["rows"]])
+
 
 
 if __name__ == "__main__":
