@@ -154,7 +154,11 @@ def load_dictionary(spec: str | Path, device: Any = None, fold_decoder_norms: bo
         known = ", ".join(sorted(registry.load_registry())[:12])
         raise FileNotFoundError(f"{s}: no such file or directory, and not a registry id RELEASE/ID "
                                 f"(releases in {registry.registry_path()}: {known}); hf://org/repo/path reads the hub")
-    local = registry.fetch(entry["repo_id"], entry["path"], entry["format"], entry.get("revision"))
+    try:
+        local = registry.fetch(entry["repo_id"], entry["path"], entry["format"], entry.get("revision"))
+    except FormatError as e:
+        raise FormatError(f"registry id {s!r} (release [{entry['release']}] of {registry.registry_path()}): "
+                          f"{e}") from e
     return load(local, device, fold_decoder_norms, hook=entry["hook"], model=entry.get("model"),
                         processing=entry.get("processing"))
 
