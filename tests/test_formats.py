@@ -133,7 +133,8 @@ def test_export_sparsify_round_trips_and_refuses_what_sparsify_cannot_hold(tmp_p
     out = formats.export(d, tmp_path / "layers.0", to="sparsify")
     assert sorted(load_file(out / "sae.safetensors")) == ["W_dec", "b_dec", "encoder.bias", "encoder.weight"]
     back = saekit.load_dictionary(out)
-    assert back.cfg.hook == "blocks.0.hook_resid_post" and back.cfg.k == 5
+    # the hook saekit recorded in cfg.json (saekit_hook), not the folder's guess (layers.0 -> resid_post)
+    assert back.cfg.hook == "blocks.0.hook_resid_pre" and back.cfg.k == 5
     with torch.no_grad():
         assert torch.allclose(back(x), d(x), atol=1e-5)
     with pytest.raises(ValueError, match="sparsify holds TopK"):

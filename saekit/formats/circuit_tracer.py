@@ -33,20 +33,30 @@ from saekit.models import HOOK_RE  # the TransformerLens hook grammar saekit use
 ACTIVATIONS = {"relu": "relu", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "topk": "topk"}
 
 
+def circuit_tracer_problem(d: Any) -> str | None:
+    """Why circuit-tracer cannot hold dictionary ``d``, or None when it can."""
+    c = d.cfg
+    if not c.is_transcoder or c.kind not in ACTIVATIONS:
+        return (f"circuit-tracer holds per-layer transcoders of kinds {sorted(ACTIVATIONS)}; this is a "
+                f"{c.kind} {'transcoder' if c.is_transcoder else 'SAE'}")
+    if c.d_out != c.d_in or c.input_norm == "layer_norm":
+        return (f"circuit-tracer's transcoders map d_model to d_model on raw inputs; this one has "
+                f"d_in={c.d_in}, d_out={c.d_out}, input_norm={c.input_norm!r}")
+    m_in, m_out = HOOK_RE.match(c.hook or ""), HOOK_RE.match(c.hook_out or "")
+    if m_in is None or m_out is None or m_in.group(1) != m_out.group(1):
+        return (f"circuit-tracer needs both hooks in one block (blocks.L.<input> -> blocks.L.<output>); "
+                f"this transcoder has hook={c.hook!r}, hook_out={c.hook_out!r}")
+    return None
+
+
 def export_circuit_tracer(d: Any, path: str | Path) -> Path:
     """Write transcoder ``d`` to directory ``path`` (``layer_{L}.safetensors`` +
     ``config.yaml``), or raise a ValueError saying what circuit-tracer cannot hold."""
+    problem = circuit_tracer_problem(d)
+    if problem is not None:
+        raise ValueError(problem)
     c = d.cfg
-    if not c.is_transcoder or c.kind not in ACTIVATIONS:
-        raise ValueError(f"circuit-tracer holds per-layer transcoders of kinds {sorted(ACTIVATIONS)}; this is a "
-                         f"{c.kind} {'transcoder' if c.is_transcoder else 'SAE'}")
-    if c.d_out != c.d_in or c.input_norm == "layer_norm":
-        raise ValueError(f"circuit-tracer's transcoders map d_model to d_model on raw inputs; this one has "
-                         f"d_in={c.d_in}, d_out={c.d_out}, input_norm={c.input_norm!r}")
-    m_in, m_out = HOOK_RE.match(c.hook or ""), HOOK_RE.match(c.hook_out or "")
-    if m_in is None or m_out is None or m_in.group(1) != m_out.group(1):
-        raise ValueError(f"circuit-tracer needs both hooks in one block (blocks.L.<input> -> blocks.L.<output>); "
-                         f"this transcoder has hook={c.hook!r}, hook_out={c.hook_out!r}")
+    m_in, m_out = HOOK_RE.match(c.hook), HOOK_RE.match(c.hook_out)
     layer = int(m_in.group(1))
     tensors = {"W_enc": d.enc_weight, "W_dec": d.W_dec, "b_enc": d.b_enc, "b_dec": d.b_dec}
     act = ACTIVATIONS[c.kind]
