@@ -231,8 +231,7 @@ def check_local(key: str, value: Any, where: str) -> None:
         if path_like and not path.exists() and not (REPO / path).exists():
             raise _missing_path(key, value, where, "a model directory")
     elif key == "data" and isinstance(value, str):
-        name, _, split = value.partition(":")
-        if name in BUILTIN_CORPORA or Path(value).expanduser().exists():
+        if value.partition(":")[0] in BUILTIN_CORPORA or Path(value).expanduser().exists():
             return
         if value.startswith((".", "/", "~")) or value.endswith((".txt", ".jsonl", ".json", ".parquet")):
             raise _missing_path(key, value, where, "a text file or folder")

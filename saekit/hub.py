@@ -130,6 +130,14 @@ def in_cache(repo_id: str, filename: str = "config.json", revision: str | None =
         return False
 
 
+def repo_in_cache(repo_id: str, repo_type: str = "model") -> bool:
+    """Whether the local Hugging Face cache holds anything of ``repo_id``."""
+    from huggingface_hub import constants
+
+    folder = f"{repo_type}s--" + repo_id.replace("/", "--")
+    return (Path(constants.HF_HUB_CACHE) / folder).is_dir()
+
+
 def looks_like_path(spec: str | Path, roots: tuple[Path, ...] = ()) -> bool:
     """Whether a model or dictionary name is meant as a local path rather than a hub id:
     it starts with ``.``, ``/`` or ``~``, is not of the form ``owner/name``, or its first

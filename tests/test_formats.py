@@ -214,7 +214,8 @@ def test_registry_ids_and_hf_urls_load_from_the_hf_cache(tmp_path):
     # hf:// reads the hook from the repository's name (-res) and the folder (layer_3).
     assert second == "jumprelu blocks.3.hook_resid_post google/gemma-2-2b raw blocks.3.hook_resid_post True"
     r = run_offline("import saekit; saekit.load_dictionary('gpt2-small-res-jb/blocks.9.hook_resid_pre')", cache)
-    assert r.returncode != 0 and "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in r.stderr
+    assert r.returncode != 0 and "not in the local Hugging Face cache: 'hf://jbloom" in r.stderr
+    assert "HF_HUB_OFFLINE is set, so the hub was not asked" in r.stderr
     r = run_offline("import saekit; saekit.load_dictionary('gpt2-small-res-jb/layer_9')", cache)
     assert "has ids of the form 'blocks.{layer}.hook_resid_pre'" in r.stderr
     with pytest.raises(FileNotFoundError, match="not a registry id"):

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEMO_LM
+from conftest import DEMO_LM, ROOT
 
 import saekit
 from saekit.models import hook_names, hook_width, validate_hook
@@ -159,6 +159,7 @@ def attempt(name, fn):
 attempt("hub_name", lambda: saekit.load_model("saekit-test/not-cached", device="cpu"))
 attempt("missing_dir", lambda: saekit.load_model("checkpoints/nope", device="cpu"))
 attempt("registry_id", lambda: saekit.load_dictionary("gpt2-small-res-jb/blocks.3.hook_resid_pre"))
+attempt("hf_path", lambda: saekit.load_dictionary("hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.3.hook_resid_pre"))
 attempt("cached", lambda: saekit.load_model("saekit-test/tiny-gpt2", device="cpu"))
 print(json.dumps(out))
 """
@@ -180,7 +181,8 @@ def test_without_network_names_what_is_missing_at_once(hf_dir, tmp_path):
         port = s.getsockname()[1]
     _fill_hf_cache(hf_dir, tmp_path / "hub")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT=f"http://127.0.0.1:{port}",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))  # this checkout, from any cwd
     run_dir = tmp_path / "cwd"
     run_dir.mkdir()  # not the checkout: checkpoints/ is found under the repository, nope is not
     r = subprocess.run([sys.executable, "-c", NO_NETWORK_SCRIPT], env=env, cwd=run_dir, capture_output=True,
@@ -196,6 +198,8 @@ def test_without_network_names_what_is_missing_at_once(hf_dir, tmp_path):
     kind, msg, seconds = out["registry_id"]
     assert kind == "FormatError" and "no network and not in the local Hugging Face cache" in msg, msg
     assert "gpt2-small-res-jb" in msg and "not found (" not in msg and seconds < 10, (msg, seconds)
+    kind, msg, seconds = out["hf_path"]  # not "no checkpoint saekit knows there"
+    assert kind == "FormatError" and msg.startswith("no network and not in the local") and seconds < 10, msg
     kind, msg, seconds = out["cached"]
     assert kind == "loaded" and seconds < 30, (msg, seconds)  # the cache serves it with no network
 

@@ -115,3 +115,55 @@ def test_no_wandb_line_in_the_makefiles_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "WANDB" not in r.stdout + r.stderr, r.stdout
     assert "wandb imported: False" in r.stdout
+
+
+# --------------------------------------------------------------------------- the hub probe and small wording
+
+
+@pytest.mark.timeout(30)
+def test_the_hub_probe_connects_once_to_hf_endpoint(monkeypatch):
+    """A real TCP connect to the endpoint HF_ENDPOINT names (a listener on loopback here),
+    remembered for the process; a closed port is no network; HF_HUB_OFFLINE skips the probe."""
+    import socket
+
+    from saekit import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}/")
+    assert hub.endpoint() == f"http://127.0.0.1:{port}"
+    assert hub.hub_state() == hub.HubState(True, "")
+    listener.close()
+    assert hub.hub_state().online  # remembered: one probe per endpoint and process
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    start = time.perf_counter()
+    state = hub.hub_state()
+    assert not state.online and f"127.0.0.1:{closed} cannot be reached" in state.reason
+    assert time.perf_counter() - start < 5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.hub_state() == hub.HubState(False, "HF_HUB_OFFLINE is set")
+
+
+@pytest.mark.timeout(30)
+def test_path_like_names_and_plurals(tmp_path, monkeypatch):
+    from saekit.hub import looks_like_path
+    from saekit.schema import plural
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for spec in ("./x", "/abs/x", "~/x", "checkpoints/nope", "a/b/c", "bad name"):
+        assert looks_like_path(spec), spec
+    for spec in ("gpt2", "EleutherAI/pythia-70m", "smollm2-135m"):
+        assert not looks_like_path(spec), spec
+    assert [plural(n, "dictionary") for n in (0, 1, 2)] == ["0 dictionaries", "1 dictionary", "2 dictionaries"]
+    assert (plural(1, "shard"), plural(3, "shard"), plural(2, "key"), plural(2, "index", "indices")) == (
+        "1 shard", "3 shards", "2 keys", "2 indices")

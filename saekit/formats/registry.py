@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.formats.readers import FORMATS, FormatError
-from saekit.hub import hub_session, missing_message
+from saekit.hub import hub_session, hub_state, missing_message, repo_in_cache
 
 REGISTRY_FILE = Path(__file__).resolve().parents[2] / "checkpoints" / "registry.toml"
 FIELDS = {"repo_id", "format", "model", "processing", "id", "path", "hook", "revision", "description"}
@@ -129,6 +129,10 @@ def fetch(repo_id: str, path: str, fmt: str | None = None, revision: str | None 
             if get("params.npz", required=False) is not None:
                 fmt = "gemma_scope"
             else:
+                state = hub_state()
+                if not state.online and not repo_in_cache(repo_id):  # say so, not "no checkpoint there"
+                    raise FormatError(missing_message("checkpoint", f"hf://{repo_id}/{path}", state, cached=False,
+                                                      not_on_hub=False))
                 raise FormatError(f"hf://{repo_id}/{path}: no checkpoint saekit knows there "
                                   "(cfg.json, config.json + ae.pt, or params.npz)")
     if fmt == "gemma_scope":
