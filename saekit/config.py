@@ -9,11 +9,12 @@ overrides; :func:`build_config` refuses unknown keys with the list of allowed on
 missing required keys, and checks every value against its field's declared type (a
 ``Literal`` lists its choices), the class's ``RANGES`` and ``POSITIVE`` fields, and then
 the config's own ``validate(where)`` (for :class:`TrainConfig`: the kind and its options,
-against the kind's options dataclass). Fields with these names are also checked against
-the machine, cheaply (:func:`check_local`): ``device`` (a device torch knows, and CUDA only
-where there is one), and ``model``, ``data``, ``cache``, ``dictionary``/``dictionaries``
-where they name a local path that does not exist. A typo or a wrong value fails before any
-work is done (before a model loads or an output directory is claimed) with a
+against the kind's options dataclass); hook names against saekit's grammar. Then, by
+field name, against this machine, cheaply (:func:`check_machine`): ``device`` (a device
+torch knows, and CUDA only where there is one), ``model``, ``data``, ``cache``,
+``dictionary``/``dictionaries`` where they name a local path that does not exist, and
+each hook's layer against a local model's config.json. A typo or a wrong value fails
+before any work is done (before a model loads or an output directory is claimed) with a
 ``ValueError`` that names the file (or the ``--set`` item) and the key.
 """
 
@@ -215,12 +216,17 @@ def _missing_path(key: str, value: str, where: str, what: str) -> ValueError:
                       f"(relative paths are read from {Path.cwd()})")
 
 
-def check_local(key: str, value: Any, where: str) -> None:
-    """Cheap checks against this machine, by field name, so that a typo fails before any
-    work: ``device`` must be one torch can use here; ``model``, ``data``, ``cache``,
-    ``dictionary`` and ``dictionaries`` must exist where they name a local path (a name
-    that could be a Hugging Face id, a registry id or a built-in corpus is left to its
-    loader, which says what it tried)."""
+def check_hook_names(key: str, value: Any, where: str) -> None:
+    """A ``hook``/``hook_out``/``hooks`` value names hooks of saekit's grammar (:data:`HOOK_RE`)."""
+    if key not in ("hook", "hook_out", "hooks"):
+        return
+    for hook in value if isinstance(value, list) else [value]:
+        if isinstance(hook, str) and hook and not HOOK_RE.match(hook):  # "": the dictionary's own hook
+            raise ValueError(f"{where}: key {key!r} names hook {hook!r}, which saekit does not know; valid: "
+                             + ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES) + " (L a layer)")
+
+
+def _check_local(key: str, value: Any, where: str) -> None:
     if not isinstance(value, (str, list)) or value in ("", []):
         return
     if key == "device" and isinstance(value, str):
@@ -239,11 +245,6 @@ def check_local(key: str, value: Any, where: str) -> None:
         if not (Path(value).expanduser() / "manifest.json").is_file():
             raise ValueError(f"{where}: key 'cache' names {value!r}, which is not an activation cache (no "
                              "manifest.json there); `saekit harvest --out DIR` makes one")
-    elif key in ("hook", "hook_out", "hooks"):
-        for hook in value if isinstance(value, list) else [value]:
-            if isinstance(hook, str) and not HOOK_RE.match(hook):
-                raise ValueError(f"{where}: key {key!r} names hook {hook!r}, which saekit does not know; valid: "
-                                 + ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES) + " (L a layer)")
     elif key in ("dictionary", "dictionaries"):
         for spec in value if isinstance(value, list) else [value]:
             # a registry id RELEASE/ID never starts with a local folder's name
@@ -251,6 +252,20 @@ def check_local(key: str, value: Any, where: str) -> None:
                 "/" in spec and Path(spec.split("/", 1)[0]).is_dir()))
             if path_like and not Path(spec).expanduser().exists():
                 raise _missing_path(key, spec, where, "a dictionary")
+
+
+def check_machine(config: Any, where: str, origins: dict[str, str] | None = None) -> None:
+    """Cheap checks of a built config against this machine, by field name, so that a typo
+    fails before any work: ``device`` must be one torch can use here; ``model``, ``data``,
+    ``cache``, ``dictionary`` and ``dictionaries`` must exist where they name a local path
+    (a name that could be a Hugging Face id, a registry id or a built-in corpus is left to
+    its loader, which says what it tried); every hook's layer must exist in a local model
+    (its config.json, read without loading weights). ``origins``: ``{key: "--set ..."}``
+    for values an override gave, named in the error instead of ``where``."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    for key, value in values.items():
+        _check_local(key, value, (origins or {}).get(key, where))
+    check_hook_layers(values, where, origins)
 
 
 def _common_ranges(cls: type) -> dict[str, tuple[float, float | None]]:
@@ -282,7 +297,7 @@ def check_values(cls: type, values: dict[str, Any], where: str) -> None:
             if value < lo or (hi is not None and value > hi):
                 span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
                 raise ValueError(f"{where}: key {key!r} must be {span}, got {value!r}")
-        check_local(key, value, where)
+        check_hook_names(key, value, where)
         if key == "sweep" and cls is TrainConfig:
             for entry in value:
                 check_values(cls, {k: v for k, v in entry.items() if k not in ("hook", "sweep")},
@@ -321,7 +336,7 @@ def check_hook_layers(values: dict[str, Any], where: str, origins: dict[str, str
                                  f"{layers} layers (0..{layers - 1})")
 
 
-def build_config(cls: type, values: dict[str, Any], where: str, origins: dict[str, str] | None = None) -> Any:
+def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
     """``cls(**values)`` after every check of the module docstring, and ``validate(where)``
     where the class has one; any failure is a ValueError that starts with ``where``."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -335,8 +350,6 @@ def build_config(cls: type, values: dict[str, Any], where: str, origins: dict[st
         raise ValueError(f"{where}: missing required key(s) {missing} (set them in the TOML file, with "
                          f"--set, or with the flags {flags})")
     check_values(cls, values, where)
-    defaults = {name: f.default for name, f in fields.items() if f.default is not dataclasses.MISSING}
-    check_hook_layers({**defaults, **values}, where, origins)
     try:
         config = cls(**values)
     except (TypeError, KeyError, AttributeError) as e:
@@ -359,11 +372,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable ({e})") from None
 
 
-def load_config(path: Any, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
+def load_config(path: Any, overrides: list[str] | None = None, cls: type = TrainConfig, *,
+                machine: bool = True) -> Any:
     """A checked config of type ``cls``: from a TOML file (``path``), from a config object
     (an instance of ``cls``, checked again with the overrides applied) or from the
     defaults (``None``), with ``key=value`` overrides applied in order (values parsed as
     TOML; ``options.NAME=value`` sets one entry of a table field ``options``).
+    ``machine`` (the default, what every job entry wants) also checks the config against
+    this machine (:func:`check_machine`: the device, local paths, hook layers); ``False``
+    checks the config alone, for a recipe meant for another machine or for files an
+    earlier step makes (a cache ``saekit harvest`` writes first).
 
     Raises
     ------
@@ -401,4 +419,7 @@ def load_config(path: Any, overrides: list[str] | None = None, cls: type = Train
         check_values(cls, {key: value}, at)
         values[key] = value
         origins[key] = at
-    return build_config(cls, values, where, origins)
+    config = build_config(cls, values, where)
+    if machine:
+        check_machine(config, where, origins)
+    return config
