@@ -70,6 +70,9 @@ validate: .venv/.ready
 
 fixtures: .venv/.ready .venv-peers/.fixtures-ready
 	$(OFFLINE) $(PEERS) tests/fixtures/formats/make_fixtures.py
+	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_fixtures.py
+	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_sparsify_fixtures.py
+	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_gemma_scope_fixtures.py
 	rm -rf .fixtures-check && $(PY) tests/fixtures/formats/check_saelens_loads_saekit.py export .fixtures-check
 	$(OFFLINE) $(PEERS) tests/fixtures/formats/check_saelens_loads_saekit.py check .fixtures-check
 	rm -rf .fixtures-check

@@ -26,31 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the real-server fixture
 
 
 def paired(rows: list[dict], key: str, seed: int = 0) -> dict:
-    """Mean of ``key`` and of ``random_key`` over features that have both, their mean
-    difference and its bootstrap 95% interval over features."""
-    pairs = [(r[key], r["random_" + key]) for r in rows
-             if _num(r.get(key)) and _num(r.get("random_" + key))]
-    out = {"n": len(pairs)}
-    if not pairs:
-        return out
-    a, b = np.array(pairs).T
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boot = [rng.choice(d, len(d)).mean() for _ in range(10000)] if len(d) > 1 else [d.mean()]
-    out.update(llm=float(a.mean()), random=float(b.mean()), difference=float(d.mean()),
-               ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))])
+    """:func:`~saekit.metrics.uncertainty.paired_difference` with the description's mean
+    under ``llm`` (this file's JSON layout)."""
+    from saekit.metrics.uncertainty import paired_difference
+
+    out = paired_difference(rows, key, seed=seed)
+    if "value" in out:
+        out["llm"] = out.pop("value")
     return out
-
-
-def _num(x) -> bool:
-    return isinstance(x, int | float) and not math.isnan(x)
 
 
 def run_once(args, server, model, d, tokens, out: Path, cache: Path) -> dict:

@@ -21,6 +21,13 @@ medians over rounds of each round's median step):
   start-up not timed). "vs saekit" is a row's tokens/s over saekit's sparse step.
 
 Target (issue 3): the sparse step and the ``fit`` pass reach at least 60% of the bound.
+
+``--transcoder`` (``--skip`` for a skip transcoder) times a TopK transcoder instead: every
+case predicts ``y [batch, d_out]`` from ``x`` (the SAELens peer is left out: its
+transcoder has no TopK training class; sparsify trains with ``transcode=True``, and
+``skip_connection=True`` with ``--skip``). Target (issue 19): at least 1.5x sparsify's
+tokens/s. With ``--model``, ``x`` is the MLP's input (``hook_resid_mid``) and ``y`` its
+output (``hook_mlp_out``) of the middle block.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ def run_peer(python: str, lib: str, data: Path, args) -> dict:
     cmd = [python, str(ROOT / "eval" / "peers" / "bench_train_peer.py"), "--lib", lib, "--data", str(data),
            "--d-in", str(args.d_in), "--d-dict", str(args.d_dict), "--k", str(args.k),
            "--steps", str(args.steps), "--threads", str(torch.get_num_threads())]
+    if args.transcoder:
+        cmd += ["--transcoder"] + (["--skip"] if args.skip else [])
     env = {**os.environ, "PYTHONPATH": ""}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if r.returncode != 0:
@@ -92,9 +101,14 @@ def main() -> None:
                     help="train on this model's activations (e.g. smollm2-135m) instead of seeded randn; "
                          "d_in becomes the hook's width")
     ap.add_argument("--hook", default=None, help="with --model: the hook (default blocks.{n_layers//2}.mlp.hook_post)")
+    ap.add_argument("--transcoder", action="store_true", help="time a TopK transcoder (x -> y) instead of an SAE")
+    ap.add_argument("--skip", action="store_true", help="with --transcoder: a skip transcoder")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.skip and not args.transcoder:
+        ap.error("--skip needs --transcoder")
     peers = None if args.peers in (None, "", "none") else args.peers
+    peer_libs = {lib: PEERS[lib] for lib in PEERS if not (args.transcoder and lib == "saelens")} if peers else {}
     if peers and (args.device != "cpu" or args.dtype != "float32"):
         print("peer rows are CPU fp32 only: skipping them", file=sys.stderr)
         peers = None
@@ -105,26 +119,34 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     if args.model:  # real activations: every case, peers included, trains on the same rows
         model = saekit.load_model(args.model, device="cpu")
-        args.hook = args.hook or f"blocks.{model.cfg.n_layers // 2}.mlp.hook_post"
+        mid = model.cfg.n_layers // 2
+        args.hook = args.hook or (f"blocks.{mid}.hook_resid_mid" if args.transcoder else f"blocks.{mid}.mlp.hook_post")
+        hooks = [args.hook, f"blocks.{mid}.hook_mlp_out"] if args.transcoder else [args.hook]
         tokens = saekit.load_tokens("english", model, B * (args.fit_batches + 1) * 130 // 127)
-        acts = saekit.harvest(model, [args.hook], tokens)[args.hook][: B * (args.fit_batches + 1)]
+        acts = saekit.harvest(model, hooks, tokens)
+        acts = {h: a[: B * (args.fit_batches + 1)] for h, a in acts.items()}
         del model
-        args.d_in = d = acts.shape[1]
-        x, data = acts[:B].to(dev, dtype), acts[B:].to(dtype)
+        x_all, y_all = acts[hooks[0]], acts[hooks[-1]]
+        args.d_in = d = x_all.shape[1]
     else:
-        x = torch.randn(B, d, generator=g).to(dev, dtype)
-        data = torch.randn(B * args.fit_batches, d, generator=g).to(dtype)
+        x_all = torch.randn(B * (args.fit_batches + 1), d, generator=g)
+        # a transcoder's target: a fixed random map of the input plus noise, of the same width
+        y_all = x_all @ torch.randn(d, d, generator=g) / d ** 0.5 + 0.1 * torch.randn(len(x_all), d, generator=g)
+    x, data = x_all[:B].to(dev, dtype), x_all[B:].to(dtype)
+    y, target = (y_all[:B].to(dev, dtype), y_all[B:].to(dtype)) if args.transcoder else (None, None)
+    tc = dict(target=target, skip=args.skip) if args.transcoder else {}
     W = torch.randn(d, n, generator=g).to(dev, dtype)
 
     cases = {"bound": lambda: x @ W}
     names = {"bound": "encoder matmul bound"}
     for path in ("train_step", "train_step_dense"):
-        sae = REGISTRY["topk"](DictionaryConfig(kind="topk", d_in=d, d_dict=n, k=k)).to(dev, dtype)
+        shape = dict(hook="in", hook_out="out", d_out=y.shape[1], options={"skip": args.skip}) if args.transcoder else {}
+        sae = REGISTRY["topk"](DictionaryConfig(kind="topk", d_in=d, d_dict=n, k=k, **shape)).to(dev, dtype)
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
         dead = torch.zeros(n, dtype=torch.bool, device=dev)
 
         def step(sae=sae, opt=opt, path=path, dead=dead):
-            out = getattr(sae, path)(x, 0, dead=dead)
+            out = getattr(sae, path)(x, 0, dead=dead, target=y)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
@@ -132,20 +154,22 @@ def main() -> None:
         cases[path] = step
         names[path] = "one step, sparse kernels" if path == "train_step" else "one step, dense autograd"
 
-    saekit.fit(data[: 2 * B], "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev)  # warm-up
-    times: dict[str, list[float]] = {c: [] for c in [*cases, "fit", *(PEERS if peers else [])]}
+    warm = {key: v[: 2 * B] if key == "target" else v for key, v in tc.items()}
+    saekit.fit(data[: 2 * B], "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev, **warm)  # warm-up
+    times: dict[str, list[float]] = {c: [] for c in [*cases, "fit", *peer_libs]}
     peer_info: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         xfile = Path(tmp) / "x.pt"
-        torch.save(x.detach().cpu().float().clone(), xfile)
+        torch.save(x.detach().cpu().float().clone() if y is None else
+                   {"x": x.detach().cpu().float().clone(), "y": y.detach().cpu().float().clone()}, xfile)
         for rnd in range(args.rounds):
             for c, fn in cases.items():
                 times[c].append(timed(fn, args.steps, sync, warmup=1 if rnd == 0 else 0))
             t = time.perf_counter()
-            saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev)
+            saekit.fit(data, "topk", d_dict=n, k=k, batch_size=B, epochs=1, device=dev, **tc)
             sync()
             times["fit"].append(time.perf_counter() - t)
-            for lib in PEERS if peers else []:
+            for lib in peer_libs:
                 r = run_peer(peers, lib, xfile, args)
                 peer_info[lib] = r
                 times[lib].append(r["seconds"])
@@ -163,12 +187,14 @@ def main() -> None:
             name = f"saekit.fit pass ({len(data):,} tokens)"
         elif c in PEERS:
             name = PEERS[c].format(version=peer_info[c]["version"])
+            name = name.replace("TopK step", "TopK transcoder step") if args.transcoder else name
         else:
             name = names[c]
         rows.append({"case": name, "tokens/s": tps, "of bound": tps / bound, "vs saekit": tps / ours,
                      "rounds": [(len(data) if c == "fit" else B) / t for t in times[c]]})
 
-    print(f"TopK training{f' on {args.model} {args.hook}' if args.model else ''}, "
+    what = ("TopK skip transcoder" if args.skip else "TopK transcoder") if args.transcoder else "TopK SAE"
+    print(f"{what} training{f' on {args.model} {args.hook}' if args.model else ''}, "
           f"d_in={d}, d_dict={n}, k={k}, batch={B}, {dev}, {args.dtype}, "
           f"{torch.get_num_threads()} threads; matmul rate {2 * B * d * n / med['bound'] / 1e9:.1f} GFLOP/s; "
           f"medians of {args.rounds} interleaved rounds")

@@ -33,11 +33,13 @@ HOOK_TEMPLATES = (
     "blocks.{L}.hook_resid_pre",
     "blocks.{L}.attn.hook_z",
     "blocks.{L}.hook_resid_mid",
+    # the MLP's input after its norm, as the MLP reads it (Gemma Scope's transcoders read it)
+    "blocks.{L}.ln2.hook_out",
     "blocks.{L}.mlp.hook_post",
     "blocks.{L}.hook_mlp_out",
     "blocks.{L}.hook_resid_post",
 )
-HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
+HOOK_RE = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_resid_mid|ln2\.hook_out|mlp\.hook_post|hook_mlp_out|hook_resid_post)$")
 
 
 class HookedModel(Protocol):
@@ -310,7 +312,7 @@ def hook_names(model: HookedModel) -> list[str]:
     names = []
     for layer in range(n_layers(model)):
         for t in HOOK_TEMPLATES:
-            if attn_only and ("mlp" in t or "resid_mid" in t):
+            if attn_only and ("mlp" in t or "resid_mid" in t or "ln2" in t):
                 continue
             names.append(t.format(L=layer))
     return names

@@ -44,7 +44,9 @@ def rel(a, b):
 
 def test_fixtures_cover_every_format_and_sae_kind():
     fmts = {json.loads((FIXTURES / n / "fixture.json").read_text())["format"] for n in NAMES}
-    assert fmts == set(formats.READERS)
+    # Gemma Scope 2's fixtures (SAE and transcoders) are read by tests/test_gemma_scope_2.py
+    gs2 = ROOT / "tests" / "fixtures" / "transcoders" / "gemma_scope" / "gemma-scope-2-x-pt"
+    assert fmts | ({"gemma_scope_2"} if any(gs2.rglob("params.safetensors")) else set()) == set(formats.READERS)
     kinds = {saekit.load_dictionary(spec_of(n)).cfg.kind for n in NAMES}
     assert kinds == {"relu", "topk", "batchtopk", "jumprelu", "gated"}
 
@@ -227,7 +229,7 @@ def test_registry_file_is_valid_and_rejects_unknown_fields(tmp_path):
 
     reg = load_registry()
     assert {"gpt2-small-res-jb", "gemma-scope-2b-pt-res", "sae-llama-3-8b-32x"} <= set(reg)
-    assert {r["format"] for r in reg.values()} == {"saelens", "gemma_scope", "sparsify", "dictionary_learning"}
+    assert {r["format"] for r in reg.values()} == {"saelens", "gemma_scope", "gemma_scope_2", "sparsify", "dictionary_learning"}
     bad = tmp_path / "r.toml"
     bad.write_text('[x]\nrepo_id = "a/b"\nformat = "saelens"\nid = "{layer}"\npath = "p"\nhooks = "typo"\n')
     with pytest.raises(FormatError, match=r"unknown field\(s\) \['hooks'\]"):

@@ -57,7 +57,8 @@ def test_unknown_hf_name_lists_valid_specs():
 def test_hook_helpers(demo_model):
     names = hook_names(demo_model)
     L = demo_model.cfg.n_layers
-    assert len(names) == 6 * L and "blocks.0.mlp.hook_post" in names
+    assert len(names) == 7 * L and "blocks.0.mlp.hook_post" in names and "blocks.0.ln2.hook_out" in names
+    assert hook_width(demo_model, "blocks.1.ln2.hook_out") == demo_model.cfg.d_model
     assert hook_width(demo_model, "blocks.1.mlp.hook_post") == demo_model.cfg.d_mlp
     assert hook_width(demo_model, "blocks.1.attn.hook_z") == demo_model.cfg.n_heads * demo_model.cfg.d_head
     assert hook_width(demo_model, "blocks.0.hook_resid_pre") == demo_model.cfg.d_model

@@ -427,3 +427,14 @@ def test_train_a_transcoder_from_a_cache_of_both_hooks(tmp_path):
                  "--out", str(other)]) == 0
     with pytest.raises(ValueError, match="rows pair only within one cache"):
         saekit.fit(x, kind="topk", d_dict=16, k=2, target=CacheRows(other, HOOK_OUT))
+
+
+def test_evaluators_that_perturb_one_hook_refuse_a_transcoder_by_name(demo_model, demo_transcoder, tmp_path):
+    from saekit.evals import run
+    from saekit.evals.sensitivity import Config as SensitivityConfig
+
+    demo_transcoder.save(tmp_path / "tc")
+    with pytest.raises(ValueError, match=r"is a transcoder \(blocks.2.hook_resid_mid -> blocks.2.hook_mlp_out\).*"
+                                         r"saekit eval suite"):
+        run("sensitivity", SensitivityConfig(hook=HOOK_IN, dictionaries=[str(tmp_path / "tc")], n_tokens=256),
+            model=demo_model)

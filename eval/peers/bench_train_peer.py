@@ -19,6 +19,12 @@ Each step is the library's own training-step code path, as its trainer runs it:
   ``fvu.backward()``, ``remove_gradient_parallel_to_decoder_directions()``,
   ``Adam.step()``, ``zero_grad()``.
 
+With ``--transcoder`` (``--data`` then holds ``{"x", "y"}``), sparsify trains a TopK
+transcoder (``transcode=True``; ``skip_connection=True`` with ``--skip``) as its Trainer
+does: ``forward(x, y, dead_mask=...)``, the encoder bias and ``b_dec`` initialised from
+the means, and neither the decoder renormalisation nor the gradient projection (the
+Trainer skips both when transcoding). SAELens has no TopK transcoder training class.
+
 Both get an all-false dead mask (no dead latents: the AuxK branch is skipped, as in
 saekit's step, whose ``dead`` mask is all false too).
 """
@@ -72,14 +78,18 @@ def saelens_step(x: torch.Tensor, d_dict: int, k: int):
     return step, {"version": version("sae-lens")}
 
 
-def sparsify_step(x: torch.Tensor, d_dict: int, k: int):
+def sparsify_step(x: torch.Tensor, d_dict: int, k: int, y: torch.Tensor | None = None, skip: bool = False):
     from sparsify import SparseCoder, SparseCoderConfig
     from sparsify import utils as sp_utils
 
     B, d = x.shape
-    sae = SparseCoder(d, SparseCoderConfig(num_latents=d_dict, k=k), device="cpu", dtype=torch.float32)
-    with torch.no_grad():
-        sae.b_dec.copy_(x.mean(0))  # the Trainer's first-step initialisation
+    transcode = y is not None
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=d_dict, k=k, transcode=transcode, skip_connection=skip),
+                      device="cpu", dtype=torch.float32)
+    with torch.no_grad():  # the Trainer's first-step initialisation
+        sae.b_dec.copy_((y if transcode else x).mean(0))
+        if transcode:
+            sae.encoder.bias.copy_(-x.mean(0) @ sae.encoder.weight.T)
     lr = 2e-4 / (d_dict / 2**14) ** 0.5  # the Trainer's default Adam lr
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     dead = torch.zeros(d_dict, dtype=torch.bool)
@@ -87,12 +97,14 @@ def sparsify_step(x: torch.Tensor, d_dict: int, k: int):
     did_fire = torch.zeros(d_dict, dtype=torch.bool)
 
     def step() -> None:
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=dead)
+        if not transcode:
+            sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, y, dead_mask=dead)
         did_fire[out.latent_indices.flatten()] = True
         loss = out.fvu + out.auxk_loss + out.multi_topk_fvu / 8  # the Trainer's loss (auxk 0 here)
         loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
+        if not transcode:
+            sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
         with torch.no_grad():
@@ -114,15 +126,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--transcoder", action="store_true", help="sparsify only: a TopK transcoder, --data {x, y}")
+    ap.add_argument("--skip", action="store_true", help="with --transcoder: skip_connection=True")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.transcoder and (args.lib != "sparsify" or not args.data):
+        ap.error("--transcoder needs --lib sparsify and --data with {x, y}")
+    y = None
     if args.data:
-        x = torch.load(args.data).float().contiguous()
+        x = torch.load(args.data, weights_only=True)
+        if args.transcoder:
+            x, y = x["x"].float().contiguous(), x["y"].float().contiguous()
+        else:
+            x = x.float().contiguous()
     else:
         x = torch.randn(args.batch, args.d_in, generator=torch.Generator().manual_seed(0))
-    step, info = {"saelens": saelens_step, "sparsify": sparsify_step}[args.lib](x, args.d_dict, args.k)
+    if args.transcoder:
+        step, info = sparsify_step(x, args.d_dict, args.k, y, args.skip)
+    else:
+        step, info = {"saelens": saelens_step, "sparsify": sparsify_step}[args.lib](x, args.d_dict, args.k)
     for _ in range(args.warmup):
         step()
     ts = []

@@ -22,7 +22,8 @@ Departures from SAEBench, and why: SAEBench's task is the first letter of single
 words, with probes trained on a letter's words and ablations to confirm causality; the
 demo LM's planted families give the same structure (a general concept, specific members)
 on single tokens, and saekit measures absorption at the probed hook without the causal
-check, which needs the full model per token.
+check, which needs the full model per token. A transcoder's decoder rows live at its
+output hook: its probe directions and the tokens' projections are taken there.
 """
 
 from __future__ import annotations
@@ -89,13 +90,22 @@ def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepar
                          f"{cfg.n_main}, {cfg.min_cosine}, {cfg.min_share}")
     if not cfg.dictionaries:
         raise ValueError("Config.dictionaries must name at least one dictionary")
-    _, dicts, acts, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
-    directions = []  # each concept's probe direction (unit), which no dictionary changes
-    for _, train, y, _, _ in splits:
-        _, std, w = fit_probe(acts[train], y, cfg.l2)
-        directions.append(torch.nn.functional.normalize((w[:-1] / std).float(), dim=0))
+    prepared = prepared or prepare(cfg, model, progress)
+    _, dicts, _, codes, names, splits, skipped, _ = prepared
+    by_space: dict[int, list[Tensor]] = {}  # each concept's probe direction (unit) per activation space
+
+    def directions_in(acts: Tensor) -> list[Tensor]:
+        if id(acts) not in by_space:
+            by_space[id(acts)] = []
+            for _, train, y, _, _ in splits:
+                _, std, w = fit_probe(acts[train], y, cfg.l2)
+                by_space[id(acts)].append(torch.nn.functional.normalize((w[:-1] / std).float(), dim=0))
+        return by_space[id(acts)]
+
     rows: list[dict[str, Any]] = []
     for name, d in dicts:
+        acts = prepared.at_output(d)  # a transcoder's decoder rows live at its output hook
+        directions = directions_in(acts)
         w_dec = d.W_dec.detach().float().cpu()
         unit, scale = torch.nn.functional.normalize(w_dec, dim=1), w_dec.norm(dim=1)
         centre, z_all = d.b_dec.detach().float().cpu(), codes[name]

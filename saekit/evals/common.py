@@ -230,9 +230,14 @@ def dictionary_name(spec: Any, taken: set[str]) -> str:
 
 
 def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
-                      field_name: str = "dictionaries") -> list[tuple[str, Any]]:
+                      field_name: str = "dictionaries", transcoders: bool = False) -> list[tuple[str, Any]]:
     """``[(name, dictionary)]`` for each spec (path, registry id or ``Dictionary``), each
-    checked to be fitted on ``hook`` of ``model`` and moved to the model's device."""
+    checked to be fitted on ``hook`` of ``model`` and moved to the model's device.
+
+    ``transcoders``: the evaluator reads codes at ``hook`` and, where it combines them with
+    decoder rows, the activations at each dictionary's output hook, so a transcoder that
+    reads ``hook`` is accepted (its output hook is checked too); otherwise transcoders
+    are refused with a message that says which evaluators take them."""
     if not specs:
         return []
     if isinstance(specs, (str, Path)):
@@ -250,11 +255,16 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
                             f"got {type(spec).__name__}")
         where = f"{field_name}[{i}] ({spec if isinstance(spec, (str, Path)) else repr(d)})"
         if getattr(d.cfg, "is_transcoder", False):
-            # These evaluators perturb or read one hook along W_dec's rows; a transcoder's
-            # rows live at its output hook, not at the hook it encodes.
-            raise ValueError(f"{where} is a transcoder ({d.cfg.hook} -> {d.cfg.output_hook}); this evaluator "
-                             "perturbs one hook along the dictionary's directions and does not support "
-                             "transcoders yet: evaluate it with saekit compare / metrics.spliced.evaluate")
+            if not transcoders:
+                # These evaluators perturb one hook along W_dec's rows; a transcoder's rows
+                # live at its output hook, not at the hook it encodes.
+                raise ValueError(f"{where} is a transcoder ({d.cfg.hook} -> {d.cfg.output_hook}); this evaluator "
+                                 "perturbs one hook along the dictionary's directions and does not take "
+                                 "transcoders yet: evaluate it with saekit eval suite (core, sparse_probing, tpp, "
+                                 "absorption), saekit compare or metrics.spliced.evaluate")
+            if d.cfg.output_hook is None:
+                raise ValueError(f"{where} is a transcoder without a recorded output hook; set its hook_out")
+            hook_width(model, d.cfg.output_hook)  # an unknown output hook raises here, listing the valid ones
         if d.cfg.hook is not None and d.cfg.hook != hook:
             raise ValueError(f"{where} was fitted on hook {d.cfg.hook!r}, but hook is {hook!r}; set hook to "
                              "the dictionary's hook (its directions live in that hook's space)")

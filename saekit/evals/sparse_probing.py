@@ -76,9 +76,11 @@ class Config(ConceptProbes):
     what k features give with no learning."""
 
 
-def concept_data(cfg: ConceptProbes, model: Any, progress: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+def concept_data(cfg: ConceptProbes, model: Any, progress: bool = False,
+                 also: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, list[str], dict[str, Tensor]]:
     """``(activations [n, d_in] at cfg.hook, concept label per row (-1: none), concept
-    names)`` on ``cfg.n_tokens`` tokens of ``cfg.data`` (document starts left out)."""
+    names, {hook: activations}`` of the ``also`` hooks on the same rows) on ``cfg.n_tokens``
+    tokens of ``cfg.data`` (document starts left out), from one forward pass."""
     if cfg.level not in ("family", "group"):
         raise ValueError(f"Config.level must be 'family' or 'group', got {cfg.level!r}")
     if not 0 < cfg.test_fraction < 1:
@@ -86,9 +88,11 @@ def concept_data(cfg: ConceptProbes, model: Any, progress: bool = False) -> tupl
     tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
     mask = token_mask(tokens, model)  # the rows harvest returns: document starts and padding left out
     labels = concept_labels(tokens, model, cfg.level)[mask]
-    acts = harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, progress=progress)[cfg.hook].float()
+    hooks = list(dict.fromkeys([cfg.hook, *also]))
+    acts = {h: a.float() for h, a in harvest(model, hooks, tokens, cfg.batch_size, mask=mask,
+                                              progress=progress).items()}
     names = list(CONCEPTS) if cfg.level == "family" else [f"{f}/{g}" for f, g in concept_groups()]
-    return acts, labels, names
+    return acts[cfg.hook], labels, names, {h: acts[h] for h in also}
 
 
 def fit_probe(x: Tensor, y: Tensor, l2: float = 1e-3, iters: int = 100) -> tuple[Tensor, Tensor, Tensor]:
@@ -181,6 +185,15 @@ class Prepared(NamedTuple):
     indexing ``acts``."""
     skipped: list[str]
     """Concepts with too few labelled positions."""
+    written: dict[str, Tensor] = {}
+    """Activations on the same rows at the output hooks of the transcoders among the
+    dictionaries (by hook name): where their decoder rows live."""
+
+    def at_output(self, dictionary: Any) -> Tensor:
+        """The activations where ``dictionary`` writes: its output hook's for a transcoder,
+        ``acts`` for a dictionary that reconstructs its input."""
+        out = getattr(dictionary.cfg, "output_hook", None)
+        return self.written[out] if getattr(dictionary.cfg, "is_transcoder", False) else self.acts
 
 
 def prepare(cfg: ConceptProbes, model: Any = None, progress: bool = False) -> Prepared:
@@ -189,8 +202,9 @@ def prepare(cfg: ConceptProbes, model: Any = None, progress: bool = False) -> Pr
     dictionary. No usable concept is an error."""
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
-    acts, labels, names = concept_data(cfg, model, progress)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders=True)
+    outputs = tuple(dict.fromkeys(d.cfg.output_hook for _, d in dicts if d.cfg.is_transcoder))
+    acts, labels, names, written = concept_data(cfg, model, progress, also=outputs)
     splits, skipped = concept_splits(labels, len(names), cfg)
     if not splits:
         raise ValueError(f"no concept has {cfg.min_per_class} labelled positions in {cfg.n_tokens} tokens of "
@@ -201,7 +215,8 @@ def prepare(cfg: ConceptProbes, model: Any = None, progress: bool = False) -> Pr
     x = acts[used]
     codes = {name: encode_rows(d, x.to(d.W_dec.device)).float().cpu() for name, d in dicts}
     splits = [(c, where[tr], y, where[te], y_te) for c, tr, y, te, y_te in splits]
-    return Prepared(model, dicts, x, codes, names, splits, [names[c] for c in skipped])
+    return Prepared(model, dicts, x, codes, names, splits, [names[c] for c in skipped],
+                    {h: a[used] for h, a in written.items()})
 
 
 def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepared | None = None) -> EvalResult:
@@ -217,7 +232,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepar
     """
     if not cfg.k_values or any(k < 1 for k in cfg.k_values):
         raise ValueError(f"Config.k_values must be positive integers, got {cfg.k_values!r}")
-    _, dicts, x, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
+    _, dicts, x, codes, names, splits, skipped, _ = prepared or prepare(cfg, model, progress)
     codes = dict(codes)
     if cfg.random_control:
         codes["random"] = encode_rows(random_topk(x, dicts[0][1] if dicts else None, cfg.seed), x)

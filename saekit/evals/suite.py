@@ -4,7 +4,9 @@ Runs, on one model and one text, the core metrics (FVU, L0, CE and KL recovered,
 SAEBench's reconstruction metrics: :func:`saekit.metrics.spliced.evaluate`), sparse
 probing, targeted probe perturbation, absorption, sensitivity and steering, and gathers
 their headlines into one row per dictionary, comparable across SAE kinds, SNMF,
-transcoders and loaded checkpoints. Each evaluator's own table is kept beside it
+transcoders and loaded checkpoints (a transcoder reads ``hook`` and is scored where it
+writes; sensitivity and steering, which perturb one hook along decoder rows, run on the
+SAEs only and say so in ``summary["not_run"]``). Each evaluator's own table is kept beside it
 (``tables``), and the results are also written in SAEBench's result layout
 (``saebench/{dictionary}_{eval}_eval_results.json``: ``eval_type_id``, ``eval_config``,
 ``eval_result_metrics``, ``eval_result_details``, ``sae_cfg_dict``, ...) so SAEBench's
@@ -92,11 +94,13 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
     specs = list(cfg.dictionaries)
-    first = load_dictionaries(specs[:1], model, cfg.hook) if cfg.hook else None
     hook = cfg.hook or _hook_of(specs[0])
-    dicts = first + load_dictionaries(specs[1:], model, hook) if first else load_dictionaries(specs, model, hook)
-    rows = [{"dictionary": name, "kind": d.cfg.kind, "hook": hook, "d_dict": d.cfg.d_dict, "k": d.cfg.k}
-            for name, d in dicts]
+    dicts = load_dictionaries(specs, model, hook, transcoders=True)
+    rows = [{"dictionary": name, "kind": d.cfg.kind, "hook": hook, "hook_out": d.cfg.output_hook,
+             "d_dict": d.cfg.d_dict, "k": d.cfg.k} for name, d in dicts]
+    # Sensitivity and steering perturb one hook along the decoder rows and take SAEs only.
+    saes = [spec for spec, (_, d) in zip(specs, dicts, strict=True) if not d.cfg.is_transcoder]
+    not_run: dict[str, str] = {}
     tables: dict[str, list[dict[str, Any]]] = {}
     data: dict[str, Any] = {}
     pages: dict[str, str] = {}
@@ -117,7 +121,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         mod = evaluator(part)
         fields = {f for f in mod.Config.__dataclass_fields__}
         concepts = part in CONCEPT_PARTS
-        sub = mod.Config(**{k: v for k, v in common.items() if k in fields},
+        own = common if concepts else {**common, "dictionaries": saes}
+        if not own["dictionaries"]:
+            not_run[part] = "no dictionary it takes (it perturbs the hook along decoder rows: SAEs only)"
+            continue
+        sub = mod.Config(**{k: v for k, v in own.items() if k in fields},
                          **({"n_tokens": cfg.n_tokens} if concepts else {}))
         if concepts:  # one harvest and one encoding per dictionary for all three
             prepared = prepared or prepare(sub, model, progress)
@@ -131,8 +139,13 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                 mine = [r for r in result.rows if name in str(r.get("dictionary", r.get("probe", "")))]
                 pages[f"saebench/{name}_{part}_eval_results.json"] = saebench_json(
                     part, name, d, result.config, _headline(part, result.summary, name), mine)
-    return EvalResult("suite", rows, {"dictionaries": len(rows), "parts": list(cfg.parts)}, settings(cfg),
-                      tables=tables, data=data, pages=pages)
+    transcoders = [name for name, d in dicts if d.cfg.is_transcoder]
+    if transcoders and saes:
+        for part in ("sensitivity", "steering"):
+            if part in cfg.parts and part not in not_run:
+                not_run[part] = f"not run on the transcoder(s) {transcoders}: it perturbs the hook along decoder rows"
+    return EvalResult("suite", rows, {"dictionaries": len(rows), "parts": list(cfg.parts), "not_run": not_run},
+                      settings(cfg), tables=tables, data=data, pages=pages)
 
 
 def _hook_of(spec: Any) -> str:

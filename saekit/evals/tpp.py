@@ -16,7 +16,9 @@ On the planted concepts and splits of :mod:`saekit.evals.sparse_probing`:
    accuracy: high when a dictionary's features for a concept are that concept's alone.
 
 The same ablation with ``n`` random features of the dictionary is the control
-(``random`` rows), as the planted truth is known here.
+(``random`` rows), as the planted truth is known here. A transcoder reads its codes at
+``hook`` and writes at its output hook: its probes are trained, and its features
+ablated, on the output hook's activations.
 
 Departures from SAEBench, and why: SAEBench probes mean-pooled texts of labelled
 datasets (not downloadable here) and ablates inside the model's forward pass before
@@ -66,19 +68,30 @@ def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepar
         raise ValueError(f"Config.n_features must be positive integers, got {cfg.n_features!r}")
     if not cfg.dictionaries:
         raise ValueError("Config.dictionaries must name at least one dictionary")
-    _, dicts, acts, codes, names, splits, skipped = prepared or prepare(cfg, model, progress)
+    prepared = prepared or prepare(cfg, model, progress)
+    _, dicts, _, codes, names, splits, skipped, _ = prepared
     if len(splits) < 2:
         raise ValueError(f"TPP needs two concepts with {cfg.min_per_class} labelled positions each in "
                          f"{cfg.n_tokens} tokens of {cfg.data!r}; found {len(splits)}")
-    probes = [fit_probe(acts[train], y, cfg.l2) for _, train, y, _, _ in splits]
+    by_space: dict[int, tuple[Tensor, list, list[float]]] = {}  # probes per activation space, fitted once
 
-    def accuracy(j: int, x: Tensor) -> float:
-        return (predict(x, probes[j]) == splits[j][4]).double().mean().item()
+    def probes_on(acts: Tensor) -> tuple[Tensor, list, list[float]]:
+        if id(acts) not in by_space:
+            probes = [fit_probe(acts[train], y, cfg.l2) for _, train, y, _, _ in splits]
+            clean = [(predict(acts[s[3]], probes[j]) == s[4]).double().mean().item() for j, s in enumerate(splits)]
+            by_space[id(acts)] = (acts, probes, clean)
+        return by_space[id(acts)]
 
-    clean = [accuracy(j, acts[s[3]]) for j, s in enumerate(splits)]
     g = torch.Generator().manual_seed(cfg.seed)
     rows: list[dict[str, Any]] = []
+    clean_first: list[float] = probes_on(prepared.acts)[2]
     for name, d in dicts:
+        # A transcoder's features are ablated (and probed) where it writes: its output hook.
+        acts, probes, clean = probes_on(prepared.at_output(d))
+
+        def accuracy(j: int, x: Tensor, probes: list = probes) -> float:
+            return (predict(x, probes[j]) == splits[j][4]).double().mean().item()
+
         w_dec, z = d.W_dec.detach().float().cpu(), codes[name]
         for i, (c, train, y, _, _) in enumerate(splits):
             pos = z[train[y]].mean(0)
@@ -94,7 +107,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False, prepared: Prepar
                                  "intended_drop": drops[i], "unintended_drop": sum(others) / len(others),
                                  "tpp": drops[i] - sum(others) / len(others)})
     summary: dict[str, Any] = {"concepts": len(splits), "skipped": skipped,
-                               "clean_accuracy": sum(clean) / len(clean)}
+                               "clean_accuracy": sum(clean_first) / len(clean_first)}
     for key in dict.fromkeys(r["dictionary"] for r in rows):
         for n in cfg.n_features:
             vals = [r["tpp"] for r in rows if r["dictionary"] == key and r["n"] == n]

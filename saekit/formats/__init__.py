@@ -5,8 +5,8 @@
 >>> saekit.formats.export(d, "out/sae", to="saelens")                   # doctest: +SKIP
 
 Formats read: ``saekit`` (the native directory), ``saelens``, ``sparsify``,
-``dictionary_learning``, ``gemma_scope`` and ``openai`` (see :mod:`saekit.formats.readers`
-for what each reproduces). Formats written: ``saekit`` (any kind), ``saelens`` (the
+``dictionary_learning``, ``gemma_scope``, ``gemma_scope_2`` and ``openai`` (see
+:mod:`saekit.formats.readers` for what each reproduces). Formats written: ``saekit`` (any kind), ``saelens`` (the
 strict SAELens layout, SAE kinds), ``sparsify`` (TopK on raw inputs) and ``circuit_tracer``
 (per-layer transcoders); :func:`export_targets` says which a dictionary can be written as.
 """
@@ -33,6 +33,8 @@ def detect(path: str | Path) -> tuple[str, Path]:
     if path.is_file():
         if path.suffix == ".npz":
             return "gemma_scope", path
+        if path.name == "params.safetensors":
+            return "gemma_scope_2", path.parent
         if path.suffix in (".pt", ".pth"):
             if (path.parent / "config.json").is_file() and path.name == "ae.pt":
                 return "dictionary_learning", path.parent
@@ -56,21 +58,24 @@ def detect(path: str | Path) -> tuple[str, Path]:
         return "dictionary_learning", path
     if (path / "params.npz").is_file():
         return "gemma_scope", path / "params.npz"
+    if (path / "params.safetensors").is_file():
+        return "gemma_scope_2", path
     inner = sorted(p.name for p in path.iterdir() if p.is_dir() and
-                   any((p / f).is_file() for f in ("cfg.json", "ae.pt", "params.npz")))
+                   any((p / f).is_file() for f in ("cfg.json", "ae.pt", "params.npz", "params.safetensors")))
     if inner:
         raise FormatError(f"{path}: a directory of {plural(len(inner), 'dictionary')}; load "
                           + ("it: " if len(inner) == 1 else "one of them: ")
                           + ", ".join(str(path / name) for name in inner[:8]) + (" ..." if len(inner) > 8 else ""))
     raise FormatError(f"{path}: unknown layout; expected a saekit/SAELens directory (cfg.json + "
                       "sae_weights.safetensors), a sparsify hookpoint (cfg.json + sae.safetensors), "
-                      "dictionary_learning (ae.pt + config.json), Gemma Scope params.npz or an OpenAI .pt")
+                      "dictionary_learning (ae.pt + config.json), Gemma Scope params.npz, Gemma Scope 2 "
+                      "params.safetensors or an OpenAI .pt")
 
 
 def load(path: str | Path, device: Any = None, fold_decoder_norms: bool = True, **overrides: Any):
     """Load a checkpoint of any known format as a saekit :class:`~saekit.Dictionary`.
 
-    ``overrides`` (``hook``, ``model``, ``processing``) replace what the file says or
+    ``overrides`` (``hook``, ``hook_out``, ``model``, ``processing``) replace what the file says or
     leaves out, as the registry does for releases whose files do not name their hook.
     """
     fmt, where = detect(path)
@@ -80,8 +85,10 @@ def load(path: str | Path, device: Any = None, fold_decoder_norms: bool = True, 
         d = READERS[fmt](where, fold=fold_decoder_norms)
         d.cfg.metadata.setdefault("source_path", portable_spec(where))
     for name, value in overrides.items():
-        if name not in ("hook", "model", "processing"):
-            raise TypeError(f"unknown override {name!r}; allowed: hook, model, processing")
+        if name not in ("hook", "hook_out", "model", "processing"):
+            raise TypeError(f"unknown override {name!r}; allowed: hook, hook_out, model, processing")
+        if name == "hook_out" and value is not None and not d.cfg.is_transcoder:
+            raise FormatError(f"{path}: hook_out={value!r} given, but the file holds an SAE, not a transcoder")
         if value is not None:
             setattr(d.cfg, name, value)
     return d.to(device) if device is not None else d
@@ -196,8 +203,8 @@ def load_dictionary(spec: str | Path, device: Any = None, fold_decoder_norms: bo
     except FormatError as e:
         raise FormatError(f"registry id {s!r} (release [{entry['release']}] of {registry.registry_path()}): "
                           f"{e}") from e
-    return load(local, device, fold_decoder_norms, hook=entry["hook"], model=entry.get("model"),
-                        processing=entry.get("processing"))
+    return load(local, device, fold_decoder_norms, hook=entry["hook"], hook_out=entry.get("hook_out"),
+                model=entry.get("model"), processing=entry.get("processing"))
 
 
 __all__ = ["EXPORTS", "FORMATS", "READERS", "FormatError", "detect", "export", "export_problem", "export_targets",

@@ -29,6 +29,10 @@ from safetensors.torch import save_file
 from saekit.fileio import atomic_directory
 from saekit.models import HOOK_RE  # the TransformerLens hook grammar saekit uses
 
+#: saekit hook names that HookedTransformer (which circuit-tracer hooks) calls otherwise:
+#: the MLP's normed input is ``ln2.hook_normalized`` there, as in circuit-tracer's Gemma configs.
+TL_NAMES = {"ln2.hook_out": "ln2.hook_normalized"}
+
 #: saekit kinds circuit-tracer can run, and its activation name for each.
 ACTIVATIONS = {"relu": "relu", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "topk": "topk"}
 
@@ -69,7 +73,7 @@ def export_circuit_tracer(d: Any, path: str | Path) -> Path:
         tensors["k"] = torch.tensor(c.k)
     name = f"layer_{layer}.safetensors"
     config = {"model_name": c.model, "scan": f"saekit-{c.kind}-{c.d_dict}",
-              "feature_input_hook": m_in.group(2), "feature_output_hook": m_out.group(2),
+              "feature_input_hook": TL_NAMES.get(m_in.group(2), m_in.group(2)), "feature_output_hook": m_out.group(2),
               "activation": act, **({"k": c.k} if act == "topk" else {}), "transcoders": [name]}
     # JSON scalars are valid YAML, so json.dumps quotes every value safely.
     yaml = "".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items() if k != "transcoders")

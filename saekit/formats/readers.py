@@ -430,17 +430,24 @@ def read_dictionary_learning(path: Path, fold: bool = True) -> Dictionary:
 def read_gemma_scope(path: Path, fold: bool = True) -> Dictionary:
     """Gemma Scope ``params.npz``: a JumpReLU whose encoder sees raw x (no b_dec subtracted).
     The hook comes from the folder names (``layer_N`` under a ``-res``/``-mlp``/``-att``
-    repository) when they say it; the registry states it otherwise."""
+    repository) when they say it; the registry states it otherwise. Under a
+    ``-transcoders`` repository it is a transcoder from ``blocks.N.ln2.hook_out`` (the MLP's
+    normed input; SAELens calls it ``ln2.hook_normalized``) to ``blocks.N.hook_mlp_out``."""
     t = read_npz(path)
     need(t, ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"], path)
     parts = [p.lower() for p in path.resolve().parts]
     layer = next((m.group(1) for p in reversed(parts) if (m := re.fullmatch(r"layer_(\d+)", p))), None)
-    hooks = {"-res": "blocks.{}.hook_resid_post", "-mlp": "blocks.{}.hook_mlp_out", "-att": "blocks.{}.attn.hook_z"}
+    hooks = {"-res": "blocks.{}.hook_resid_post", "-mlp": "blocks.{}.hook_mlp_out", "-att": "blocks.{}.attn.hook_z",
+             "-transcoders": "blocks.{}.ln2.hook_out"}
     site = next((s for p in parts for s in hooks if s in p), None)
     hook = hooks[site].format(layer) if layer is not None and site else None
+    # A -transcoders repository: the MLP's normed input -> its output (SAELens'
+    # gemma_2_transcoder loader); the file alone cannot tell a transcoder from an SAE.
+    transcoder = site == "-transcoders"
+    hook_out = f"blocks.{layer}.hook_mlp_out" if transcoder and layer is not None else None
     return build("jumprelu", {n: t[n] for n in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}, path,
                  hook=hook, processing="raw", options={"apply_b_dec_to_input": False}, fold=fold,
-                 metadata={"source_format": "gemma_scope"})
+                 metadata={"source_format": "gemma_scope"}, transcoder=transcoder, hook_out=hook_out)
 
 
 def read_openai(path: Path, fold: bool = True) -> Dictionary:
@@ -470,5 +477,13 @@ READERS = {
     "gemma_scope": read_gemma_scope,
     "openai": read_openai,
 }
+
+def _read_gemma_scope_2(path: Path, fold: bool = True) -> Dictionary:
+    from saekit.formats.gemma_scope_2 import read_gemma_scope_2  # it imports this module's helpers
+
+    return read_gemma_scope_2(path, fold)
+
+
+READERS["gemma_scope_2"] = _read_gemma_scope_2
 #: Every format :func:`saekit.formats.load` reads: saekit's own and the foreign ones.
 FORMATS = ("saekit", *READERS)

@@ -10,6 +10,7 @@ A release is a TOML table::
     id = "blocks.{layer}.hook_resid_pre"
     path = "blocks.{layer}.hook_resid_pre"
     hook = "blocks.{layer}.hook_resid_pre"
+    # hook_out = "blocks.{layer}.hook_mlp_out"   # transcoders: the hook they predict
 
 ``RELEASE/ID`` names one dictionary: ``ID`` is matched against the ``id`` pattern (``{layer}``
 matches digits, any other ``{name}`` one path component), and the fields it binds fill in
@@ -31,7 +32,7 @@ from saekit.formats.readers import FORMATS, FormatError
 from saekit.hub import hub_session, hub_state, missing_message, repo_in_cache
 
 REGISTRY_FILE = Path(__file__).resolve().parents[2] / "checkpoints" / "registry.toml"
-FIELDS = {"repo_id", "format", "model", "processing", "id", "path", "hook", "revision", "description"}
+FIELDS = {"repo_id", "format", "model", "processing", "id", "path", "hook", "hook_out", "revision", "description"}
 REQUIRED = ("repo_id", "format", "id", "path")
 
 #: The files each format needs (and may have) below a release's ``path``.
@@ -91,7 +92,8 @@ def resolve(spec: str, registry: dict[str, dict[str, Any]] | None = None) -> dic
         raise FormatError(f"{spec!r}: release {name!r} has ids of the form {r['id']!r}; got {sae_id!r}")
     fields = m.groupdict()
     return {**r, "release": name, "id": sae_id, "path": r["path"].format(**fields),
-            "hook": r["hook"].format(**fields) if r.get("hook") else None}
+            "hook": r["hook"].format(**fields) if r.get("hook") else None,
+            "hook_out": r["hook_out"].format(**fields) if r.get("hook_out") else None}
 
 
 def fetch(repo_id: str, path: str, fmt: str | None = None, revision: str | None = None) -> Path:
@@ -128,15 +130,20 @@ def fetch(repo_id: str, path: str, fmt: str | None = None, revision: str | None 
         else:
             if get("params.npz", required=False) is not None:
                 fmt = "gemma_scope"
+            elif get("params.safetensors", required=False) is not None:
+                fmt = "gemma_scope_2"
             else:
                 state = hub_state()
                 if not state.online and not repo_in_cache(repo_id):  # say so, not "no checkpoint there"
                     raise FormatError(missing_message("checkpoint", f"hf://{repo_id}/{path}", state, cached=False,
                                                       not_on_hub=False))
                 raise FormatError(f"hf://{repo_id}/{path}: no checkpoint saekit knows there "
-                                  "(cfg.json, config.json + ae.pt, or params.npz)")
+                                  "(cfg.json, config.json + ae.pt, params.npz or params.safetensors)")
     if fmt == "gemma_scope":
         return get("params.npz")  # type: ignore[return-value]
+    if fmt == "gemma_scope_2":
+        get("config.json", required=False)  # optional: the folder name says what the file is
+        return get("params.safetensors").parent  # type: ignore[union-attr]
     if fmt == "openai":
         raise FormatError(f"hf://{repo_id}/{path}: an OpenAI checkpoint is one .pt file; give its path")
     needed, optional = FILES[fmt]

@@ -89,3 +89,30 @@ def fvu_with_se(x: Tensor, x_hat: Tensor, window: Tensor, n_boot: int = N_BOOT,
 
     value = float(fvu(sums.sum(0))[0])
     return value, float(bootstrap_se(fvu, sums, n_boot, seed)[0])
+
+
+def paired_difference(rows: list[dict], key: str, seed: int = 0, n_boot: int = 10_000) -> dict:
+    """A description score against its random-description control, paired by item.
+
+    Over the ``rows`` (one per feature) that have finite ``key`` and ``"random_" + key``:
+    ``n``, the two means (``value``, ``random``), their mean ``difference`` and its
+    bootstrap 95% interval over items (``ci95``; the difference itself below two items).
+    Only ``n`` when no row has both.
+    """
+    import numpy as np
+
+    def finite(v: object) -> bool:
+        return isinstance(v, int | float) and v == v and abs(v) != float("inf")
+
+    pairs = [(r[key], r["random_" + key]) for r in rows if finite(r.get(key)) and finite(r.get("random_" + key))]
+    out: dict = {"n": len(pairs)}
+    if not pairs:
+        return out
+    a, b = np.array(pairs, dtype=float).T
+    d = a - b
+    if len(d) > 1:
+        boot = np.random.default_rng(seed).choice(d, (n_boot, len(d))).mean(1)
+        ci = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    else:
+        ci = [float(d[0]), float(d[0])]
+    return out | {"value": float(a.mean()), "random": float(b.mean()), "difference": float(d.mean()), "ci95": ci}
