@@ -49,6 +49,10 @@ bench: .venv/.ready .venv-peers/.ready
 	  --md eval/results/bench_snmf_stopping.md
 	$(OFFLINE) $(PY) eval/bench_defaults.py --out eval/results/bench_defaults.json
 	$(OFFLINE) $(PY) eval/bench_evals.py --out eval/results/bench_evals.json
+	$(OFFLINE) $(PY) eval/bench_suite.py --out eval/results/bench_suite.json
+	$(OFFLINE) $(PY) eval/bench_train.py --transcoder --peers $(PEERS) --out eval/results/bench_train_transcoder.json
+	$(OFFLINE) $(PY) eval/bench_train.py --transcoder --skip --peers $(PEERS) \
+	  --out eval/results/bench_train_skip_transcoder.json
 	$(OFFLINE) $(PY) eval/bench_interp.py --out eval/results/bench_interp.json
 	$(OFFLINE) $(PY) eval/bench_harvest.py --model smollm2-135m --n-tokens 16384 --batch-size 32 \
 	  --out eval/results/bench_harvest_smollm2.json
@@ -73,6 +77,10 @@ fixtures: .venv/.ready .venv-peers/.fixtures-ready
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_fixtures.py
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_sparsify_fixtures.py
 	$(OFFLINE) $(PEERS) tests/fixtures/transcoders/make_gemma_scope_fixtures.py
+	rm -rf .fixtures-ct && $(PY) -m pip download -q --no-deps circuit-tracer==0.5.0 -d .fixtures-ct
+	$(PY) -m zipfile -e .fixtures-ct/circuit_tracer-0.5.0-py3-none-any.whl .fixtures-ct/lib
+	$(OFFLINE) PYTHONPATH=.fixtures-ct/lib $(PY) tests/fixtures/transcoders/make_circuit_tracer_fixtures.py
+	rm -rf .fixtures-ct
 	rm -rf .fixtures-check && $(PY) tests/fixtures/formats/check_saelens_loads_saekit.py export .fixtures-check
 	$(OFFLINE) $(PEERS) tests/fixtures/formats/check_saelens_loads_saekit.py check .fixtures-check
 	rm -rf .fixtures-check

@@ -146,9 +146,6 @@ class TrainConfig:
             if any(c.kind in ("snmf", "nmf") for _, c in runs):
                 raise ValueError(f"{where}: key 'hook_out' makes transcoders, which kinds snmf/nmf cannot be; "
                                  "use an SAE kind (topk, batchtopk, relu, jumprelu, matryoshka_*)")
-            if self.stream:
-                raise ValueError(f"{where}: key 'hook_out' (transcoders) trains from an in-memory harvest or "
-                                 "a cache of both hooks, not yet from a live stream; set stream = false")
             for _, c in runs:
                 if c.hook_out == c.hook:
                     raise ValueError(f"{where}: key 'hook_out' equals 'hook' ({c.hook!r}); leave hook_out "

@@ -6,7 +6,9 @@ columns ``W_i`` of its represented features, directions in the m-dimensional hid
 space) and :func:`synthetic_sparse_data` (defined here; also exported by :mod:`saekit.toy`). :func:`ground_truth_benchmark`
 scores each fitted dictionary by MMCS, the fraction of true features matched at
 |cos| ≥ 0.9, dead latents, L0 and FVU. ``saekit toy`` (:mod:`saekit.toy_report`)
-runs it on both.
+runs it on both. Transcoders and absorption have their own ground truths, built on the
+helpers here: :mod:`saekit.ground_truth_transcoder` (a known sparse map x → y) and
+:mod:`saekit.ground_truth_hierarchy` (parents and children, as in the Matryoshka toys).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ MATCH = 0.9
 
 Magnitude = Literal["uniform", "exponential", "constant"]
 FeatureProbs = Literal["uniform", "zipf"]
-_MAGNITUDES = ("uniform", "exponential", "constant")
+MAGNITUDES = ("uniform", "exponential", "constant")
 _FEATURE_PROBS = ("uniform", "zipf")
 _DEFAULT_P_ACTIVE = 0.02
 
@@ -129,9 +131,9 @@ def synthetic_sparse_data(
     probs = _firing_probs(n, d_in, n_features, p_active, feature_probs, zipf_exponent)
     _check_draw_args(magnitude, correlation, group_size, noise, seed)
     g = torch.Generator().manual_seed(seed)
-    features = _unit_directions(n_features, d_in, g)
+    features = unit_directions(n_features, d_in, g)
     fires = _draw_firing(n, probs, correlation, group_size, g)
-    codes = fires * _magnitudes(magnitude, (n, n_features), g)
+    codes = fires * draw_magnitudes(magnitude, (n, n_features), g)
     x = codes @ features
     if noise > 0:
         x = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
@@ -139,7 +141,7 @@ def synthetic_sparse_data(
     return SyntheticData(x.to(**out), codes.to(**out), features.to(**out), probs.to(**out))
 
 
-def _check_positive_int(value: object, name: str) -> None:
+def check_positive_int(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
@@ -148,7 +150,7 @@ def _firing_probs(n: int, d_in: int, n_features: int, p_active: float | None,
                   feature_probs: FeatureProbs | Tensor, zipf_exponent: float) -> Tensor:
     """Validate the shape and frequency arguments; return float64 ``[n_features]`` probabilities."""
     for value, name in ((n, "n"), (d_in, "d_in"), (n_features, "n_features")):
-        _check_positive_int(value, name)
+        check_positive_int(value, name)
     if isinstance(feature_probs, Tensor):
         return _explicit_probs(feature_probs, n_features, p_active)
     if p_active is None:
@@ -199,11 +201,11 @@ def _zipf_probs(n_features: int, mean: float, exponent: float) -> Tensor:
 
 def _check_draw_args(magnitude: str, correlation: float, group_size: int, noise: float,
                      seed: int) -> None:
-    if magnitude not in _MAGNITUDES:
-        raise ValueError(f"magnitude must be one of {_MAGNITUDES}, got {magnitude!r}")
+    if magnitude not in MAGNITUDES:
+        raise ValueError(f"magnitude must be one of {MAGNITUDES}, got {magnitude!r}")
     if not 0.0 <= correlation <= 1.0:
         raise ValueError(f"correlation must be in [0, 1], got {correlation}")
-    _check_positive_int(group_size, "group_size")
+    check_positive_int(group_size, "group_size")
     if correlation > 0 and group_size < 2:
         raise ValueError("correlation > 0 needs group_size >= 2 (features co-fire within a group)")
     if not (math.isfinite(noise) and noise >= 0):
@@ -212,7 +214,7 @@ def _check_draw_args(magnitude: str, correlation: float, group_size: int, noise:
         raise ValueError(f"seed must be an int, got {seed!r}")
 
 
-def _unit_directions(n_features: int, d_in: int, g: torch.Generator) -> Tensor:
+def unit_directions(n_features: int, d_in: int, g: torch.Generator) -> Tensor:
     directions = torch.randn(n_features, d_in, generator=g, dtype=torch.float64)
     return unit_rows(directions)
 
@@ -231,7 +233,7 @@ def _draw_firing(n: int, probs: Tensor, correlation: float, group_size: int,
     return u < probs
 
 
-def _magnitudes(kind: str, shape: tuple[int, int], g: torch.Generator) -> Tensor:
+def draw_magnitudes(kind: str, shape: tuple[int, int], g: torch.Generator) -> Tensor:
     if kind == "uniform":
         return 0.5 + torch.rand(shape, generator=g, dtype=torch.float64)
     if kind == "exponential":

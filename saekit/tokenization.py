@@ -117,3 +117,10 @@ def token_mask(tokens: torch.Tensor, model: Any) -> torch.Tensor:
         mask &= tokens != i
     mask[..., 0] = False
     return mask
+
+
+def token_strings(model_or_tokenizer: Any) -> list[str]:
+    """Every token id decoded on its own (``decode([i])``), indexable by id."""
+    tok = get_tokenizer(model_or_tokenizer)
+    n = max(len(tok), max(tok.get_vocab().values()) + 1)
+    return [tok.decode([i]) for i in range(n)]

@@ -14,7 +14,9 @@ and the report that runs them all in :mod:`saekit.toy_report` (``saekit toy``); 
 main names are re-exported here, so
 ``from saekit.toy import train_toy_models, run_toy`` works. The synthetic data is
 generated in :mod:`saekit.ground_truth` (beside the benchmark that uses it) and
-re-exported here too.
+re-exported here too, as are the ground truths of the other architectures: the known
+sparse map for transcoders (:mod:`saekit.ground_truth_transcoder`) and the feature
+hierarchy for absorption (:mod:`saekit.ground_truth_hierarchy`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from saekit.ground_truth import (
     ground_truth_benchmark,
     synthetic_sparse_data,
 )
+from saekit.ground_truth_hierarchy import (
+    Absorption,
+    HierarchicalData,
+    absorption_scores,
+    hierarchical_sparse_data,
+    hierarchy_benchmark,
+)
+from saekit.ground_truth_transcoder import SparseMap, synthetic_sparse_map, transcoder_benchmark
 from saekit.metrics import Recovery, mmcs, recovery
 from saekit.superposition import (
     REGIMES,
@@ -53,4 +63,6 @@ __all__ = ["SyntheticData", "synthetic_sparse_data", "mmcs", "recovery", "Recove
            "ToyModels", "train_toy_models", "feature_norms", "interference", "dimensions_per_feature",
            "feature_dimensionality", "adversarial_sensitivity", "Sensitivity", "sparsity_sweep",
            "SparsitySweep", "phase_diagram", "PhaseDiagram", "REGIMES", "pentagon", "Geometry",
-           "antipodal_pairs", "AntipodalPairs", "ground_truth_benchmark", "GroundTruthData", "run_toy"]
+           "antipodal_pairs", "AntipodalPairs", "ground_truth_benchmark", "GroundTruthData", "run_toy",
+           "SparseMap", "synthetic_sparse_map", "transcoder_benchmark", "HierarchicalData", "hierarchical_sparse_data",
+           "Absorption", "absorption_scores", "hierarchy_benchmark"]

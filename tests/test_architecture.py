@@ -54,6 +54,8 @@ LAYERS = {
     "saekit.superposition_experiments": 2,
     # It fits every dictionary kind (saekit.training), so it is an analysis, not a foundation.
     "saekit.ground_truth": 2,
+    "saekit.ground_truth_hierarchy": 2,
+    "saekit.ground_truth_transcoder": 2,
     "saekit.cli": 3,
     "saekit.demo": 3,
     "saekit": 3,

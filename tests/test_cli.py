@@ -74,7 +74,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "Activations per hook" in out and "Planted concepts" in out
     doc = json.loads((tmp_path / "demo.json").read_text())  # the demo's Result, in every analysis's layout
     summary = {"sae": doc["rows"], **doc["tables"]}
-    assert saekit.report.Result.load(tmp_path).tables["concepts"] == doc["tables"]["concepts"]
+    # Loading gives back the same table (its statistics as Stat cells, saved as {"mean", "se", "n"})
+    loaded = saekit.report.Result.load(tmp_path).tables["concepts"]
+    assert saekit.report.json_safe(loaded) == doc["tables"]["concepts"]
+    assert isinstance(loaded[0]["AUROC ± SE"], saekit.report.Stat)
     assert {r["family"] for r in summary["concepts"]} == {"day", "month", "colour", "number", "animal", "city", "emotion"}
     assert all(r["AUROC"] > 0.5 for r in summary["concepts"])
     sae = summary["sae"][0]
@@ -83,7 +86,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert snmf["kind"] == "snmf" and snmf["FVU"] < 0.8 and 0 < snmf["L0"] <= 16
     assert snmf["neurons per feature"] <= 26 and snmf["CE recovered (zero abl.)"] > 0.3
     assert all(r["best SNMF feature AUROC"] > 0.5 for r in summary["concepts"])
-    effects = {r["direction"]: r for r in summary["effects"]}
+    # Statistics are saved as {"mean", "se", "n"} (saekit.report.Stat)
+    effects = {r["direction"]: {k: v["mean"] if isinstance(v, dict) else v for k, v in r.items()}
+               for r in summary["effects"]}
     for kind in ("TopK SAE features", "SNMF features"):
         assert effects[kind]["concept log-prob gain at KL 0.25"] > effects["isotropic / random"]["concept log-prob gain at KL 0.25"]
     assert effects["isotropic / random"]["KL at 0.3 median norms"] < effects["cov-mixture"]["KL at 0.3 median norms"]
@@ -96,7 +101,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "data:image/png;base64," in html and "blocks.1.mlp.hook_post" in html
     interp = {(r["dictionary"], r["description"]): r for r in summary["interp"]}
     assert {("TopK SAE", "offline"), ("SNMF", "offline"), ("TopK SAE", "prism")} <= set(interp)
-    assert all(0 <= r["CoSy AUC"] <= 1 for r in summary["interp"])
+    assert all(0 <= r["CoSy AUC"]["mean"] <= 1 and r["CoSy AUC"]["n"] >= 1 for r in summary["interp"])
     for name, label in (("sae", "TopK SAE"), ("snmf", "SNMF")):
         index = tmp_path / "interp" / name / "index.html"
         assert f"feature dashboard ({label}): {index.resolve()}" in out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from saekit.interp.dashboard import write_dashboard
+from saekit.interp.histogram import histogram_svg
 
 TRICKY = ["</script>", "<b>", " &", "\n", " café", " ☕", "<!--", " Monday"]
 
@@ -188,3 +191,38 @@ def test_chromium_render(site, tmp_path):
     lens = page.split("Logit lens", 1)[1]
     assert "went" in lens and "&lt;b&gt;" in lens and "zebra" in lens and "-0.31" in lens
     assert "\u21b5" in page
+
+
+def _store_histogram(values: list[float]) -> dict:
+    """``values`` binned as the interp store bins them: 64 log10 bins from 1e-4 to 1e4."""
+    lo, hi, n = -4.0, 4.0, 64
+    counts = [0] * n
+    for v in values:
+        counts[min(n - 1, int((math.log10(v) - lo) / (hi - lo) * n))] += 1
+    return {"edges": [lo + (hi - lo) * i / n for i in range(n + 1)], "counts": counts, "scale": "log10"}
+
+
+def _ticks(svg: str) -> tuple[list[float], list[float]]:
+    """The x and y tick labels of a histogram SVG, as numbers."""
+    xs = [float(t) for t in re.findall(r'text-anchor="middle">([-\d.e+]+)</text>', svg)]
+    ys = [float(t) for t in re.findall(r'text-anchor="end">([-\d.e+]+)</text>', svg)]
+    return xs, ys
+
+
+def test_histogram_axes_fit_the_data():
+    """The issue's page: data in 0.3-5 drawn on an axis from 1e-4 to 1e4 with two y ticks."""
+    rng = random.Random(0)
+    wide = histogram_svg(_store_histogram([10 ** rng.uniform(math.log10(0.3), math.log10(5)) for _ in range(500)]))
+    xs, ys = _ticks(wide)
+    assert "(log scale)" in wide  # a factor of 16: log
+    assert 0.25 <= min(xs) and max(xs) <= 6 and {0.5, 1.0, 2.0} <= set(xs), xs
+    assert len(ys) >= 3 and ys[0] == 0 and all(b > a for a, b in zip(ys, ys[1:], strict=False)), ys
+    narrow = histogram_svg(_store_histogram([rng.uniform(1.0, 2.0) for _ in range(500)]))
+    xs, ys = _ticks(narrow)
+    assert "(log scale)" not in narrow  # a factor of 2: linear, ticks evenly spaced round numbers
+    steps = {round(b - a, 9) for a, b in zip(xs, xs[1:], strict=False)}
+    assert len(xs) >= 3 and len(steps) == 1 and 0.8 <= min(xs) and max(xs) <= 2.3, xs
+    # Re-binned to equal widths, the bars still hold every token.
+    heights = [float(c) for c in re.findall(r": (\d+)</title></rect>", narrow)]
+    assert sum(heights) == pytest.approx(500, abs=len(heights))
+    assert histogram_svg({"edges": [0, 1], "counts": [0], "scale": "log10"}) == "<p class=meta>no activations recorded</p>"

@@ -130,3 +130,60 @@ def test_suite_scores_a_transcoder_where_it_reads_and_writes(demo_model, tmp_pat
     assert row["sparse_probing_top5"] > 0.9 and row["tpp_top20"] > row["tpp_top20_random"] + 0.2, row
     assert 0 <= row["absorption_rate"] <= row["absorption_false_negatives"] <= 1
     assert "sensitivity" in r.summary["not_run"] and "sensitivity" not in r.tables
+
+
+def test_first_letter_labels_words_by_their_first_letter():
+    from saekit.evals.concept_tasks import first_letter_lookup
+
+    vocab = ["Ġapple", " Banana", "▁cat", "x", "12", "Ġé", "Ġa", "dog", "Ġdon't", "<|endoftext|>"]
+    assert first_letter_lookup(vocab).tolist() == [0, 1, 2, -1, -1, -1, -1, 3, -1, -1]
+
+
+@pytest.mark.timeout(300)
+def test_real_text_tasks_run_on_the_demo_lm(demo_model):
+    """First letter and text source label real tokens; a dense probe reads both well above
+    chance (measured on 16k tokens: 0.89 over 22 letters, 0.80 for English vs the Python
+    docs), and a task that cannot be built says why."""
+    r = run("sparse_probing", Config(task="first_letter", n_tokens=8192, k_values=[1], dictionaries=[]),
+            model=demo_model)
+    assert r.summary["concepts"] >= 15 and r.summary["dense"] > 0.75, r.summary
+    assert {row["concept"] for row in r.rows} <= set("abcdefghijklmnopqrstuvwxyz")
+    r = run("sparse_probing", Config(task="source", sources=["english", "demo"], n_tokens=8192, k_values=[1],
+                                     dictionaries=[]), model=demo_model)
+    assert r.summary["concepts"] == 2 and r.summary["dense"] > 0.65, r.summary
+    with pytest.raises(ValueError, match="task 'source' needs at least two text sources"):
+        run("sparse_probing", Config(task="source", sources=["demo"], dictionaries=[]), model=demo_model)
+
+
+def test_scr_splits_are_biased_balanced_and_disjoint():
+    from saekit.evals.scr import Config as SCRConfig
+    from saekit.evals.scr import scr_splits
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 2, (8000,), generator=g)
+    s = torch.rand(8000, generator=g) < 0.4
+    split = scr_splits(t, s, SCRConfig(per_cell=200), torch.Generator().manual_seed(1))
+    idx = torch.cat(list(split.values()))
+    assert len(idx) == len(set(idx.tolist())) == 4 * 200 + 4 * 200 + 4 * 200
+    b = split["biased"]
+    assert bool(((t[b] == 0) == s[b]).all())  # source 0 words start with a spurious letter, source 1's do not
+    for name in ("balanced", "test"):
+        r = split[name]
+        counts = [int(((t[r] == a) & (s[r] == bool(c))).sum()) for a in (0, 1) for c in (0, 1)]
+        assert counts == [200] * 4, (name, counts)
+    with pytest.raises(ValueError, match="SCR needs 120 words of each"):
+        scr_splits(t[:50], s[:50], SCRConfig(), g)
+
+
+@pytest.mark.timeout(300)
+def test_scr_runs_on_the_demo_lm(demo_model):
+    """The biased probe is worse than the oracle on the balanced test set, and each
+    dictionary's ablations give a finite SCR beside its random control. (On the demo LM the
+    gap is small, 0.78 against 0.82 at 32k tokens, so SCR itself is noisy there; the real
+    model's numbers are in eval/results/scr_smollm2.json.)"""
+    r = run("scr", __import__("saekit.evals.scr", fromlist=["Config"]).Config(
+        hook="blocks.2.mlp.hook_post", dictionaries=["checkpoints/demo-topk"], n_tokens=16384, per_cell=400,
+        n_features=[5]), model=demo_model)
+    assert r.summary["biased_accuracy"] < r.summary["oracle_accuracy"]
+    assert {row["dictionary"] for row in r.rows} == {"demo-topk", "demo-topk/random"}
+    assert all(row["scr"] == row["scr"] for row in r.rows)  # finite

@@ -171,7 +171,12 @@ def test_run_toy_writes_the_report(quick):
     md = (out / "report.md").read_text()
     assert "wta_fraction = 1.0" in md and "![phase diagram](phase_diagram.png)" in md
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporaries
-    assert set(result.summary["seconds"]) == {"sweep", "phase diagram", "geometry", "benchmark", "total"}
+    assert set(result.summary["seconds"]) == {"sweep", "phase diagram", "geometry", "benchmark",
+                                              "transcoders and hierarchy", "total"}
+    assert "## Ground truth: transcoders on a known sparse map" in md and "absorption in a feature hierarchy" in md
+    assert {(r["kind"], r["variant"]) for r in result.tables["transcoder"]} == {
+        ("topk", "transcoder"), ("topk", "skip transcoder"), ("topk", "SAE on x")}
+    assert [r["kind"] for r in result.tables["hierarchy_mean"]] == ["batchtopk", "matryoshka_batchtopk", "snmf"]
 
 
 def test_more_features_represented_and_superposed_as_sparsity_rises(quick):

@@ -368,31 +368,46 @@ def test_sparsify_transcoder_round_trip(tmp_path):
         torch.testing.assert_close(back(x[:256]), tc(x[:256]), rtol=1e-5, atol=1e-5)
 
 
-def test_export_in_circuit_tracers_layout(tmp_path):
-    """The keys, orientations and config circuit-tracer's ``load_transcoder`` /
-    ``load_transcoder_set`` read; its JumpReLU computed here as it computes it."""
+def test_circuit_tracer_export_matches_circuit_tracers_loader(tmp_path):
+    """A set of two transcoders (JumpReLU with a skip term, ReLU) exported as circuit-tracer's
+    transcoder set: the files are the fixture's, and saekit computes what circuit-tracer's
+    own ``load_transcoder_set`` computed from them (``make_circuit_tracer_fixtures.py``)."""
     from safetensors.torch import load_file
 
     from saekit.formats import export
 
-    x, _, *_ = sparse_map(n=2048, seed=7)
-    y = torch.tanh(x @ torch.randn(24, 24, generator=torch.Generator().manual_seed(2)))
-    tc = saekit.fit(x, kind="jumprelu", d_dict=32, target=y, skip=True, n_tokens=2048, batch_size=512,
-                    hook=HOOK_IN, hook_out=HOOK_OUT, model="demo")
-    export(tc, tmp_path / "ct", to="circuit_tracer")
-    cfg = (tmp_path / "ct" / "config.yaml").read_text()
-    assert 'feature_input_hook: "hook_resid_mid"' in cfg and 'feature_output_hook: "hook_mlp_out"' in cfg
-    assert '  - "layer_2.safetensors"' in cfg
-    t = load_file(str(tmp_path / "ct" / "layer_2.safetensors"))
-    assert t["W_enc"].shape == (32, 24) and t["W_skip"].shape == (24, 24)
+    fix = ROOT / "tests" / "fixtures" / "transcoders" / "circuit_tracer"
+    tcs = [load_dictionary(fix / f"saekit_layer_{i}") for i in (0, 1)]
+    export(tcs, tmp_path / "ct", to="circuit_tracer")
+    assert (tmp_path / "ct" / "config.yaml").read_text() == (fix / "export" / "config.yaml").read_text()
+    for i in (0, 1):
+        ours, theirs = (load_file(str(p / f"layer_{i}.safetensors")) for p in (tmp_path / "ct", fix / "export"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    e = load_file(str(fix / "expected.safetensors"))
     with torch.no_grad():
-        pre = torch.nn.functional.linear(x[:64], t["W_enc"], t["b_enc"])
-        acts = pre * (pre > t["activation_function.threshold"])
-        pred = acts @ t["W_dec"] + t["b_dec"] + x[:64] @ t["W_skip"].T
-        torch.testing.assert_close(pred, tc(x[:64]), rtol=1e-5, atol=1e-5)
-    sae = saekit.fit(x, kind="topk", d_dict=16, k=2, n_tokens=2048, batch_size=512)
+        for i, tc in enumerate(tcs):
+            torch.testing.assert_close(tc.encode(e["x"]), e[f"codes_{i}"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(tc(e["x"]), e[f"pred_{i}"], rtol=1e-5, atol=1e-5)
+
+
+def test_circuit_tracer_export_refuses_what_it_cannot_load(tmp_path):
+    from saekit.formats import export
+
+    fix = ROOT / "tests" / "fixtures" / "transcoders" / "circuit_tracer"
+    layer1 = load_dictionary(fix / "saekit_layer_1")
+    with pytest.raises(ValueError, match=r"layers \[0\] have no transcoder"):
+        export(layer1, tmp_path / "a", to="circuit_tracer")
+    with pytest.raises(ValueError, match="two transcoders for layer 1"):
+        export([layer1, layer1], tmp_path / "b", to="circuit_tracer")
+    x, y, *_ = sparse_map(n=2048, seed=7)
+    topk = saekit.fit(x, kind="topk", d_dict=16, k=2, target=y[:, :24], n_tokens=2048, batch_size=512,
+                      hook="blocks.0.hook_resid_mid", hook_out="blocks.0.hook_mlp_out")
+    with pytest.raises(ValueError, match="loads no TopK"):
+        export(topk, tmp_path / "c", to="circuit_tracer")
+    sae = saekit.fit(x, kind="relu", d_dict=16, n_tokens=2048, batch_size=512)
     with pytest.raises(ValueError, match="circuit-tracer holds per-layer transcoders"):
-        export(sae, tmp_path / "no", to="circuit_tracer")
+        export(sae, tmp_path / "d", to="circuit_tracer")
+    assert not any((tmp_path / n).exists() for n in "abcd")
 
 
 def test_auto_interp_collects_a_transcoders_examples(demo_model, demo_tokens, demo_transcoder):
@@ -438,3 +453,29 @@ def test_evaluators_that_perturb_one_hook_refuse_a_transcoder_by_name(demo_model
                                          r"saekit eval suite"):
         run("sensitivity", SensitivityConfig(hook=HOOK_IN, dictionaries=[str(tmp_path / "tc")], n_tokens=256),
             model=demo_model)
+
+
+def test_a_transcoder_trains_from_a_live_stream_of_both_hooks(demo_model):
+    """Both hooks come from one shuffled harvest (LiveStream.together), so input and target
+    rows stay paired: the streamed transcoder fits as well as one trained in memory on the
+    same tokens, and streams of two harvests are refused."""
+    from saekit.activations.stream import LiveStream
+
+    tokens = saekit.load_tokens("demo", demo_model, n_tokens=160 * 128, seed=5)
+    toks = tokens[:128]
+    kw = dict(kind="topk", d_dict=256, k=8, hook=HOOK_IN, hook_out=HOOK_OUT, model=demo_model, seed=0,
+              batch_size=256)
+    streams = LiveStream.together(demo_model, [HOOK_IN, HOOK_OUT], toks, 256, seed=0, prefetch=0)
+    n = len(streams[HOOK_IN]) // 256 * 256
+    live = saekit.fit(streams[HOOK_IN], target=streams[HOOK_OUT], n_tokens=n, **kw)
+    acts = saekit.harvest(demo_model, [HOOK_IN, HOOK_OUT], toks)
+    memory = saekit.fit(acts[HOOK_IN], target=acts[HOOK_OUT], n_tokens=n, **kw)
+    held = saekit.harvest(demo_model, [HOOK_IN, HOOK_OUT], tokens[128:])
+    with torch.no_grad():
+        f_live = float(fvu(held[HOOK_OUT], live(held[HOOK_IN])))
+        f_mem = float(fvu(held[HOOK_OUT], memory(held[HOOK_IN])))
+    # unpaired rows (shuffled input against unshuffled target) would leave FVU near 1
+    assert f_live < 0.4 and abs(f_live - f_mem) < 0.05, (f_live, f_mem)  # measured 0.262 and 0.261
+    other = LiveStream.together(demo_model, [HOOK_OUT], toks, 256, seed=1, prefetch=0)[HOOK_OUT]
+    with pytest.raises(ValueError, match="another harvest"):
+        saekit.fit(streams[HOOK_IN], target=other, n_tokens=256, **kw)

@@ -170,10 +170,20 @@ class LiveStream:
 
     def batches(self, skip: int = 0) -> Iterator[Tensor]:
         """Every batch in order, from batch ``skip`` on (replaying the stream up to it)."""
+        for x, _ in self.paired_batches(None, skip):
+            yield x
+
+    def paired_batches(self, other: LiveStream | None, skip: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """``(this hook's batch, other's batch)`` in order from batch ``skip`` on: the same
+        shuffled rows (tokens) of both hooks, which must come from one :meth:`together`
+        harvest (a transcoder's input and output). ``other`` None: ``(batch, None)``."""
+        if other is not None and other.source is not self.source:
+            raise ValueError(f"hooks {self.hook} and {other.hook} are streamed from different harvests, so their "
+                             "rows are not the same tokens: open them with LiveStream.together")
         step = skip
         try:
             while (b := self.source.get(step)) is not None:
-                yield b[self.hook]
+                yield b[self.hook], None if other is None else b[other.hook]
                 step += 1
         finally:
             if len(self.source.hooks) == 1:

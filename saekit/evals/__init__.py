@@ -33,6 +33,7 @@ EVALUATORS = {
     "layers": "saekit.evals.layers",
     "sparse_probing": "saekit.evals.sparse_probing",
     "tpp": "saekit.evals.tpp",
+    "scr": "saekit.evals.scr",
     "absorption": "saekit.evals.absorption",
     "suite": "saekit.evals.suite",
 }

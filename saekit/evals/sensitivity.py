@@ -84,6 +84,7 @@ from saekit.evals.common import (
     perturbation_kl,
     settings,
 )
+from saekit.evals.sensitivity_page import page_sections, readable_tables
 from saekit.metrics.reconstruction import unit_rows
 from saekit.metrics.uncertainty import bootstrap_se
 from saekit.models import model_device, splice, validate_hook
@@ -208,11 +209,14 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         Rows: one per (experiment, family, dictionary, r): ``experiment`` is ``curve``
         (KL against r) or ``pathology`` (matched-ε baseline vs the reconstruction; ``r``
         is NaN and ``r_abs`` the mean ε); columns ``n_tokens`` (tokens averaged over),
+        ``n_windows`` (windows the standard errors are over),
         ``n_directions`` (distinct directions drawn: one per token for the random
         families, distinct features for the feature classes), ``kl_mean``, ``kl_q..``,
         ``kl_recon`` and ``kl_ratio`` (pathology only).
         Summary: the median norm, the mean KL per family at the reference radius, and
-        each pathology ratio.
+        each pathology ratio. Tables ``at_reference_radius`` and ``pathology``: the same
+        numbers as :class:`~saekit.report.Stat` cells (± SE, n windows) for the page,
+        which opens with what is measured and how to read it.
     """
     check_choices(cfg.families, BASELINE_FAMILIES, "families")
     check_choices(cfg.feature_classes, FEATURE_CLASSES, "feature_classes")
@@ -331,7 +335,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     config = {**settings(cfg),
               "dictionaries": [n for n, _ in dicts], "median_norm": med, "isotropic_scale_used": iso_scale,
               "cov_ridge_used": gauss.ridge if gauss is not None else None, "n_tokens_evaluated": int(mask.sum())}
-    return EvalResult("sensitivity", rows, summary, config, _figures(cfg, rows))
+    figures = _figures(cfg, rows)
+    tables = readable_tables(rows, summary["reference_radius"])
+    return EvalResult("sensitivity", rows, summary, config, figures, tables=tables,
+                      sections=page_sections(cfg.hook, cfg.radius_unit, summary, tables, figures),
+                      title=f"saekit sensitivity: which directions at {cfg.hook} move the output")
 
 
 def _mean(t: Tensor) -> Tensor:
@@ -367,7 +375,7 @@ def _rows(cfg: Config, kls: dict, recon_kls: dict, eps: dict, mask: Tensor, dist
             # recon KL sum over perturbation KL sum, windows resampled jointly
             ratio_se = float(bootstrap_se(_ratio, torch.stack([window_sums[("recon", dname)][:, 0], ws[:, 0]], 1))[0])
         rows.append({"experiment": experiment, "family": family, "dictionary": dname, "r": r,
-                     "r_abs": float(r_abs), "n_tokens": len(k), "n_directions": n_dir,
+                     "r_abs": float(r_abs), "n_tokens": len(k), "n_windows": len(ws), "n_directions": n_dir,
                      "kl_mean": float(k.mean()) if len(k) else math.nan, "kl_mean_se": kl_se,
                      **{c: float(q) for c, q in zip(qcols, qs, strict=True)},
                      "kl_recon": recon, "kl_ratio": ratio, "kl_ratio_se": ratio_se})
@@ -421,7 +429,7 @@ def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
         ax1.set_ylabel("mean KL(P ‖ Q) per token")
         ax2.set_ylabel("mean KL / mean KL of isotropic directions")
         ax2.axhline(1.0, color="grey", lw=0.8)
-        ax1.legend(fontsize=7)
+        ax1.legend(fontsize=7, loc="upper left")  # curves rise to the right: that corner stays clear
         fig.suptitle(f"Sensitivity to directions at {cfg.hook}")
         figs["sensitivity_curves.png"] = figure_png(fig)
     path = [r for r in rows if r["experiment"] == "pathology"]
@@ -442,6 +450,6 @@ def _figures(cfg: Config, rows: list[dict]) -> dict[str, bytes]:
         ax.set_xticks([i + width * len(fams) / 2 for i in range(len(names))], names)
         ax.set_ylabel("mean KL per token")
         ax.set_title("Error pathology: KL(x̂) / KL(x + ε·u) at matched ε")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not on them
         figs["error_pathology.png"] = figure_png(fig)
     return figs

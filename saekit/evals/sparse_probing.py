@@ -3,9 +3,10 @@ dictionary's features do what a probe on all of the model's activations does?
 
 For each labelled concept, one-vs-rest:
 
-1. **Examples.** Token positions of the text, labelled by the planted concept the token
-   carries (``saekit.data.concept_labels``: the demo LM's seven families, or their
-   groups such as weekday vs weekend, ``level``). Positives are the concept's
+1. **Examples.** Token positions of the text, labelled by ``task``
+   (:mod:`saekit.evals.concept_tasks`): the planted concept the token carries (the
+   demo LM's seven families, or their groups such as weekday vs weekend, ``level``),
+   a word's first letter, or the text source. Positives are the concept's
    positions, negatives those of every other concept, subsampled to equal numbers (at
    most ``max_per_class`` each) and split into train and test (``test_fraction``).
 2. **Dense probe**: L2-regularised logistic regression on the standardised activations
@@ -37,9 +38,10 @@ import torch
 from torch import Tensor
 
 from saekit.activations.harvest import harvest
-from saekit.data import CONCEPTS, concept_groups, concept_labels, load_tokens, token_mask
+from saekit.data import token_mask
 from saekit.dictionaries import REGISTRY, DictionaryConfig
 from saekit.evals.common import EvalConfig, EvalResult, encode_rows, load_dictionaries, settings
+from saekit.evals.concept_tasks import task_tokens
 from saekit.models import load_model
 
 
@@ -53,8 +55,15 @@ class ConceptProbes(EvalConfig):
     dictionaries: list[str] | None = field(default_factory=lambda: ["checkpoints/demo-topk",
                                                                      "checkpoints/demo-snmf"])
     n_tokens: int = 65536
+    task: Literal["planted", "first_letter", "source"] = "planted"
+    """What labels the tokens (:mod:`saekit.evals.concept_tasks`): the demo LM's planted
+    concepts, a word's first letter (real text, Chanin et al.'s absorption task), or the
+    text source a token comes from (``sources``)."""
     level: Literal["family", "group"] = "family"
-    """Concepts to probe: ``family`` (days, months, ...) or ``group`` (weekday, weekend, ...)."""
+    """Planted concepts to probe: ``family`` (days, months, ...) or ``group`` (weekday, weekend, ...)."""
+    sources: list[str] = field(default_factory=lambda: ["english", "demo"])
+    """Task ``source``: the text sources, one concept each (default: English prose against
+    the Python documentation of the demo corpus)."""
     max_per_class: int = 2000
     """Positive (and as many negative) positions per concept, at most."""
     min_per_class: int = 20
@@ -80,19 +89,17 @@ def concept_data(cfg: ConceptProbes, model: Any, progress: bool = False,
                  also: tuple[str, ...] = ()) -> tuple[Tensor, Tensor, list[str], dict[str, Tensor]]:
     """``(activations [n, d_in] at cfg.hook, concept label per row (-1: none), concept
     names, {hook: activations}`` of the ``also`` hooks on the same rows) on ``cfg.n_tokens``
-    tokens of ``cfg.data`` (document starts left out), from one forward pass."""
+    tokens of ``cfg.task``'s text (document starts left out), from one forward pass."""
     if cfg.level not in ("family", "group"):
         raise ValueError(f"Config.level must be 'family' or 'group', got {cfg.level!r}")
     if not 0 < cfg.test_fraction < 1:
         raise ValueError(f"Config.test_fraction must be in (0, 1), got {cfg.test_fraction}")
-    tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
+    tokens, labels, names = task_tokens(cfg, model)
     mask = token_mask(tokens, model)  # the rows harvest returns: document starts and padding left out
-    labels = concept_labels(tokens, model, cfg.level)[mask]
     hooks = list(dict.fromkeys([cfg.hook, *also]))
     acts = {h: a.float() for h, a in harvest(model, hooks, tokens, cfg.batch_size, mask=mask,
                                               progress=progress).items()}
-    names = list(CONCEPTS) if cfg.level == "family" else [f"{f}/{g}" for f, g in concept_groups()]
-    return acts[cfg.hook], labels, names, {h: acts[h] for h in also}
+    return acts[cfg.hook], labels[mask], names, {h: acts[h] for h in also}
 
 
 def fit_probe(x: Tensor, y: Tensor, l2: float = 1e-3, iters: int = 100) -> tuple[Tensor, Tensor, Tensor]:

@@ -146,12 +146,17 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
       the folder, so saekit also records its own hook names in ``cfg.json`` under
       ``saekit_hook``/``saekit_hook_out`` (sparsify drops keys it does not know) and reads
       them back;
-    - ``circuit_tracer``: a transcoder's ``layer_{L}.safetensors`` + ``config.yaml``
+    - ``circuit_tracer``: a per-layer transcoder set, ``layer_{L}.safetensors`` for each of
+      a list of transcoders (layers 0..N-1) + ``config.yaml``
       (:mod:`saekit.formats.circuit_tracer`).
 
     A dictionary a format cannot hold is refused with a ValueError that says why and
     lists the formats it can be written as (:func:`export_targets`).
     """
+    if isinstance(dictionary, (list, tuple)):
+        if to != "circuit_tracer":
+            raise ValueError(f"a list of dictionaries exports only as circuit_tracer's transcoder set, not {to!r}")
+        return export_circuit_tracer([load(x) if isinstance(x, (str, Path)) else x for x in dictionary], path)
     d = load(dictionary) if isinstance(dictionary, (str, Path)) else dictionary
     if to not in EXPORTS:
         raise ValueError(f"unknown export format {to!r}; choose one of {EXPORTS}")

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from saekit.dictionaries.base import Dictionary
-from saekit.formats.readers import (
+from saekit.formats.files import (
     FormatError,
     build,
     matrix,

@@ -11,7 +11,7 @@ pieces every LLM caller shares:
   ``"skipped"`` (never sent: the run's LLM time budget was spent).
 - :class:`CallLog`: per-run counts of the outcome of every answer, per call type
   (``describe``, ``detection``, ``fuzzing``, ``intruder``, ``prism_labels``,
-  ``cosy_texts``, ``judge``). Outcomes are :data:`OUTCOMES`.
+  ``cosy_texts``, ``simulation``, ``judge``). Outcomes are :data:`OUTCOMES`.
 - the tolerant parsers of describers' answers (:func:`parse_explanation`,
   :func:`parse_label`, :func:`parse_lines`) and of a judge's rating
   (:func:`parse_rating`), each with its ``*_outcome`` (whether the answer came in the

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 
 from saekit.fileio import atomic_write_text
-from saekit.report import json_safe
+from saekit.interp.histogram import histogram_svg
+from saekit.report import TABLE_CSS, html_legend, html_th, json_safe
 
 __all__ = ["render_dashboard", "write_dashboard"]
 
@@ -36,15 +36,16 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.2em 2em;color:#222}
 h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.1em;margin:1.4em 0 .4em}h3{font-size:1em}
 table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:.2em .6em;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;white-space:nowrap;
 font-variant-numeric:tabular-nums}th.sortable{cursor:pointer;user-select:none}
 th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
 .meta{color:#555}.meta span{margin-right:1.2em}.ex{font:13px/1.7 ui-monospace,monospace;
 white-space:pre-wrap;border-bottom:1px solid #eee;padding:.15em 0}.ex .t{border-radius:2px}
 .exmax{display:inline-block;min-width:4em;color:#888;margin-right:.5em}.tok{white-space:pre-wrap;
 font-family:ui-monospace,monospace;background:#f4f4f4;padding:0 .2em}nav{margin-bottom:.6em}
-nav a{margin-right:1em}#q{width:28em;font-size:1em;padding:.3em}.lens{display:flex;gap:3em}
-"""
+nav a{margin-right:1em}#q{width:28em;max-width:100%;font-size:1em;padding:.3em}
+.lens{display:flex;flex-wrap:wrap;gap:0 3em}svg.hist{max-width:100%;height:auto}td.text{min-width:16em}
+""" + TABLE_CSS
 
 
 # ----------------------------------------------------------------------------- data cleaning
@@ -122,12 +123,16 @@ def _page(title: str, body: str, script: str = "") -> str:
             f"{script}</body></html>\n")
 
 
-def _table(head: list[str], rows: list[list[str]], num: set[int] = frozenset()) -> str:
-    """Table from already-escaped cells; columns in ``num`` are right-aligned."""
-    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if j in num else ''}>{c}</td>"
-                                    for j, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+def _table(head: list[str], rows: list[list[str]], num: set[int] = frozenset(), notes: tuple[str, ...] = ()) -> str:
+    """Table from already-escaped cells, in a box that scrolls sideways when wide; columns
+    in ``num`` are right-aligned; each header explained in its tooltip and in a legend
+    under the table (:mod:`saekit.report.glossary`), then ``notes``."""
+    th = "".join(html_th(h) for h in head)
+    # A description's text keeps a readable width when the score columns make the table wide.
+    cls = [" class=num" if j in num else " class=text" if h == "text" else "" for j, h in enumerate(head)]
+    body = "".join("<tr>" + "".join(f"<td{cls[j]}>{c}</td>" for j, c in enumerate(r)) + "</tr>" for r in rows)
+    return (f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
+            + html_legend(head, notes))
 
 
 # ----------------------------------------------------------------------------- feature page
@@ -158,45 +163,6 @@ def _example(ex, scale: float | None) -> str:
 def _examples(exs, scale) -> str:
     exs = [e for e in (exs or []) if isinstance(e, dict)][:_MAX_EXAMPLES]
     return "".join(_example(e, scale) for e in exs) or "<p class=meta>none</p>"
-
-
-def _histogram_svg(hist) -> str:
-    """Bar chart of the activation histogram as inline SVG (no plotting library: it has
-    to be cheap for hundreds of pages). Edges are log10(act) when scale is 'log10'."""
-    if not isinstance(hist, dict):
-        return ""
-    edges = [_num(e) for e in hist.get("edges") or []]
-    counts = [_num(c) or 0.0 for c in hist.get("counts") or []]
-    if len(edges) < 2 or len(counts) != len(edges) - 1 or None in edges:
-        return "<p class=meta>histogram unreadable</p>"
-    log = hist.get("scale") == "log10"
-    lo, hi, cmax = edges[0], edges[-1], max(counts) or 1.0
-    if not hi > lo:
-        return "<p class=meta>histogram unreadable</p>"
-    w, h, left, bottom, top = 640, 180, 48, 22, 8
-    pw, ph = w - left - 16, h - bottom - top  # right margin fits the last tick's label
-    x = lambda v: left + (v - lo) / (hi - lo) * pw
-    val = lambda e: 10 ** e if log else e
-    out = [f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-           f'viewBox="0 0 {w} {h}" role="img" aria-label="activation histogram">',
-           f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#888"/>',
-           f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{cmax:.0f}</text>',
-           f'<text x="{left - 4}" y="{top + ph}" font-size="10" text-anchor="end">0</text>']
-    for e0, e1, c in zip(edges, edges[1:], counts, strict=False):
-        if c <= 0:
-            continue
-        bh = c / cmax * ph
-        out.append(f'<rect x="{x(e0):.1f}" y="{top + ph - bh:.1f}" width="{max(x(e1) - x(e0), 0.5):.1f}"'
-                   f' height="{bh:.1f}" fill="#e8731a"><title>{_fmt(val(e0))} to {_fmt(val(e1))}:'
-                   f' {c:.0f}</title></rect>')
-    ticks = (range(math.ceil(lo), math.floor(hi) + 1) if log and hi - lo >= 1
-             else [lo + (hi - lo) * i / 4 for i in range(5)])
-    for t in ticks:
-        out.append(f'<text x="{x(t):.1f}" y="{h - 6}" font-size="10" text-anchor="middle">'
-                   f'{_fmt(float(val(t)))}</text>')
-    out.append(f'<text x="{left + pw}" y="{top + 10}" font-size="10" text-anchor="end">'
-               f'activation{" (log scale)" if log else ""}</text></svg>')
-    return "".join(out)
 
 
 def _score_names(descs, cols: list[str]) -> list[str]:
@@ -238,7 +204,7 @@ def _feature_page(rec: dict, meta: dict, prev: int | None, nxt: int | None) -> s
                          f" &middot; {len(group)} examples</summary>"
                          f"{_examples(group, scale)}</details>")
     if rec.get("histogram"):
-        parts += ["<h2>Activation histogram</h2>", _histogram_svg(rec["histogram"])]
+        parts += ["<h2>Activation histogram</h2>", histogram_svg(rec["histogram"], _fmt)]
     lens = rec.get("logit_lens")
     if isinstance(lens, dict):
         cols = []
@@ -336,12 +302,12 @@ def _calls_table(rows: object) -> str:
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         return ""
     cols = list(rows[0])
-    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
-    return (f'<h2>LLM answers</h2><p class="meta">parsed: in the asked-for format; salvaged: read by a '
-            f'fallback; unparseable: left out of every score; failed: no answer after retries; skipped: '
-            f'not asked, the time budget being spent</p><table><thead><tr>{head}</tr></thead>'
-            f'<tbody>{body}</tbody></table>\n')
+    body = [[_esc(r.get(c)) for c in cols] for r in rows]
+    return "<h2>LLM answers</h2>" + _table(cols, body, set(range(1, len(cols)))) + "\n"
+
+
+_INDEX_NOTE = ("One row per feature; click a header to sort (hover it for its meaning), a feature for its "
+               "page. Scores come from the feature's first description that has them.")
 
 
 def _index_page(meta: dict, records: list[dict]) -> str:
@@ -361,17 +327,17 @@ def _index_page(meta: dict, records: list[dict]) -> str:
                   if isinstance(t, dict)]
         rows.append({"f": rec["feature"], "v": vals, "s": "\n".join(words).lower()})
     cols = [{"key": k, "num": k != "description"} for k in keys]
-    heads = "".join(f'<th class="sortable{" num" if c["num"] else ""}" data-key="{_esc(c["key"])}"'
-                    f' data-num="{int(c["num"])}">{_esc(c["key"])}</th>' for c in cols)
+    heads = "".join(html_th(c["key"], f' class="sortable{" num" if c["num"] else ""}" data-key="{_esc(c["key"])}"'
+                                      f' data-num="{int(c["num"])}"') for c in cols)
     info = "".join(f"<span>{_esc(k)}: <strong>{_esc(meta[k])}</strong></span>"
                    for k in _META_KEYS if meta.get(k) not in (None, ""))
     title = meta.get("title") or "saekit dashboard"
     body = (f'<h1>{_esc(title)}</h1><div class="meta">{info}</div>\n{_calls_table(meta.get("llm_calls"))}'
             f'<p><input id="q" type="search" placeholder="search: feature index, description,'
             f' top token" autofocus> <span id="shown" class="meta"></span></p>\n'
-            f'<table id="features"><thead><tr>{heads}</tr></thead><tbody id="rows"></tbody>'
-            f'</table>\n<noscript>This table needs JavaScript; the feature pages are in'
-            f' features/.</noscript>')
+            f'<div class="scroll"><table id="features"><thead><tr>{heads}</tr></thead><tbody id="rows"></tbody>'
+            f'</table></div>\n<noscript>This table needs JavaScript; the feature pages are in'
+            f' features/.</noscript>' + html_legend(keys, (_INDEX_NOTE,)))
     script = (f"<script>\nconst DATA = {_script_json({'cols': cols, 'rows': rows})};\n"
               f"{_INDEX_JS}</script>\n")
     return _page(title, body, script)

@@ -15,7 +15,13 @@ The steps, each in its own module:
    test, within ``llm_budget_s`` when set (the PRISM clusters of other features keep
    their offline labels). A failing call costs one answer, never the run, and every
    answer's outcome is counted per call type;
-5. the offline scores of every description, each beside a random-description baseline;
+5. the offline scores of every description, each beside a random-description baseline:
+   CoSy, embedding AUROC and delphi's simulation score with the offline simulator
+   (:mod:`saekit.interp.simulation`; ``simulation="off"`` leaves it out); with
+   ``simulation="llm"`` and an LLM, the LLM features' MaxAct descriptions (and their
+   random baselines) are also simulated by the LLM (``llm_simulation``: one call per
+   held-out example, after the rest of the LLM work and under the same time budget's
+   deadline, so the calls that no longer fit are counted as skipped);
 6. the result (:class:`saekit.report.Result` named ``interp``) with the dashboard of
    :func:`saekit.interp.dashboard.render_dashboard` as its pages; ``result.save(dir)``
    writes it (``index.html`` the dashboard, ``interp.json``, ``interp.csv``, ``report.md``).
@@ -31,6 +37,7 @@ import argparse
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -42,16 +49,20 @@ from saekit import report
 from saekit.config import load_config
 from saekit.data import load_tokens
 from saekit.formats import load_dictionary
-from saekit.interp import describe, prism, score
+from saekit.interp import describe, prism, score, simulation
+from saekit.interp.answers import CallLog
+from saekit.interp.budget import SIZES
 from saekit.interp.dashboard import render_dashboard
-from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, client_from_config
+from saekit.interp.llm import ENV_BASE_URL, ENV_MODEL, LLMError, client_from_config
 from saekit.interp.llm_run import calls_table, run_llm
 from saekit.interp.prism import polysemanticity
-from saekit.interp.store import collect, token_strings
+from saekit.interp.store import collect
 from saekit.jobs import claim_output
+from saekit.metrics.uncertainty import mean_se, paired_difference
 from saekit.models import load_model
 from saekit.report import Result
 from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
+from saekit.tokenization import token_strings
 
 
 @dataclass
@@ -79,12 +90,17 @@ class InterpConfig:
     """Features described and scored by the LLM."""
     llm_budget_s: float | None = None
     """Wall seconds the LLM work may take (None: no limit); see :mod:`saekit.interp.budget`."""
+    simulation: Literal["offline", "llm", "off"] = "offline"
+    """delphi's simulation score: "offline" (the offline simulator, every description); "llm": that,
+    and the LLM simulator on the LLM features' MaxAct descriptions (one call per example); "off"."""
     seed: int = 0
     batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.llm not in ("auto", "on", "off"):
             raise ValueError(f"llm must be 'auto', 'on' or 'off', got {self.llm!r}")
+        if self.simulation not in ("offline", "llm", "off"):
+            raise ValueError(f"simulation must be 'offline', 'llm' or 'off', got {self.simulation!r}")
         for name in ("n_tokens", "n_score_tokens", "ctx_len", "top_k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -210,7 +226,10 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                       budget_s=cfg.llm_budget_s, seed=cfg.seed, out=out, progress=progress)
     descriptions = {f: [("offline", offline[f]["text"])] + [("prism", c.label) for c in clusters.get(f, [])]
                     + llm["descriptions"].get(f, []) for f in alive}
-    scored = score.score_descriptions(corpus, descriptions, seed=cfg.seed)
+    if cfg.simulation == "llm" and llm["scores"]:
+        say("interp: LLM simulation of the MaxAct descriptions ...")
+        llm["calls"].update(_llm_simulation(client, corpus, llm, cfg.seed))
+    scored = score.score_descriptions(corpus, descriptions, seed=cfg.seed, simulation=cfg.simulation != "off")
     for f, extra in llm["scores"].items():
         row = next((r for r in scored[f] if r["method"] == "maxact"), None)
         if row is not None:
@@ -220,7 +239,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
     poly = {f: prism.polysemanticity([c.label for c in clusters[f]], embedded) for f in clusters}
     records = [_record(store, f, vocab, offline[f], scored.get(f, []), clusters.get(f, []), poly.get(f))
                for f in shown]
-    summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed))
+    summary = summarize(scored, poly, _random_polysemanticity(clusters, embedded, cfg.seed), cfg.seed)
     summary.update(n_tokens=store.n_tokens, n_score_chunks=len(corpus), n_shown=len(shown),
                    llm=getattr(client, "model", None), seconds=round(time.time() - t0, 1),
                    llm_calls=llm["calls"], llm_work=llm["work"])
@@ -230,7 +249,9 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
             "dictionary": name, "kind": dictionary.cfg.kind, "d_dict": dictionary.cfg.d_dict,
             "hook": dictionary.cfg.hook, "model": store.manifest["model"], "n_tokens": store.n_tokens,
             "n_features_shown": len(shown), "score_columns": ["cosy_auc", "embedding_auroc", "random_cosy_auc"]
-            + (["detection_balanced_accuracy", "fuzzing_balanced_accuracy"] if llm["scores"] else []),
+            + (["simulation", "random_simulation"] if cfg.simulation != "off" else [])
+            + (["detection_balanced_accuracy", "fuzzing_balanced_accuracy"] if llm["scores"] else [])
+            + (["llm_simulation"] if cfg.simulation == "llm" and llm["scores"] else []),
             "notes": f"described on {store.n_tokens:,} tokens of {dataset or 'the given tokens'}; scored on "
                      f"{len(corpus)} held-out chunks of 32 tokens; random_* = another feature's description "
                      "scored on this feature", "llm_calls": calls}
@@ -251,8 +272,21 @@ def _random_polysemanticity(clusters: dict[int, list], embedded: dict[str, torch
     return float(np.mean(vals)) if vals else None
 
 
-def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], random_poly: float | None) -> dict:
-    """Mean of every score per method, the PRISM best-of-k and mean, with baselines."""
+#: Scores whose per-method mean the summary gives with its standard error over features
+#: (``{key}_se``; a 95% interval is the mean ± 1.96 SE).
+SE_SCORES = ("simulation", "random_simulation", "llm_simulation", "random_llm_simulation")
+#: Scores the summary also pairs with their random-description control, item by item
+#: (``{key}_vs_random``: :func:`~saekit.metrics.uncertainty.paired_difference`).
+PAIRED_SCORES = ("simulation", "llm_simulation")
+
+
+def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], random_poly: float | None,
+              seed: int = 0) -> dict:
+    """Mean of every score per method, the PRISM best-of-k and mean, with baselines; the
+    :data:`SE_SCORES` also with their standard error over features (``{key}_se``) and
+    how many features have them (``{key}_n``), the :data:`PAIRED_SCORES` with their
+    paired difference from the random control and its bootstrap 95% interval
+    (``{key}_vs_random``)."""
     by: dict[str, dict[str, list[float]]] = {}
     for rows in scored.values():
         for r in rows:
@@ -265,15 +299,62 @@ def summarize(scored: dict[int, list[dict]], poly: dict[int, float | None], rand
                 if vals:
                     by.setdefault("prism (best of k)", {}).setdefault(key, []).append(max(vals))
     out = {"methods": {m: {k: _mean(v) for k, v in d.items()} | {"n": max(map(len, d.values()))}
+                       | {f"{k}_se": mean_se(_finite(d[k])) for k in SE_SCORES if k in d}
+                       | {f"{k}_n": len(_finite(d[k])) for k in SE_SCORES if k in d}
                        for m, d in by.items()}}
+    for m, d in out["methods"].items():
+        items = [r["scores"] for rows in scored.values() for r in rows if r["method"] == m]
+        d.update({f"{k}_vs_random": paired_difference(items, k, seed=seed) for k in PAIRED_SCORES
+                  if any(k in s for s in items)})
     p = [v for v in poly.values() if v is not None]
     out["polysemanticity"] = {"mean": _mean(p), "random_labels": random_poly, "n": len(p)}
     return out
 
 
+def _finite(v: list[float]) -> list[float]:
+    return [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+
+
 def _mean(v: list[float]) -> float:
-    v = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    v = _finite(v)
     return float(np.mean(v)) if v else math.nan
+
+
+def _llm_simulation(client: Any, corpus: Any, llm: dict[str, Any], seed: int) -> dict[str, dict[str, int]]:
+    """delphi's simulation score with the LLM simulator for every LLM feature with a
+    MaxAct description, and for the MaxAct description of another such feature
+    (:func:`~saekit.interp.score.random_partners`) as its baseline, on the examples its
+    detection and fuzzing scores used; written into ``llm["scores"]``. Returns the
+    answer counts (``{"simulation": {...}}``). A server gone mid-way costs the scores
+    not yet computed, with a warning."""
+    maxact = {f: t for f, rows in llm["descriptions"].items() for m, t in rows if m == "maxact" and t}
+    donors = score.random_partners(sorted(maxact), seed)
+    feats, texts, on, off, tops = [], [], [], [], []
+    for f in sorted(maxact):
+        n = SIZES[int(llm["scores"].get(f, {}).get("llm_sizes_level", 0))].score_examples
+        a, b = corpus.split(f, n)
+        exs = ([corpus.example(i, f) for i in a], [corpus.example(i, f) for i in b])
+        top = float(corpus.acts[:, corpus.row(f)].max())
+        for prefix, text in (("", maxact[f]), ("random_", maxact.get(donors.get(f, -1)))):
+            if text:
+                feats.append((f, prefix))
+                texts.append(text)
+                on.append(exs[0])
+                off.append(exs[1])
+                tops.append(top)
+    log = CallLog()
+    try:
+        res = simulation.llm_simulation(client, texts, on, off, tops, log=log)
+    except LLMError as e:
+        if not e.down:
+            raise
+        warnings.warn(f"LLM simulation stopped: {e}", RuntimeWarning, stacklevel=2)
+        return log.as_dict()
+    for (f, prefix), r in zip(feats, res, strict=True):
+        llm["scores"].setdefault(f, {}).update({
+            f"{prefix}llm_simulation": r.correlation, f"{prefix}llm_simulation_per_example": r.example_mean,
+            f"{prefix}llm_simulation_parsed": r.n_simulated / r.n_examples if r.n_examples else math.nan})
+    return log.as_dict()
 
 
 def _example(e: Any) -> dict[str, Any]:
@@ -370,13 +451,38 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_interval(s: dict[str, Any], key: str) -> str:
+    """``mean ± 1.96 SE`` of one of the :data:`SE_SCORES` (``-`` when absent)."""
+    mean, se = s.get(key), s.get(f"{key}_se")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.3f}" + (f" ± {1.96 * se:.3f}" if se is not None and not math.isnan(se) else "")
+
+
+def _gain(paired: dict[str, Any] | None) -> str:
+    """A paired difference from the random control as ``difference [low, high]`` (``-`` when none)."""
+    if not paired or "difference" not in paired:
+        return "-"
+    low, high = paired["ci95"]
+    return f"{paired['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def summary_table(summary: dict[str, Any]) -> str:
-    """The mean scores per method beside their random baselines, as a text table."""
+    """The mean scores per method beside their random baselines, as a text table (simulation
+    scores as mean ± 1.96 standard errors over features, a 95% interval, and their paired
+    gain over the random control with its bootstrap 95% interval)."""
     rows = []
     for m, s in summary["methods"].items():
-        rows.append({"description": m, "n": s.get("n"), "CoSy AUC": s.get("cosy_auc"),
-                     "random CoSy AUC": s.get("random_cosy_auc"), "embedding AUROC": s.get("embedding_auroc"),
-                     "random emb. AUROC": s.get("random_embedding_auroc")})
+        row = {"description": m, "n": s.get("n"), "CoSy AUC": s.get("cosy_auc"),
+               "random CoSy AUC": s.get("random_cosy_auc"), "embedding AUROC": s.get("embedding_auroc"),
+               "random emb. AUROC": s.get("random_embedding_auroc")}
+        for key, name in (("simulation", "simulation r"), ("random_simulation", "random sim. r"),
+                          ("llm_simulation", "LLM sim. r"), ("random_llm_simulation", "random LLM sim. r")):
+            if any(key in v for v in summary["methods"].values()):
+                row[name] = _with_interval(s, key)
+            if key in PAIRED_SCORES and any(f"{key}_vs_random" in v for v in summary["methods"].values()):
+                row[name.replace(" r", " gain")] = _gain(s.get(f"{key}_vs_random"))
+        rows.append(row)
     p = summary["polysemanticity"]
     text = (report.text_table(rows) + f"\npolysemanticity (mean label cosine, PRISM): {p['mean']:.3f} "
             f"against {p['random_labels'] or float('nan'):.3f} for random labels ({p['n']} features)")

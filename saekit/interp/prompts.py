@@ -14,7 +14,9 @@ Describers (one text per feature or cluster):
 - :func:`generate_concept_texts`: the texts CoSy-for-text (PRISM's evaluation) runs the
   model on, written from a description.
 
-The LLM scorers (delphi's detection and fuzzing) are in :mod:`saekit.interp.detection`.
+The LLM scorers (delphi's detection and fuzzing) are in :mod:`saekit.interp.detection`;
+delphi's simulation scorer, whose prompt :func:`simulation_messages` builds here, is in
+:mod:`saekit.interp.simulation`.
 
 Examples are any objects with ``.tokens`` (decoded token strings, leading spaces kept) and
 ``.acts`` (the feature's activation on each token), such as
@@ -420,3 +422,40 @@ def generate_concept_texts(client: LLMClient, descriptions: Sequence[str], n: in
         raise LLMError(f"the LLM did not write exactly {n} texts, one per line, after {retries + 1} "
                        f"attempts for {len(pending)} description(s): {which}")
     return texts
+
+
+# --------------------------------------------------------------------------- simulation
+
+_SIMULATION_SYSTEM = (
+    "You predict where a feature of a language model fires. You get a description of what "
+    "makes the feature fire and a list of tokens. For each token, predict the feature's "
+    "activation on it: an integer from 0 (does not fire) to 10 (fires as strongly as it ever "
+    "does). Most tokens are 0. Reply with one list of integers, one per token in order, and "
+    "nothing else.")
+
+#: delphi's simulator prompts carry few-shot examples as earlier turns of the chat; these
+#: two (written for saekit) show the answer form. Without them SmolLM2-135M answered
+#: prose; with them it answers a list.
+_SIMULATION_SHOTS = (("names of animals", ("The", " dog", " ran", " after", " the", " cat"), (0, 10, 0, 0, 0, 9)),
+                     ("the word 'and' joining two nouns", ("bread", " and", " butter", " or", " jam"),
+                      (0, 8, 0, 0, 0)))
+
+
+def _simulation_user(description: str, tokens: Sequence[str]) -> str:
+    return (f"Description: {one_line(description)}\nTokens: {json.dumps(list(tokens), ensure_ascii=False)}\n"
+            f"Answer with a list of {len(tokens)} integers.")
+
+
+def simulation_messages(description: str, tokens: Sequence[str]) -> list[dict[str, str]]:
+    """delphi's (OpenAI's) simulator prompt for one example, asking for every token's 0–10
+    activation at once as a list (:mod:`saekit.interp.simulation` says why a list and not
+    the expected value over logprobs): the system message, two worked examples as earlier
+    turns, then the description and the tokens as a JSON list (leading spaces and newlines
+    visible)."""
+    messages = chat_messages(_SIMULATION_SYSTEM, _simulation_user(*_SIMULATION_SHOTS[0][:2]))
+    messages.append({"role": "assistant", "content": json.dumps(list(_SIMULATION_SHOTS[0][2]))})
+    for description_, tokens_, acts in _SIMULATION_SHOTS[1:]:
+        messages += [{"role": "user", "content": _simulation_user(description_, tokens_)},
+                     {"role": "assistant", "content": json.dumps(list(acts))}]
+    messages.append({"role": "user", "content": _simulation_user(description, tokens)})
+    return messages

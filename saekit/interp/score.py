@@ -19,6 +19,10 @@ baseline (the description of another feature, scored on this feature's data).
   max-pooling compares like with like.
 - :func:`embedding_auroc`: delphi's embedding scorer: AUROC of cos(description, chunk)
   between activating chunks (decile-stratified) and non-activating ones.
+- delphi's simulation scorer (:mod:`saekit.interp.simulation`): the correlation of the
+  feature's per-token activations with those an offline simulator predicts from the
+  description, on the same activating and non-activating chunks;
+  :func:`dictionary_simulation` gives a dictionary's mean in one call.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ import torch
 from torch import Tensor
 
 from saekit.data import get_tokenizer, special_ids, token_mask
+from saekit.interp import describe
 from saekit.interp.prism import embed
 from saekit.interp.prompts import generate_concept_texts
-from saekit.interp.store import TextExample, window_codes
+from saekit.interp.simulation import corpus_simulation
+from saekit.interp.store import TextExample, collect, token_strings, window_codes
+from saekit.metrics.uncertainty import mean_se, paired_difference
 
 _EMBEDDINGS: dict[str, Tensor] = {}
 
@@ -236,13 +243,16 @@ def random_partners(features: Sequence[int], seed: int = 0) -> dict[int, int]:
 
 
 def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple[str, str]]],
-                       seed: int = 0, n_concept: int = 50) -> dict[int, list[dict[str, Any]]]:
+                       seed: int = 0, n_concept: int = 50, simulation: bool = True) -> dict[int, list[dict[str, Any]]]:
     """Score every ``(method, text)`` description of every feature, with random baselines.
 
     Returns ``{feature: [{"method", "text", "scores": {...}}]}`` where scores hold
-    ``cosy_auc, cosy_mad, cosy_p, embedding_auroc`` and the same four of a random
-    description (``random_*``: the same method's description of another feature that
-    has one, see :func:`random_partners`, scored on this feature's data).
+    ``cosy_auc, cosy_mad, cosy_p, embedding_auroc``, with ``simulation`` (delphi's
+    simulation score with the offline simulator: the correlation pooled over all tokens,
+    :func:`~saekit.interp.simulation.corpus_simulation`) and ``simulation_per_example``
+    (the mean of the examples' own correlations) unless ``simulation=False``, and the same
+    of a random description (``random_*``: the same method's description of another
+    feature that has one, see :func:`random_partners`, scored on this feature's data).
     """
     # Donors are drawn per method among the features that have a description of it, so
     # every method gets its baseline (PRISM labels exist only for some features).
@@ -268,13 +278,71 @@ def score_descriptions(corpus: ScoringCorpus, descriptions: dict[int, list[tuple
         allt = torch.stack([table[t] for t in texts + rand_texts])
         cs = retrieval_cosy(corpus, f, allt, n_concept)
         ea = embedding_auroc(corpus, f, allt)
+        sim = corpus_simulation(corpus, f, texts + rand_texts) if simulation else None
         res, j = [], len(texts)
         for i, (m, t) in enumerate(rows):
             s = {"cosy_auc": cs[i].auc, "cosy_mad": cs[i].mad, "cosy_p": cs[i].p, "embedding_auroc": ea[i]}
+            if sim is not None:
+                s.update({"simulation": sim[i].correlation, "simulation_per_example": sim[i].example_mean})
             if rand[i] is not None:
                 s.update({"random_cosy_auc": cs[j].auc, "random_cosy_mad": cs[j].mad,
                           "random_cosy_p": cs[j].p, "random_embedding_auroc": ea[j]})
+                if sim is not None:
+                    s.update({"random_simulation": sim[j].correlation,
+                              "random_simulation_per_example": sim[j].example_mean})
                 j += 1
             res.append({"method": m, "text": t, "scores": s})
         out[f] = res
     return out
+
+
+def dictionary_simulation(model: Any, dictionary: Any, tokens: Tensor, n_features: int = 64,
+                          seed: int = 0, batch_size: int = 32) -> dict[str, Any]:
+    """A dictionary's offline simulation score in one call (for a one-row summary such as
+    ``saekit eval suite``), as ``saekit interp`` computes it at its defaults.
+
+    The first three quarters of ``tokens`` (windows ``[n, ctx_len]``) describe; the
+    ``n_features`` features firing most there are described offline
+    (:func:`saekit.interp.describe.describe`) and simulated on the last quarter
+    (:func:`~saekit.interp.simulation.corpus_simulation`), each beside another feature's
+    description (:func:`random_partners`).
+
+    Returns
+    -------
+    dict
+        ``simulation`` and ``random_simulation`` (means over features of the pooled
+        correlation), their standard errors over features (``*_se``), ``n_features``
+        (features with a score), the paired ``difference`` of real and random and its
+        bootstrap 95% interval ``ci95``
+        (:func:`~saekit.metrics.uncertainty.paired_difference`), and ``rows``: per feature ``{"feature", "description",
+        "simulation", "simulation_per_example", "random_simulation"}``.
+    """
+    if len(tokens) < 2:
+        raise ValueError(f"dictionary_simulation needs >= 2 windows of tokens (to describe and to score on), "
+                         f"got {len(tokens)}")
+    cut = max(1, 3 * len(tokens) // 4)
+    store = collect(model, dictionary, tokens[:cut], top_k=100, n_samples=100, batch_size=batch_size, seed=seed,
+                    progress=False)
+    count = store.count()
+    feats = [store.features[i] for i in count.argsort(descending=True, stable=True)[:n_features].tolist()
+             if count[i] > 0]
+    vocab = token_strings(model)
+    text = {f: r["text"] for f, r in describe.describe(store, vocab, feats, model=model,
+                                                      dictionary=dictionary).items()}
+    corpus = scoring_corpus(model, dictionary, tokens[cut:], feats, vocab, batch_size=batch_size, seed=seed)
+    donors = random_partners(feats, seed)
+    rows = []
+    for f in feats:
+        real, *rand = corpus_simulation(corpus, f, [text[f]] + ([text[donors[f]]] if f in donors else []))
+        rows.append({"feature": f, "description": text[f], "simulation": real.correlation,
+                     "simulation_per_example": real.example_mean,
+                     "random_simulation": rand[0].correlation if rand else math.nan})
+    out: dict[str, Any] = {}
+    for key in ("simulation", "random_simulation"):
+        vals = [r[key] for r in rows if not math.isnan(r[key])]
+        out[key] = float(np.mean(vals)) if vals else math.nan
+        out[f"{key}_se"] = mean_se(vals)
+    out["n_features"] = sum(not math.isnan(r["simulation"]) for r in rows)
+    paired = paired_difference(rows, "simulation", seed=seed)
+    out["difference"], out["ci95"] = paired.get("difference", math.nan), paired.get("ci95")
+    return {**out, "rows": rows}

@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.activations.harvest import forward_hooks, model_device
-from saekit.data import get_tokenizer, token_mask
+from saekit.data import token_mask
 from saekit.fileio import atomic_directory, atomic_write_bytes, atomic_write_text
 from saekit.interp.store_format import HIST_BINS, HIST_RANGE, MANIFEST, SCHEMA, TENSORS, read_store
 from saekit.models import model_name, model_processing
@@ -77,13 +77,6 @@ class TextExample(NamedTuple):
     """The feature's activation on each token."""
     max: float
     """The feature's maximum over the whole window."""
-
-
-def token_strings(model_or_tokenizer: Any) -> list[str]:
-    """Every token id decoded on its own (``decode([i])``), indexable by id."""
-    tok = get_tokenizer(model_or_tokenizer)
-    n = max(len(tok), max(tok.get_vocab().values()) + 1)
-    return [tok.decode([i]) for i in range(n)]
 
 
 def dictionary_fingerprint(dictionary: Any) -> str:

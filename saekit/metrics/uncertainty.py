@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,8 +100,6 @@ def paired_difference(rows: list[dict], key: str, seed: int = 0, n_boot: int = 1
     bootstrap 95% interval over items (``ci95``; the difference itself below two items).
     Only ``n`` when no row has both.
     """
-    import numpy as np
-
     def finite(v: object) -> bool:
         return isinstance(v, int | float) and v == v and abs(v) != float("inf")
 

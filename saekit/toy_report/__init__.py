@@ -5,7 +5,11 @@ represented against sparsity, the two-feature phase diagram, the pentagon, antip
 pairs, adversarial sensitivity), then :func:`saekit.ground_truth.ground_truth_benchmark`
 fits every dictionary kind on data whose features are known: the hidden activations ``h = W x``
 of a trained toy model (true features: the columns ``W_i`` of its represented
-features) and :func:`saekit.toy.synthetic_sparse_data`. It returns a
+features) and :func:`saekit.toy.synthetic_sparse_data`; then the ground truth of the
+other architectures (:mod:`saekit.toy_report.architectures`): transcoders on a known
+sparse map (:mod:`saekit.ground_truth_transcoder`) and absorption in a feature hierarchy
+for BatchTopK, Matryoshka BatchTopK and recursive SNMF
+(:mod:`saekit.ground_truth_hierarchy`). It returns a
 :class:`~saekit.report.Result` named ``toy``; ``result.save(dir)`` writes ``report.md``,
 ``toy.json`` (every number), ``toy.csv`` (the benchmark) and the other tables' CSVs, PNG
 plots and ``index.html``. The plots are in :mod:`saekit.toy_report.figures`, the words in
@@ -35,6 +39,7 @@ from saekit.jobs import claim_output
 from saekit.report import Result, text_table
 from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
 from saekit.superposition import REGIMES, torch_threads
+from saekit.toy_report import architectures
 from saekit.toy_report.figures import figures
 from saekit.toy_report.text import check_rows, phase_rows, sections
 
@@ -63,6 +68,7 @@ def toy_settings(quick: bool = False) -> dict[str, Any]:
             kinds=["topk", "snmf"] if quick else list(KINDS), epochs=20 if quick else 10,
             batch_size=256 if quick else 512,
             lr=4e-3),
+        "architectures": architectures.settings(quick),
     }
 
 
@@ -75,7 +81,7 @@ def _floats(t: Any, digits: int = 5) -> Any:
 
 
 def _checks(sweep: Any, sens: Any, phase: Any, pent: Any, anti: Any, bench: list[dict[str, Any]],
-            n_hidden: int, anti_hidden: int) -> dict[str, dict[str, Any]]:
+            n_hidden: int, anti_hidden: int, arch: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The paper's qualitative claims, each measured: ``{name: {"holds", "measured"}}``."""
     rep, sup, inter = sweep.n_represented.tolist(), sweep.n_superposed.tolist(), sweep.mean_interference
     i1 = phase.relative_importance.log().abs().argmin().item()  # the ratio nearest 1
@@ -119,6 +125,7 @@ def _checks(sweep: Any, sens: Any, phase: Any, pent: Any, anti: Any, bench: list
     if synth:
         out["ground truth: topk recovers the synthetic features"] = (
             synth[0]["MMCS"] > 0.9, f"MMCS {synth[0]['MMCS']:.3f}, matched {synth[0][f'matched >= {MATCH}']:.2f}")
+    out.update(architectures.checks(arch))
     return {k: {"holds": bool(h), "measured": m} for k, (h, m) in out.items()}
 
 
@@ -152,7 +159,9 @@ def run_toy(config: ToyConfig | str | Path | None = None, out: str | Path | None
 
     The :class:`~saekit.report.Result` is named ``toy``: ``rows`` the benchmark (one row
     per data set and kind), ``tables`` ``sparsity_sweep``, ``antipodal``,
-    ``phase_diagram`` and ``checks`` (each of the paper's claims, measured), ``summary``
+    ``phase_diagram``, ``transcoder`` (both sides of a known sparse map),
+    ``hierarchy`` and ``hierarchy_mean`` (absorption per seed and its mean per kind)
+    and ``checks`` (each of the paper's claims, and the architectures', measured), ``summary``
     the checks and the seconds per part, ``config`` every setting, ``data`` the curves and
     weights (feature norms, interference, the phase grid, the pentagon), and the plots
     ``sparsity.png``, ``norms.png``, ``adversarial.png``, ``phase_diagram.png``,
@@ -216,6 +225,10 @@ def _run_toy(quick: bool, progress: bool) -> Result:
     bench = ground_truth_benchmark(datasets, be["kinds"], epochs=be["epochs"], batch_size=be["batch_size"],
                                    lr=be["lr"], progress=progress)
     seconds["benchmark"] = time.time() - t
+
+    t = time.time()
+    arch = architectures.run(cfg)
+    seconds["transcoders and hierarchy"] = time.time() - t
     seconds["total"] = time.time() - t_start
 
     sweep_rows = [{"sparsity S": round(float(s), 6), "1-S": round(1 - float(s), 6), "represented": int(r),
@@ -230,7 +243,7 @@ def _run_toy(quick: bool, progress: bool) -> Result:
                   "mean D_i (represented)": float(d[rep].mean()) if rep.any() else 0.0}
                  for s, r, p, d, rep in zip(anti.sparsity, anti.n_represented, anti.n_pairs, anti.dimensionality,
                                             sp.feature_norms(anti.models.W) > sp.REPRESENTED, strict=True)]
-    checks = _checks(sweep, sens, phase, pent, anti, bench, sw["n_hidden"], an["n_hidden"])
+    checks = _checks(sweep, sens, phase, pent, anti, bench, sw["n_hidden"], an["n_hidden"], arch)
     bench_rep = int((sp.feature_norms(bench_model.W[0]) > sp.REPRESENTED).sum())
     result = {
         "settings": cfg, "quick": quick, "seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -252,6 +265,7 @@ def _run_toy(quick: bool, progress: bool) -> Result:
                       "dimensionality": _floats(anti.dimensionality)},
         "benchmark": {"rows": bench, "toy_model": {**tb, "represented": bench_rep,
                                                    "loss": float(bench_model.loss[0])}},
+        "architectures": arch,
         "checks": checks,
     }
     bench_columns = tuple(k for k in dict.fromkeys(k for r in bench for k in r) if k != "seconds")
@@ -259,14 +273,17 @@ def _run_toy(quick: bool, progress: bool) -> Result:
                "seconds": result["seconds"]}
     config = {"settings": cfg, "quick": quick, "thresholds": result["thresholds"]}
     tables = {"sparsity_sweep": sweep_rows, "antipodal": anti_rows, "phase_diagram": phase_rows(phase),
-              "checks": check_rows(result)}
+              "checks": check_rows(result), "transcoder": arch["transcoder"], "hierarchy": arch["hierarchy"],
+              "hierarchy_mean": arch["hierarchy_mean"]}
     data = {"sparsity_sweep": {k: v for k, v in result["sparsity_sweep"].items() if k != "rows"},
             "adversarial": result["adversarial"], "phase_diagram": result["phase_diagram"],
             "geometry": result["geometry"],
             "antipodal": {k: v for k, v in result["antipodal"].items() if k != "rows"},
-            "benchmark": {"toy_model": result["benchmark"]["toy_model"]}}
+            "benchmark": {"toy_model": result["benchmark"]["toy_model"]},
+            "architectures": {"transcoder_chance": arch["transcoder_chance"], "hierarchy_l0": arch["hierarchy_l0"]}}
     return Result("toy", bench, summary, config, figures(sweep, sens, phase, geo, bench), tables=tables,
-                  sections=sections(result, cfg, pent, bench_columns), title="Toy models of superposition",
+                  sections=sections(result, cfg, pent, bench_columns) + architectures.sections(arch, cfg),
+                  title="Toy models of superposition",
                   data=data)
 
 # --------------------------------------------------------------------------- command line
@@ -292,6 +309,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print("\n" + text_table([{k: r[k] for k in ("data", "kind", "d_dict", "MMCS", "signed MMCS",
                                                 f"matched >= {MATCH}", "dead", "L0", "FVU")}
                              for r in result.rows]))
+    for name, columns in (("transcoder", architectures.TRANSCODER_COLUMNS),
+                          ("hierarchy_mean", architectures.HIERARCHY_COLUMNS)):
+        print("\n" + text_table([{k: r.get(k) for k in columns} for r in result.tables[name]]))
     print(f"\nwrote {out / 'report.md'}, toy.json, toy.csv (the benchmark), index.html and PNG plots "
           f"({result.summary['seconds']['total']:.0f} s)")
     return 0

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from saekit.activations.cache import CacheRows
-from saekit.activations.stream import as_rows
+from saekit.activations.stream import LiveStream, as_rows
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.models import source_fields
 
@@ -80,6 +80,11 @@ def check_target(target: Any, data: Any) -> Any:
     same pass, so its rows are the same tokens; finiteness is checked per batch, as for
     the inputs). Anything else is a ValueError that names the problem."""
     data = as_rows(data)
+    if isinstance(data, LiveStream) and isinstance(target, LiveStream):
+        if target.source is not data.source:
+            raise ValueError(f"target is a live stream of {target.hook} from another harvest than data's "
+                             f"({data.hook}): stream both hooks with LiveStream.together so rows pair")
+        return target
     if isinstance(data, CacheRows) and isinstance(target, CacheRows):
         if target.cache.path != data.cache.path:
             raise ValueError(f"target is hook {target.hook} of cache {target.cache.path}, data is of cache "
@@ -89,9 +94,9 @@ def check_target(target: Any, data: Any) -> Any:
         raise ValueError(f"target must be a [n, d_out] tensor of output activations (or, with data from an "
                          f"activation cache, another hook of it), got {type(target).__name__}")
     if not isinstance(data, Tensor):
-        raise ValueError("a transcoder trains from tensors or from two hooks of one activation cache: pass "
-                         f"data as a [n, d_in] tensor, not {type(data).__name__} (a live stream of two hooks "
-                         "is not supported yet)")
+        raise ValueError("a transcoder trains from tensors, two hooks of one activation cache or two hooks "
+                         "of one live stream (LiveStream.together): data is a "
+                         f"{type(data).__name__}, target a {type(target).__name__}")
     if target.ndim != 2 or not target.is_floating_point():
         raise ValueError(f"target must be a floating-point [n, d_out] tensor, got shape {tuple(target.shape)} "
                          f"dtype {target.dtype}")

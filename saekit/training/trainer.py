@@ -151,8 +151,8 @@ class Trainer:
         self.sample = sample  # kept to calibrate what needs the trained dictionary (finish)
         target_sample = sample
         self.target_scale = self.scale
-        if target is not None:
-            target_sample = target[rows].to(self.dev, torch.float32)
+        if target is not None:  # the same tokens as the input sample: rows of a tensor/cache, or stream order
+            target_sample = (target.sample(len(sample)) if self.streaming else target[rows]).to(self.dev, torch.float32)
             self.target_scale = input_scale(target_sample, input_norm)
             target_sample = target_sample * self.target_scale
         self.sae.to(self.dev)
@@ -193,12 +193,14 @@ class Trainer:
         ``target`` (targets None for an SAE)."""
         if self.streaming:
             if self._stream is None:
-                self._stream = self.data.batches(skip=step)
-            x = next(self._stream)
+                self._stream = self.data.paired_batches(self.target, skip=step)
+            x, y = next(self._stream)
             if self.world > 1:
                 per = self.batch_size // self.world
-                x = x[self.rank * per:(self.rank + 1) * per]
-            return x.to(self.dev, torch.float32, non_blocking=True) * self.scale, None
+                x, y = x[self.rank * per:(self.rank + 1) * per], None if y is None else y[self.rank * per:
+                                                                                        (self.rank + 1) * per]
+            x = x.to(self.dev, torch.float32, non_blocking=True) * self.scale
+            return x, None if y is None else y.to(self.dev, torch.float32, non_blocking=True) * self.target_scale
         n = len(self.data)
         rows = []
         pos, need = step * self.batch_size, self.batch_size

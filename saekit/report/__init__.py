@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from saekit.fileio import atomic_write_bytes, atomic_write_text
+from saekit.report.glossary import STAT_NOTE, explain, legend
+from saekit.report.stats import EMPTY, LOW_N_NOTE, MIN_N, Stat, as_stat, flatten, stat, stat_text
 from saekit.version import provenance
+
+__all__ = ["EMPTY", "MIN_N", "Result", "Section", "Stat", "explain", "figure_png", "html_img", "html_page",
+           "html_table", "json_safe", "legend", "markdown_table", "stat", "stat_text", "text_table", "write_csv"]
 
 
 def json_safe(v: Any) -> Any:
@@ -39,6 +44,12 @@ def json_safe(v: Any) -> Any:
 
 
 def _fmt(v: Any) -> str:
+    """One cell for people: a :class:`Stat` with its n, numbers shortened, and None or a
+    non-finite number as :data:`EMPTY`."""
+    if (s := as_stat(v)) is not None:
+        return stat_text(s)
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return EMPTY
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, int) and not isinstance(v, bool):
@@ -46,36 +57,62 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows of one dict each (same keys) as a Markdown table."""
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def _notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The footnotes a table needs: how to read its statistics, and the low-n mark."""
+    stats = [s for r in rows for v in r.values() if (s := as_stat(v)) is not None]
+    return ([STAT_NOTE] if stats else []) + ([LOW_N_NOTE] if any(s.low_n for s in stats) else [])
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], explain_columns: bool = True) -> str:
+    """Rows of one dict each as a Markdown table; under it each column's explanation
+    (:mod:`saekit.report.glossary`) and the notes on its statistics."""
     if not rows:
         return "(no rows)\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    cols = _columns(rows)
+
+    def cell(text: str) -> str:  # a bare | would end the cell (column names like "mean ||x||")
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(cell, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(_fmt(r.get(c))) for c in cols) + " |" for r in rows]
+    notes = [f"- **{cell(c)}**: {e}" for c, e in legend(cols)] if explain_columns else []
+    notes += [f"- {n}" for n in _notes(rows)]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def text_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as an aligned plain-text table for the terminal."""
+    """Rows as an aligned plain-text table for the terminal (missing cells as
+    :data:`EMPTY`, statistics with their n), with the low-n footnote when one is marked."""
     if not rows:
         return "(no rows)"
-    cols = list(rows[0])
-    cells = [[c for c in cols]] + [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    cols = _columns(rows)
+    cells = [[c for c in cols]] + [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    out = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    out = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return "\n".join(out + _notes(rows))
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows as CSV, atomically; the columns are every key, in order of first appearance."""
+    """Rows as CSV, atomically; the columns are every key, in order of first appearance,
+    a :class:`Stat` written as ``col``, ``col SE``, ``col n``."""
     buf = io.StringIO()
+    # A Stat becomes three columns (mean, SE, n): CSV cells stay plain numbers.
+    rows = [{k2: v2 for k, v in r.items() for k2, v2 in _csv_cells(k, v).items()} for r in rows]
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w = csv.DictWriter(buf, fieldnames=_columns(rows))
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def _csv_cells(column: str, v: Any) -> dict[str, Any]:
+    s = as_stat(v)
+    return flatten(column, s) if s is not None else {column: v}
 
 
 def figure_png(fig: Any) -> bytes:
@@ -84,28 +121,66 @@ def figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+#: The table parts every saekit page shares (these pages and the interp dashboard): wide
+#: tables scroll inside their box instead of being cut or widening the page, explained
+#: headers show a dotted underline, statistics over too few items are greyed.
+TABLE_CSS = """.scroll{overflow-x:auto;max-width:100%;margin:1rem 0}th[title]{cursor:help;
+text-decoration:underline dotted #999}td.lown{color:#999}td.txt{text-align:left}pre{overflow-x:auto;max-width:100%}
+.legend{font-size:.85em;color:#555;margin:.2rem 0 1rem}.legend dt{font-weight:600;display:inline}
+.legend dd{display:inline;margin:0 0 0 .3rem}.legend dd::after{content:"";display:block}"""
+PAGE_CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}td{white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto}
+""" + TABLE_CSS
+
+
 def html_page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     """A standalone page; each section is ``(heading, html_body)``."""
     body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{b}" for h, b in sections)
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}
-table{{border-collapse:collapse;margin:1rem 0}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}}
-th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{PAGE_CSS}</style>
 </head><body><h1>{html.escape(title)}</h1>
 {body}
 </body></html>
 """
 
 
-def html_table(rows: Sequence[dict[str, Any]]) -> str:
+def html_legend(columns: Sequence[str], notes: Sequence[str] = ()) -> str:
+    """The short legend under a table: each column's explanation, then the notes."""
+    items = "".join(f"<dt>{html.escape(c)}</dt><dd>{html.escape(e)}</dd>" for c, e in legend(columns))
+    items += "".join(f"<dd>{html.escape(n)}</dd>" for n in notes)
+    return f'<dl class="legend">{items}</dl>' if items else ""
+
+
+def html_th(column: str, attrs: str = "") -> str:
+    """A header cell whose tooltip is the column's explanation."""
+    e = explain(column)
+    title = f' title="{html.escape(e)}"' if e else ""
+    return f"<th{attrs}{title}>{html.escape(column)}</th>"
+
+
+def html_td(v: Any) -> str:
+    """A cell: a statistic over fewer than :data:`MIN_N` items greyed, with a tooltip."""
+    s = as_stat(v)
+    if s is not None and s.low_n:
+        return (f'<td class="lown" title="only {s.n} items (fewer than {MIN_N}): too few to compare">'
+                f"{html.escape(stat_text(s, mark=False))}</td>")
+    cls = ' class="txt"' if isinstance(v, str) else ""  # words read left to right, numbers align right
+    return f"<td{cls}>{html.escape(_fmt(v))}</td>"
+
+
+def html_table(rows: Sequence[dict[str, Any]], explain_columns: bool = True) -> str:
+    """Rows as a table in a box that scrolls sideways when wide, each header explained in
+    its tooltip and, with ``explain_columns``, in a legend under it."""
     if not rows:
         return "<p>(no rows)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                   for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    cols = _columns(rows)
+    head = "".join(html_th(c) for c in cols)
+    body = "".join("<tr>" + "".join(html_td(r.get(c)) for c in cols) + "</tr>" for r in rows)
+    legend_html = html_legend(cols if explain_columns else (), _notes(rows))
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{legend_html}'
 
 
 def html_img(png: bytes, alt: str) -> str:
@@ -239,7 +314,7 @@ class Result:
                 out.append(s.text + "\n")
             rows = self._rows_of(s)
             if rows is not None:
-                out.append(markdown_table([{k: _cell(v) for k, v in r.items()} for r in rows]))
+                out.append(markdown_table(rows))
             if images:
                 out += [f"![{_alt(f)}]({f})\n" for f in s.figures if f in self.figures]
             out += [f"[{label}]({href})\n" for label, href in s.links]
@@ -255,7 +330,7 @@ class Result:
             body = f"<p>{html.escape(s.text)}</p>" if s.text else ""
             rows = self._rows_of(s)
             if rows is not None:
-                body += html_table([{k: _cell(v) for k, v in r.items()} for r in rows])
+                body += html_table(rows)
             body += "".join(html_img(self.figures[f], _alt(f)) for f in s.figures if f in self.figures)
             if s.links:
                 body += "<p>" + ", ".join(f'<a href="{html.escape(h)}">{html.escape(lab)}</a>'
@@ -302,8 +377,9 @@ class Result:
         _, d = docs[0]
         sections = tuple(Section(**{**s, "columns": tuple(s["columns"]), "figures": tuple(s["figures"]),
                                     "links": tuple(tuple(link) for link in s["links"])}) for s in d["sections"])
-        return cls(d["name"], d["rows"], d["summary"], d["config"], {f: (out / f).read_bytes() for f in d["figures"]},
-                   d["provenance"], d["tables"], sections, d["title"], d["data"],
+        return cls(d["name"], _stats_back(d["rows"]), d["summary"], d["config"],
+                   {f: (out / f).read_bytes() for f in d["figures"]}, d["provenance"],
+                   {k: _stats_back(v) for k, v in d["tables"].items()}, sections, d["title"], d["data"],
                    {p: (out / p).read_text("utf-8") for p in d["pages"]})
 
 
@@ -314,9 +390,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _cell(v: Any) -> Any:
-    """A table cell for people: None and non-finite numbers as an en dash."""
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+def _stats_back(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells saved as ``{"mean", "se", "n"}`` read back as the :class:`Stat` they were."""
+    return [{k: as_stat(v) or v for k, v in r.items()} for r in rows]
 
 
 def _alt(fname: str) -> str:
