@@ -28,7 +28,8 @@ def test_a_default_trained_topk_sae_converts_to_sparsify_and_keeps_its_hook(tmp_
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["saekit_hook"] == "blocks.2.mlp.hook_post" and cfg["saekit_model"] == d.cfg.model
     back = saekit.load_dictionary(out)
-    assert (back.cfg.hook, back.cfg.model, back.cfg.k) == (d.cfg.hook, d.cfg.model, d.cfg.k)
+    assert (back.cfg.hook, back.cfg.model, back.cfg.processing, back.cfg.k) == (
+        d.cfg.hook, d.cfg.model, d.cfg.processing, d.cfg.k)
     x = torch.randn(64, d.cfg.d_in, generator=torch.Generator().manual_seed(0)).abs()
     with torch.no_grad():  # the scalar normalisation is folded into the weights: raw x in, same out
         torch.testing.assert_close(back(x), d(x), rtol=1e-5, atol=1e-5)

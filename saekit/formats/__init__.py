@@ -144,8 +144,8 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
       included; saekit's default ``input_norm="scalar"`` is folded into the weights, so
       it qualifies). ``path`` is that hookpoint directory; sparsify names the hookpoint by
       the folder, so saekit also records its own hook names in ``cfg.json`` under
-      ``saekit_hook``/``saekit_hook_out`` (sparsify drops keys it does not know) and reads
-      them back;
+      ``saekit_hook``/``saekit_hook_out`` (and ``saekit_model``/``saekit_processing``;
+      sparsify drops keys it does not know) and reads them back;
     - ``circuit_tracer``: a per-layer transcoder set, ``layer_{L}.safetensors`` for each of
       a list of transcoders (layers 0..N-1) + ``config.yaml``
       (:mod:`saekit.formats.circuit_tracer`).
@@ -176,7 +176,8 @@ def export(dictionary: Any, path: str | Path, to: str = "saekit") -> Path:
     cfg = {"activation": "topk", "expansion_factor": max(1, c.d_dict // c.d_in), "normalize_decoder": True,
            "num_latents": c.d_dict, "k": c.k, "multi_topk": False, "skip_connection": bool(skip),
            "transcode": c.is_transcoder, "d_in": c.d_in,
-           **{f"saekit_{name}": getattr(c, name) for name in ("hook", "hook_out", "model") if getattr(c, name)}}
+           **{f"saekit_{name}": getattr(c, name) for name in ("hook", "hook_out", "model", "processing")
+              if getattr(c, name)}}
     tensors = {"encoder.weight": d.enc_weight, "encoder.bias": d.b_enc, "W_dec": d.W_dec, "b_dec": d.b_dec}
     if skip:
         tensors["W_skip"] = d.W_skip  # [d_out, d_in]: sparsify adds x @ W_skip.mT

@@ -71,8 +71,9 @@ def circuit_tracer_problem(d: Any) -> str | None:
     except ValueError as e:
         return str(e)
     if layer:  # a set is indexed by layer from 0: one transcoder alone is a set only at layer 0
-        return (f"circuit-tracer loads a set covering layers 0..{layer}; export this layer-{layer} transcoder "
-                "together with one per earlier layer (saekit.formats.export([...], path, to='circuit_tracer'))")
+        return (f"circuit-tracer loads a set covering layers 0..{layer} (the position in its list is the layer); "
+                f"layers {list(range(layer))} have no transcoder: export one per layer together "
+                "(saekit.formats.export([...], path, to='circuit_tracer'))")
     return None
 
 

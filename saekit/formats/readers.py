@@ -203,14 +203,15 @@ def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
     hook = get(cfg, "saekit_hook", (str,), cpath, None)
     hook_out = get(cfg, "saekit_hook_out", (str,), cpath, None)
     model = get(cfg, "saekit_model", (str,), cpath, model)
+    processing = get(cfg, "saekit_processing", (str,), cpath, "raw")  # sparsify reads HF weights
     if not transcode:
         return build("topk", tensors, where, k=k, hook=hook or tl_hook_from_module(path.name), model=model,
-                     processing="raw", metadata=meta, fold=fold)
+                     processing=processing, metadata=meta, fold=fold)
     # A sparsify transcoder reads its hookpoint module's input and predicts its output
     # (same width; the encoder sees raw x). The output of `layers.L.mlp` is hook_mlp_out;
     # its input (after the MLP's LayerNorm) is no hook saekit names, so `hook` stays unset
     # unless saekit wrote the file.
-    return build("topk", tensors, where, k=k, hook=hook, model=model, processing="raw",
+    return build("topk", tensors, where, k=k, hook=hook, model=model, processing=processing,
                  options={"apply_b_dec_to_input": False, "skip": skip}, metadata=meta, fold=fold,
                  transcoder=True, hook_out=hook_out or tl_hook_from_module(path.name))
 
