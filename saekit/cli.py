@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from saekit.jobs import Interrupted
-from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides, plural
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -79,12 +79,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"model {m['model']} ({m['processing']}), data {m['data']}, dtype {m['dtype']}, "
               f"{m['n_tokens']:,} tokens")
         for h in cache.hooks:
-            print(f"  {h}: d={cache.d(h)}, {len(m['hooks'][h]['shards'])} shards")
+            print(f"  {h}: d={cache.d(h)}, {plural(len(m['hooks'][h]['shards']), 'shard')}")
         if args.verify:
             problems = cache.verify()
             for p in problems:
                 print(f"PROBLEM: {p}")
-            print("verify: OK" if not problems else f"verify: {len(problems)} problem(s)")
+            print("verify: OK" if not problems else f"verify: {plural(len(problems), 'problem')}")
             return 1 if problems else 0
         return 0
     if (path / "config.json").is_file() and not (path / "ae.pt").is_file():

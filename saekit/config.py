@@ -9,21 +9,39 @@ overrides; :func:`build_config` refuses unknown keys with the list of allowed on
 missing required keys, and checks every value against its field's declared type (a
 ``Literal`` lists its choices), the class's ``RANGES`` and ``POSITIVE`` fields, and then
 the config's own ``validate(where)`` (for :class:`TrainConfig`: the kind and its options,
-against the kind's options dataclass). A typo or a wrong value fails before any work is
-done with a ``ValueError`` that names the file (or the ``--set`` item) and the key.
+against the kind's options dataclass); hook names against saekit's grammar. Then, by
+field name, against this machine, cheaply (:func:`check_machine`): ``device`` (a device
+torch knows, and CUDA only where there is one), ``model``, ``data``, ``cache``,
+``dictionary``/``dictionaries`` where they name a local path that does not exist, and
+each hook's layer against a local model's config.json. A typo or a wrong value fails
+before any work is done (before a model loads or an output directory is claimed) with a
+``ValueError`` that names the file (or the ``--set`` item) and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import torch
+
+from saekit.data import BUILTIN_CORPORA
 from saekit.dictionaries import REGISTRY
 from saekit.dictionaries.options import check_options
+from saekit.hub import looks_like_path
+from saekit.models import HOOK_RE, HOOK_TEMPLATES
 from saekit.schema import hint_name, parse_override, type_hints, type_ok
+
+#: The checkout: a model spec relative to it loads from anywhere (saekit.models.load_model).
+REPO = Path(__file__).resolve().parent.parent
+#: Ranges every job's config shares, for the classes whose ``RANGES`` do not name the field
+#: and whose default lies in the range (the synthetic evaluator's n_tokens = 0 means unused).
+COMMON_RANGES: dict[str, tuple[float, float | None]] = {
+    "n_tokens": (1, None), "ctx_len": (1, None), "batch_size": (1, None), "seeds": (1, None), "seed": (0, None)}
 
 
 @dataclass
@@ -120,6 +138,10 @@ class TrainConfig:
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         variants = self.sweep or [{}]
+        if self.stream and any(c.kind in ("snmf", "nmf") for _, c in runs):
+            raise ValueError(f"{where}: kind {runs[0][1].kind!r} is fitted by exact passes over the data, which a "
+                             "live stream cannot replay cheaply: set stream = false (in memory) or harvest a "
+                             "cache (`saekit harvest`) and set `cache`")
         if self.hook_out is not None:
             if any(c.kind in ("snmf", "nmf") for _, c in runs):
                 raise ValueError(f"{where}: key 'hook_out' makes transcoders, which kinds snmf/nmf cannot be; "
@@ -171,11 +193,94 @@ def parse_value(text: str) -> Any:
         return text  # a bare string
 
 
+def _check_device(value: str, where: str) -> None:
+    if value == "auto":
+        return
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{where}: key 'device' must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{where}: key 'device' is {value!r}, but torch sees no CUDA device here; use 'cpu' or "
+                         "'auto'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{where}: key 'device' is {value!r}, but this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s), numbered from 0")
+
+
+def _missing_path(key: str, value: str, where: str, what: str) -> ValueError:
+    return ValueError(f"{where}: key {key!r} names {what} {value!r}, and no such file or directory exists "
+                      f"(relative paths are read from {Path.cwd()})")
+
+
+def check_hook_names(key: str, value: Any, where: str) -> None:
+    """A ``hook``/``hook_out``/``hooks`` value names hooks of saekit's grammar (:data:`HOOK_RE`)."""
+    if key not in ("hook", "hook_out", "hooks"):
+        return
+    for hook in value if isinstance(value, list) else [value]:
+        if isinstance(hook, str) and hook and not HOOK_RE.match(hook):  # "": the dictionary's own hook
+            raise ValueError(f"{where}: key {key!r} names hook {hook!r}, which saekit does not know; valid: "
+                             + ", ".join(t.replace("{L}", "L") for t in HOOK_TEMPLATES) + " (L a layer)")
+
+
+def _check_local(key: str, value: Any, where: str) -> None:
+    if not isinstance(value, (str, list)) or value in ("", []):
+        return
+    if key == "device" and isinstance(value, str):
+        _check_device(value, where)
+    elif key == "model" and isinstance(value, str):
+        path = Path(value).expanduser()
+        path_like = looks_like_path(value, (REPO,)) or value.endswith(".gguf")
+        if path_like and not path.exists() and not (REPO / path).exists():
+            raise _missing_path(key, value, where, "a model directory")
+    elif key == "data" and isinstance(value, str):
+        if value.partition(":")[0] in BUILTIN_CORPORA or Path(value).expanduser().exists():
+            return
+        if value.startswith((".", "/", "~")) or value.endswith((".txt", ".jsonl", ".json", ".parquet")):
+            raise _missing_path(key, value, where, "a text file or folder")
+    elif key == "cache" and isinstance(value, str):
+        if not (Path(value).expanduser() / "manifest.json").is_file():
+            raise ValueError(f"{where}: key 'cache' names {value!r}, which is not an activation cache (no "
+                             "manifest.json there); `saekit harvest --out DIR` makes one")
+    elif key in ("dictionary", "dictionaries"):
+        for spec in value if isinstance(value, list) else [value]:
+            # a registry id RELEASE/ID never starts with a local folder's name
+            path_like = isinstance(spec, str) and (spec.startswith((".", "/", "~")) or (
+                "/" in spec and Path(spec.split("/", 1)[0]).is_dir()))
+            if path_like and not Path(spec).expanduser().exists():
+                raise _missing_path(key, spec, where, "a dictionary")
+
+
+def check_machine(config: Any, where: str, origins: dict[str, str] | None = None) -> None:
+    """Cheap checks of a built config against this machine, by field name, so that a typo
+    fails before any work: ``device`` must be one torch can use here; ``model``, ``data``,
+    ``cache``, ``dictionary`` and ``dictionaries`` must exist where they name a local path
+    (a name that could be a Hugging Face id, a registry id or a built-in corpus is left to
+    its loader, which says what it tried); every hook's layer must exist in a local model
+    (its config.json, read without loading weights). ``origins``: ``{key: "--set ..."}``
+    for values an override gave, named in the error instead of ``where``."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    for key, value in values.items():
+        _check_local(key, value, (origins or {}).get(key, where))
+    check_hook_layers(values, where, origins)
+
+
+def _common_ranges(cls: type) -> dict[str, tuple[float, float | None]]:
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    out = {}
+    for key, (lo, hi) in COMMON_RANGES.items():
+        d = defaults.get(key, dataclasses.MISSING)
+        if d is dataclasses.MISSING or d is None or (isinstance(d, (int, float)) and lo <= d
+                                                      and (hi is None or d <= hi)):
+            out[key] = (lo, hi)
+    return out
+
+
 def check_values(cls: type, values: dict[str, Any], where: str) -> None:
     """Each value fits its field's annotation, the class's ``RANGES`` and ``POSITIVE``
     fields, or a ValueError naming ``where`` (the file) and the key, and what it takes."""
     hints = type_hints(cls)
-    ranges = getattr(cls, "RANGES", {})
+    ranges = {**_common_ranges(cls), **getattr(cls, "RANGES", {})}
     for key, value in values.items():
         hint = hints.get(key, Any)
         if not type_ok(value, hint):
@@ -189,10 +294,43 @@ def check_values(cls: type, values: dict[str, Any], where: str) -> None:
             if value < lo or (hi is not None and value > hi):
                 span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
                 raise ValueError(f"{where}: key {key!r} must be {span}, got {value!r}")
+        check_hook_names(key, value, where)
         if key == "sweep" and cls is TrainConfig:
             for entry in value:
                 check_values(cls, {k: v for k, v in entry.items() if k not in ("hook", "sweep")},
                              f"{where}: sweep entry {entry}")
+
+
+def _local_layers(model: Any) -> int | None:
+    """The layer count a local model directory's config.json states (native or Hugging
+    Face), or None when it is not a local directory or does not say."""
+    if not isinstance(model, str):
+        return None
+    path = Path(model).expanduser()
+    path = path if path.is_dir() else REPO / path
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    layers = next((cfg[k] for k in ("n_layers", "num_hidden_layers", "n_layer") if k in cfg), None)
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) else None
+
+
+def check_hook_layers(values: dict[str, Any], where: str, origins: dict[str, str] | None = None) -> None:
+    """Every hook's layer exists in the model, where the model is a local directory whose
+    config.json says how many layers it has (read without loading the weights).
+    ``origins``: ``{key: "--set ..."}`` for values an override gave, named instead of ``where``."""
+    layers = _local_layers(values.get("model"))
+    if layers is None:
+        return
+    for key in ("hook", "hook_out", "hooks"):
+        value = values.get(key)
+        for hook in value if isinstance(value, list) else [value]:
+            m = HOOK_RE.match(hook) if isinstance(hook, str) else None
+            if m is not None and int(m.group(1)) >= layers:
+                at = (origins or {}).get(key, where)
+                raise ValueError(f"{at}: key {key!r} names hook {hook!r}, but model {values['model']!r} has "
+                                 f"{layers} layers (0..{layers - 1})")
 
 
 def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -231,11 +369,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable ({e})") from None
 
 
-def load_config(path: Any, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
+def load_config(path: Any, overrides: list[str] | None = None, cls: type = TrainConfig, *,
+                machine: bool = True) -> Any:
     """A checked config of type ``cls``: from a TOML file (``path``), from a config object
     (an instance of ``cls``, checked again with the overrides applied) or from the
     defaults (``None``), with ``key=value`` overrides applied in order (values parsed as
     TOML; ``options.NAME=value`` sets one entry of a table field ``options``).
+    ``machine`` (the default, what every job entry wants) also checks the config against
+    this machine (:func:`check_machine`: the device, local paths, hook layers); ``False``
+    checks the config alone, for a recipe meant for another machine or for files an
+    earlier step makes (a cache ``saekit harvest`` writes first).
 
     Raises
     ------
@@ -257,6 +400,7 @@ def load_config(path: Any, overrides: list[str] | None = None, cls: type = Train
         values, where = {}, "defaults"
     values = dict(values)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    origins: dict[str, str] = {}
     for item in overrides or []:
         key, text = parse_override(item)
         value = parse_value(text)
@@ -271,4 +415,8 @@ def load_config(path: Any, overrides: list[str] | None = None, cls: type = Train
             raise ValueError(f"{at}: unknown key {key!r}; allowed: {sorted(fields)}")
         check_values(cls, {key: value}, at)
         values[key] = value
-    return build_config(cls, values, where)
+        origins[key] = at
+    config = build_config(cls, values, where)
+    if machine:
+        check_machine(config, where, origins)
+    return config

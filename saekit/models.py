@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from saekit.data import document_start, text_convention
 from saekit.gguf import BUILTIN_MODELS, resolve_model_dir
+from saekit.hub import caused_by, hub_session, in_cache, looks_like_path, missing_message
 
 PROCESSINGS = ("hooked", "raw")
 NATIVE_ARCHITECTURE = "TransformerLensNative"
@@ -211,6 +212,42 @@ def resolve_device(device: Any = None) -> torch.device:
     return torch.device(device)
 
 
+VALID_SPECS = ("Valid specs: a native checkpoint directory (config.json with "
+               f"\"architecture\": \"{NATIVE_ARCHITECTURE}\", model.safetensors, tokenizer.json), "
+               "a Hugging Face model directory, a .gguf file, a built-in model "
+               f"({', '.join(BUILTIN_MODELS)}), a Hugging Face model name (network or a "
+               "filled HF cache), or a model object with TransformerLens' hook API.")
+
+
+def _load_transformers(spec: Any, directory: Path | None, dev: torch.device, dtype: Any,
+                       processing: str) -> tuple[Any, str]:
+    """A Hugging Face model from a local directory or by hub name, through
+    TransformerLens' bridge; hub names go through :func:`saekit.hub.hub_session`, so a
+    machine without network reads the cache at once and the error says which is missing."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoTokenizer
+
+    name = str(directory if directory is not None else spec)
+    with hub_session() as state:
+        try:
+            model = TransformerBridge.boot_transformers(name, device=dev, dtype=dtype or torch.float32)
+            # TransformerLens turns BOS-prepending on in the tokenizer it attaches, so the
+            # document-start rule must read the tokenizer as the model's authors shipped it.
+            model.saekit_document_start = document_start(AutoTokenizer.from_pretrained(name))
+        except Exception as e:
+            if directory is not None:
+                raise ValueError(f"could not load model {str(spec)!r} as a local directory: {e}\n"
+                                 f"{VALID_SPECS}") from e
+            not_on_hub = caused_by(e, "RepositoryNotFoundError") and not caused_by(e, "GatedRepoError")
+            why = missing_message("model", name, state, cached=in_cache(name), not_on_hub=not_on_hub)
+            raise ValueError(f"could not load model {name!r}: no local directory of that name, and {why}\n"
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})\n"
+                             f"{VALID_SPECS}") from e
+    if processing == "hooked":
+        model.enable_compatibility_mode(disable_warnings=True)
+    return model, processing
+
+
 def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str = "hooked") -> Any:
     """Load a language model with TransformerLens' hook API.
 
@@ -249,35 +286,13 @@ def load_model(spec: Any, device: Any = None, dtype: Any = None, processing: str
         path = REPO / path  # a spec recorded relative to the checkout (portable_spec)
     if is_native_dir(path):
         model, used = _load_native(path, dev, dtype), "native"
-    elif path.is_dir() or not str(spec).startswith((".", "/", "~")):
+    elif path.is_dir() or not looks_like_path(spec, (REPO,)):
         if not path.is_dir() and path.exists():
             raise ValueError(f"{path} is a file; a model is a directory or a Hugging Face name")
-        from transformer_lens.model_bridge import TransformerBridge
-
-        try:
-            model = TransformerBridge.boot_transformers(str(path if path.is_dir() else spec),
-                                                        device=dev, dtype=dtype or torch.float32)
-        except Exception as e:
-            where = "local directory" if path.is_dir() else "Hugging Face model name"
-            raise ValueError(
-                f"could not load model {str(spec)!r} as a {where}: {e}\n"
-                "Valid specs: a native checkpoint directory (config.json with "
-                f"\"architecture\": \"{NATIVE_ARCHITECTURE}\", model.safetensors, tokenizer.json), "
-                "a Hugging Face model directory, a .gguf file, a built-in model "
-                f"({', '.join(BUILTIN_MODELS)}), a Hugging Face model name (network or a "
-                "filled HF cache), or a model object with TransformerLens' hook API."
-            ) from e
-        if processing == "hooked":
-            model.enable_compatibility_mode(disable_warnings=True)
-        used = processing
-        # TransformerLens turns BOS-prepending on in the tokenizer it attaches, so the
-        # document-start rule must read the tokenizer as the model's authors shipped it.
-        from transformers import AutoTokenizer
-
-        model.saekit_document_start = document_start(
-            AutoTokenizer.from_pretrained(str(path if path.is_dir() else spec)))
+        model, used = _load_transformers(spec, path if path.is_dir() else None, dev, dtype, processing)
     else:
-        raise FileNotFoundError(f"model path {spec!r} does not exist")
+        raise FileNotFoundError(f"no such directory: model path {str(spec)!r} does not exist (looked in "
+                                f"{Path.cwd()} and {REPO}); {VALID_SPECS}")
     model.eval()
     model.saekit_spec = portable_spec(spec)
     model.saekit_processing = used

@@ -14,7 +14,8 @@ documentation. From that one declaration this module derives
   the command line as ``key=value`` overrides, so that a command passes the same
   overrides to its Python entry that ``--set`` would;
 - :func:`toml_value` / :func:`dump_toml`: a config written back as TOML that
-  :func:`saekit.config.load_config` reads to an equal config.
+  :func:`saekit.config.load_config` reads to an equal config;
+- :func:`plural`: a count and a noun that agree, for the messages about them.
 
 It knows nothing about saekit's jobs: :mod:`saekit.config` builds the loading and
 checking on it, and the dictionaries use :func:`type_ok` for their per-kind options.
@@ -160,6 +161,16 @@ def dump_toml(config: Any) -> str:
             continue
         lines.append(f"{f.name} = {toml_value(v)}")
     return "\n".join(lines) + "\n"
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``"1 dictionary"``, ``"2 dictionaries"``: the count and the noun in agreement
+    (``nouns``: the plural where adding "s", or "ies" for a consonant + "y", is wrong)."""
+    if n == 1:
+        return f"{n} {noun}"
+    if nouns is None:
+        nouns = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n} {nouns}"
 
 
 # --------------------------------------------------------------------------- command-line flags

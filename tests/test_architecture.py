@@ -35,6 +35,7 @@ LAYERS = {
     "saekit.config": 0,
     "saekit.models": 0,
     "saekit.gguf": 0,
+    "saekit.hub": 0,
     "saekit.data": 0,
     "saekit.tokenization": 0,
     "saekit.dictionaries": 0,

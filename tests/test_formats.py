@@ -135,7 +135,8 @@ def test_export_sparsify_round_trips_and_refuses_what_sparsify_cannot_hold(tmp_p
     out = formats.export(d, tmp_path / "layers.0", to="sparsify")
     assert sorted(load_file(out / "sae.safetensors")) == ["W_dec", "b_dec", "encoder.bias", "encoder.weight"]
     back = saekit.load_dictionary(out)
-    assert back.cfg.hook == "blocks.0.hook_resid_post" and back.cfg.k == 5
+    # the hook saekit recorded in cfg.json (saekit_hook), not the folder's guess (layers.0 -> resid_post)
+    assert back.cfg.hook == "blocks.0.hook_resid_pre" and back.cfg.k == 5
     with torch.no_grad():
         assert torch.allclose(back(x), d(x), atol=1e-5)
     with pytest.raises(ValueError, match="sparsify holds TopK"):
@@ -215,7 +216,8 @@ def test_registry_ids_and_hf_urls_load_from_the_hf_cache(tmp_path):
     # hf:// reads the hook from the repository's name (-res) and the folder (layer_3).
     assert second == "jumprelu blocks.3.hook_resid_post google/gemma-2-2b raw blocks.3.hook_resid_post True"
     r = run_offline("import saekit; saekit.load_dictionary('gpt2-small-res-jb/blocks.9.hook_resid_pre')", cache)
-    assert r.returncode != 0 and "not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in r.stderr
+    assert r.returncode != 0 and "not in the local Hugging Face cache: 'hf://jbloom" in r.stderr
+    assert "HF_HUB_OFFLINE is set, so the hub was not asked" in r.stderr
     r = run_offline("import saekit; saekit.load_dictionary('gpt2-small-res-jb/layer_9')", cache)
     assert "has ids of the form 'blocks.{layer}.hook_resid_pre'" in r.stderr
     with pytest.raises(FileNotFoundError, match="not a registry id"):

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import DEMO_LM
+from conftest import DEMO_LM, ROOT
 
 import saekit
 from saekit.models import hook_names, hook_width, validate_hook
@@ -135,6 +135,74 @@ def test_hub_name_resolves_from_the_local_hf_cache(hf_dir, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-3:] == ["2", "256", "hooked"]
+
+
+def _fill_hf_cache(hf_dir, cache, repo_id="saekit-test/tiny-gpt2"):
+    """A Hugging Face hub cache holding ``hf_dir`` as ``repo_id`` (the layout hf_hub_download writes)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_dir, snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+NO_NETWORK_SCRIPT = """
+import json, sys, time
+import saekit, transformer_lens.model_bridge, transformers, huggingface_hub  # imports are not timed
+out = {}
+def attempt(name, fn):
+    t = time.perf_counter()
+    try:
+        fn()
+        out[name] = ["loaded", "", time.perf_counter() - t]
+    except Exception as e:
+        out[name] = [type(e).__name__, str(e), time.perf_counter() - t]
+attempt("hub_name", lambda: saekit.load_model("saekit-test/not-cached", device="cpu"))
+attempt("missing_dir", lambda: saekit.load_model("checkpoints/nope", device="cpu"))
+attempt("registry_id", lambda: saekit.load_dictionary("gpt2-small-res-jb/blocks.3.hook_resid_pre"))
+attempt("hf_path", lambda: saekit.load_dictionary("hf://jbloom/GPT2-Small-SAEs-Reformatted/blocks.3.hook_resid_pre"))
+attempt("cached", lambda: saekit.load_model("saekit-test/tiny-gpt2", device="cpu"))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_without_network_names_what_is_missing_at_once(hf_dir, tmp_path):
+    """HF_HUB_OFFLINE unset and no route to the hub (the endpoint is a closed loopback port,
+    so nothing leaves the machine): huggingface_hub alone retries five times with back-off
+    (23-27 s a name measured on a machine without network); saekit probes once, reads the
+    cache at once, and says which is missing: no network, or no such directory."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _fill_hf_cache(hf_dir, tmp_path / "hub")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_ENDPOINT=f"http://127.0.0.1:{port}",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))  # this checkout, from any cwd
+    run_dir = tmp_path / "cwd"
+    run_dir.mkdir()  # not the checkout: checkpoints/ is found under the repository, nope is not
+    r = subprocess.run([sys.executable, "-c", NO_NETWORK_SCRIPT], env=env, cwd=run_dir, capture_output=True,
+                       text=True, timeout=220)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    kind, msg, seconds = out["hub_name"]
+    assert kind == "ValueError" and "no network and not in the local Hugging Face cache" in msg, msg
+    assert "'saekit-test/not-cached'" in msg and "HF_HUB_OFFLINE=1" in msg and seconds < 10, (msg, seconds)
+    kind, msg, seconds = out["missing_dir"]
+    assert kind == "FileNotFoundError" and msg.startswith("no such directory") and seconds < 10, (msg, seconds)
+    assert "huggingface" not in msg.lower().split("valid specs")[0]  # no word of the hub before the list
+    kind, msg, seconds = out["registry_id"]
+    assert kind == "FormatError" and "no network and not in the local Hugging Face cache" in msg, msg
+    assert "gpt2-small-res-jb" in msg and "not found (" not in msg and seconds < 10, (msg, seconds)
+    kind, msg, seconds = out["hf_path"]  # not "no checkpoint saekit knows there"
+    assert kind == "FormatError" and msg.startswith("no network and not in the local") and seconds < 10, msg
+    kind, msg, seconds = out["cached"]
+    assert kind == "loaded" and seconds < 30, (msg, seconds)  # the cache serves it with no network
 
 
 def test_native_dtype(demo_model, demo_tokens):

@@ -64,6 +64,19 @@ def _layer_tensors(d: Any) -> tuple[int, dict[str, torch.Tensor], tuple[str, str
     return int(m_in.group(1)), {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, hooks
 
 
+def circuit_tracer_problem(d: Any) -> str | None:
+    """Why circuit-tracer cannot hold transcoder ``d`` written on its own, or None when it can."""
+    try:
+        layer, _, _ = _layer_tensors(d)
+    except ValueError as e:
+        return str(e)
+    if layer:  # a set is indexed by layer from 0: one transcoder alone is a set only at layer 0
+        return (f"circuit-tracer loads a set covering layers 0..{layer} (the position in its list is the layer); "
+                f"layers {list(range(layer))} have no transcoder: export one per layer together "
+                "(saekit.formats.export([...], path, to='circuit_tracer'))")
+    return None
+
+
 def export_circuit_tracer(transcoders: Any | Sequence[Any], path: str | Path) -> Path:
     """Write directory ``path``: ``layer_{L}.safetensors`` for each transcoder (one per
     layer, layers 0..N-1, all on the same pair of block-relative hooks) and the

@@ -198,15 +198,22 @@ def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
     # sparsify keeps the top-k of the ReLU'd pre-activations; SAELens-style top-k then
     # ReLU keeps the same codes (when fewer than k are positive both pad with zeros).
     meta = {"source_format": "sparsify", "source_hook": path.name}
+    # saekit's own exports record its hook names (sparsify ignores keys it does not know);
+    # sparsify's files name only the hookpoint, by their folder.
+    hook = get(cfg, "saekit_hook", (str,), cpath, None)
+    hook_out = get(cfg, "saekit_hook_out", (str,), cpath, None)
+    model = get(cfg, "saekit_model", (str,), cpath, model)
+    processing = get(cfg, "saekit_processing", (str,), cpath, "raw")  # sparsify reads HF weights
     if not transcode:
-        return build("topk", tensors, where, k=k, hook=tl_hook_from_module(path.name), model=model,
-                     processing="raw", metadata=meta, fold=fold)
+        return build("topk", tensors, where, k=k, hook=hook or tl_hook_from_module(path.name), model=model,
+                     processing=processing, metadata=meta, fold=fold)
     # A sparsify transcoder reads its hookpoint module's input and predicts its output
     # (same width; the encoder sees raw x). The output of `layers.L.mlp` is hook_mlp_out;
-    # its input (after the MLP's LayerNorm) is no hook saekit names, so `hook` stays unset.
-    return build("topk", tensors, where, k=k, hook=None, model=model, processing="raw",
+    # its input (after the MLP's LayerNorm) is no hook saekit names, so `hook` stays unset
+    # unless saekit wrote the file.
+    return build("topk", tensors, where, k=k, hook=hook, model=model, processing=processing,
                  options={"apply_b_dec_to_input": False, "skip": skip}, metadata=meta, fold=fold,
-                 transcoder=True, hook_out=tl_hook_from_module(path.name))
+                 transcoder=True, hook_out=hook_out or tl_hook_from_module(path.name))
 
 
 def read_dictionary_learning(path: Path, fold: bool = True) -> Dictionary:

@@ -16,7 +16,8 @@ A release is a TOML table::
 matches digits, any other ``{name}`` one path component), and the fields it binds fill in
 ``path`` (a folder or file of the repository) and ``hook``. Files come through
 ``huggingface_hub.hf_hub_download``: from the hub when online, from the local HF cache
-offline (``HF_HUB_OFFLINE=1``), where tests put them.
+offline (``HF_HUB_OFFLINE=1``, or no network: :mod:`saekit.hub` finds that out once, fast),
+where tests put them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.formats.readers import FORMATS, FormatError
+from saekit.hub import hub_session, hub_state, missing_message, repo_in_cache
 
 REGISTRY_FILE = Path(__file__).resolve().parents[2] / "checkpoints" / "registry.toml"
 FIELDS = {"repo_id", "format", "model", "processing", "id", "path", "hook", "hook_out", "revision", "description"}
@@ -98,19 +100,23 @@ def fetch(repo_id: str, path: str, fmt: str | None = None, revision: str | None 
     """Download (or find in the HF cache) what a checkpoint at ``repo_id``/``path`` needs;
     return its local path. With no ``fmt``, the files present decide it."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     def get(name: str, required: bool = True) -> Path | None:
         filename = f"{path}/{name}" if path and name else (name or path)
-        try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
-        except (EntryNotFoundError, LocalEntryNotFoundError) as e:
-            if not required:
-                return None
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            raise FormatError(f"hf://{repo_id}/{filename}: " + (
-                "not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it once online"
-                if offline else f"not found ({type(e).__name__})")) from e
+        with hub_session() as state:  # no network: the cache at once, not five retries per file
+            try:
+                return Path(hf_hub_download(repo_id, filename, revision=revision))
+            except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError) as e:
+                if not required:
+                    return None
+                gone = isinstance(e, (EntryNotFoundError, RepositoryNotFoundError)) and state.online
+                why = missing_message("file", f"hf://{repo_id}/{filename}", state, cached=False, not_on_hub=gone)
+                raise FormatError(why) from e
 
     if path.endswith((".npz", ".pt", ".pth")):
         return get("")  # type: ignore[return-value]
@@ -127,6 +133,10 @@ def fetch(repo_id: str, path: str, fmt: str | None = None, revision: str | None 
             elif get("params.safetensors", required=False) is not None:
                 fmt = "gemma_scope_2"
             else:
+                state = hub_state()
+                if not state.online and not repo_in_cache(repo_id):  # say so, not "no checkpoint there"
+                    raise FormatError(missing_message("checkpoint", f"hf://{repo_id}/{path}", state, cached=False,
+                                                      not_on_hub=False))
                 raise FormatError(f"hf://{repo_id}/{path}: no checkpoint saekit knows there "
                                   "(cfg.json, config.json + ae.pt, params.npz or params.safetensors)")
     if fmt == "gemma_scope":

@@ -105,6 +105,12 @@ class InterpConfig:
         for name in ("n_tokens", "n_score_tokens", "ctx_len", "top_k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_samples", "prism_features", "prism_windows", "llm_features"):  # checked before the harvest
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        spec = str(self.features).strip()
+        if spec != "all" and not all(s.strip().isdigit() for s in spec.split(",") if s.strip()):
+            raise ValueError(f"features must be a number, 'all' or a comma list of indices, got {spec!r}")
         if self.llm_budget_s is not None and not self.llm_budget_s > 0:
             raise ValueError(f"llm_budget_s must be a positive number of seconds or None, got {self.llm_budget_s!r}")
 
