@@ -347,7 +347,7 @@ def test_reads_transcoders_written_by_sparsify(name):
     e = load_file(run / "expected.safetensors")
     d = load_dictionary(run / "layers.1.mlp")
     assert d.cfg.is_transcoder and (d.cfg.kind, d.cfg.k, d.cfg.d_in, d.cfg.d_out) == ("topk", 6, 24, 24)
-    assert (d.cfg.hook, d.cfg.hook_out) == (None, "blocks.1.hook_mlp_out")  # the MLP's input is post-LN
+    assert (d.cfg.hook, d.cfg.hook_out) == ("blocks.1.ln2.hook_out", "blocks.1.hook_mlp_out")  # the MLP's normed input
     assert d.cfg.options["skip"] == ("skip" in name) and d.cfg.options["apply_b_dec_to_input"] is False
     with torch.no_grad():
         torch.testing.assert_close(d.encode(e["x"]), e["codes"], rtol=1e-5, atol=1e-5)

@@ -208,12 +208,14 @@ def read_sparsify(path: Path, fold: bool = True) -> Dictionary:
         return build("topk", tensors, where, k=k, hook=hook or tl_hook_from_module(path.name), model=model,
                      processing=processing, metadata=meta, fold=fold)
     # A sparsify transcoder reads its hookpoint module's input and predicts its output
-    # (same width; the encoder sees raw x). The output of `layers.L.mlp` is hook_mlp_out;
-    # its input (after the MLP's LayerNorm) is no hook saekit names, so `hook` stays unset
-    # unless saekit wrote the file.
+    # (same width; the encoder sees raw x). The output of `layers.L.mlp` is hook_mlp_out,
+    # its input the MLP's normed input, blocks.L.ln2.hook_out.
+    out = hook_out or tl_hook_from_module(path.name)
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", out or "")
+    hook = hook or (f"blocks.{m.group(1)}.ln2.hook_out" if m else None)
     return build("topk", tensors, where, k=k, hook=hook, model=model, processing=processing,
                  options={"apply_b_dec_to_input": False, "skip": skip}, metadata=meta, fold=fold,
-                 transcoder=True, hook_out=hook_out or tl_hook_from_module(path.name))
+                 transcoder=True, hook_out=out)
 
 
 def read_dictionary_learning(path: Path, fold: bool = True) -> Dictionary:
