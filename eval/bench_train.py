@@ -204,7 +204,9 @@ def main() -> None:
     for lib in peer_info:
         print(f"saekit's sparse step is {med[lib] / med['train_step']:.1f}x faster than {PEERS[lib].split()[0]}")
     if args.out:
-        out = {"args": {**vars(args), "peers": peers}, "threads": torch.get_num_threads(),
+        # repository-relative, so the file names no machine's path
+        shown = os.path.relpath(peers, ROOT) if peers and Path(peers).is_absolute() else peers
+        out = {"args": {**vars(args), "peers": shown}, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "rows": rows, "peers": peer_info}
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
