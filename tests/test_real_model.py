@@ -140,7 +140,8 @@ def test_demo_runs_end_to_end_on_the_real_model(tmp_path):
     result = run_demo(tmp_path, model_path="smollm2-135m", plan=tiny)
     sae, snmf = result.rows
     assert result.config["data"] == "english" and sae["windows"] == 8 and sae["d_dict"] == 1536
-    assert 0 < sae["FVU"] < 1 and sae["FVU SE"] > 0 and "±" in sae["CE rec. mean ± SE"]
+    ce = sae["CE rec. mean ± SE"]  # a Stat: mean, SE over windows, n windows
+    assert 0 < sae["FVU"] < 1 and sae["FVU SE"] > 0 and ce.se > 0 and ce.n == 8
     assert snmf["neurons per feature"] == 16  # 1% of 1,536 neurons, rounded up
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["saekit"]["metadata"]["text"]["document_start"] == "<|endoftext|>"
