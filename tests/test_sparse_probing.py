@@ -130,7 +130,9 @@ def test_suite_scores_a_transcoder_where_it_reads_and_writes(demo_model, tmp_pat
     assert (row["hook"], row["hook_out"]) == (hi, ho)
     assert row["sparse_probing_top5"] > 0.9 and row["tpp_top20"] > row["tpp_top20_random"] + 0.2, row
     assert 0 <= row["absorption_rate"] <= row["absorption_false_negatives"] <= 1
-    assert "sensitivity" in r.summary["not_run"] and "sensitivity" not in r.tables
+    # sensitivity perturbs the hook the transcoder writes, along its decoder rows
+    assert {t["dictionary"] for t in r.tables["sensitivity"] if t.get("dictionary")} == {"tc"}
+    assert any(k.startswith("sensitivity:") for k in row), row
 
 
 def test_first_letter_labels_words_by_their_first_letter():

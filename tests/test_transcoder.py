@@ -445,15 +445,27 @@ def test_train_a_transcoder_from_a_cache_of_both_hooks(tmp_path):
         saekit.fit(x, kind="topk", d_dict=16, k=2, target=CacheRows(other, HOOK_OUT))
 
 
-def test_evaluators_that_perturb_one_hook_refuse_a_transcoder_by_name(demo_model, demo_transcoder, tmp_path):
+def test_perturbation_evaluators_take_a_transcoder_at_the_hook_it_writes(demo_model, demo_transcoder, tmp_path):
+    """Sensitivity and steering perturb the hook a transcoder writes (its output hook)
+    along its decoder rows, with its codes from its input hook; at its input hook they
+    say where to run; evaluators that do not take transcoders say so by name."""
     from saekit.evals import run
     from saekit.evals.sensitivity import Config as SensitivityConfig
+    from saekit.evals.synthetic import Config as SyntheticConfig
 
     demo_transcoder.save(tmp_path / "tc")
-    with pytest.raises(ValueError, match=r"is a transcoder \(blocks.2.hook_resid_mid -> blocks.2.hook_mlp_out\).*"
-                                         r"saekit eval suite"):
-        run("sensitivity", SensitivityConfig(hook=HOOK_IN, dictionaries=[str(tmp_path / "tc")], n_tokens=256),
+    tc = [str(tmp_path / "tc")]
+    with pytest.raises(ValueError, match="is a transcoder writing 'blocks.2.hook_mlp_out'.*set hook to"):
+        run("sensitivity", SensitivityConfig(hook=HOOK_IN, dictionaries=tc, n_tokens=256), model=demo_model)
+    r = run("sensitivity", SensitivityConfig(hook=HOOK_OUT, dictionaries=tc, n_tokens=1024, radii=[0.3],
+                                             families=["isotropic"], pathology_families=["isotropic"]),
             model=demo_model)
+    feats = [row for row in r.rows if row.get("dictionary") == "tc" and row["experiment"] == "curve"]
+    recon = [row for row in r.rows if row.get("dictionary") == "tc" and row["experiment"] == "pathology"]
+    assert feats and recon and all(row["kl_mean"] > 0 for row in feats + recon), r.rows
+    with pytest.raises(ValueError, match=r"is a transcoder \(blocks.2.hook_resid_mid -> blocks.2.hook_mlp_out\); "
+                                         r"this evaluator does not take transcoders"):
+        run("synthetic", SyntheticConfig(hook=HOOK_IN, dictionaries=tc), model=demo_model)
 
 
 def test_a_transcoder_trains_from_a_live_stream_of_both_hooks(demo_model):
@@ -480,3 +492,18 @@ def test_a_transcoder_trains_from_a_live_stream_of_both_hooks(demo_model):
     other = LiveStream.together(demo_model, [HOOK_OUT], toks, 256, seed=1, prefetch=0)[HOOK_OUT]
     with pytest.raises(ValueError, match="another harvest"):
         saekit.fit(streams[HOOK_IN], target=other, n_tokens=256, **kw)
+
+
+def test_steering_takes_a_transcoders_features_at_the_hook_it_writes(demo_model, demo_transcoder, tmp_path):
+    """The transcoder's feature for a concept is chosen by its codes at its input hook and
+    added along its decoder row at its output hook, calibrated to the target KL."""
+    from saekit.evals import steering
+
+    demo_transcoder.save(tmp_path / "tc")
+    cfg = steering.Config(hook=HOOK_OUT, dictionaries=[str(tmp_path / "tc")], select_by=["output"],
+                          concepts={"weekday": ["Monday", "Tuesday", "Friday"], "colour": ["red", "blue", "green"]},
+                          target_kls=[0.25], n_random=1, n_samples=0, n_new_tokens=4, n_tokens=2048,
+                          prompts=["The", "Then"], judge=False)
+    r = steering.run(cfg, model=demo_model)
+    mine = [row for row in r.rows if row["method"] == "tc/output"]
+    assert len(mine) == 2 and all(abs(row["kl"] / 0.25 - 1) <= cfg.kl_rtol for row in mine), mine

@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -229,15 +229,19 @@ def dictionary_name(spec: Any, taken: set[str]) -> str:
     return name
 
 
-def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
-                      field_name: str = "dictionaries", transcoders: bool = False) -> list[tuple[str, Any]]:
+def load_dictionaries(specs: list[Any] | None, model: Any, hook: str, field_name: str = "dictionaries",
+                      transcoders: Literal["reads", "writes"] | None = None) -> list[tuple[str, Any]]:
     """``[(name, dictionary)]`` for each spec (path, registry id or ``Dictionary``), each
     checked to be fitted on ``hook`` of ``model`` and moved to the model's device.
 
-    ``transcoders``: the evaluator reads codes at ``hook`` and, where it combines them with
-    decoder rows, the activations at each dictionary's output hook, so a transcoder that
-    reads ``hook`` is accepted (its output hook is checked too); otherwise transcoders
-    are refused with a message that says which evaluators take them."""
+    ``transcoders`` says how the evaluator uses ``hook``, and so which transcoders it takes:
+
+    - ``"reads"``: codes come from ``hook`` (and where they meet decoder rows, from each
+      dictionary's output hook): a transcoder that reads ``hook`` is accepted;
+    - ``"writes"``: the evaluator perturbs ``hook`` along decoder rows and encodes each
+      dictionary's own input hook: a transcoder that writes ``hook`` is accepted;
+    - None: transcoders are refused, with a message that says which evaluators take them.
+    """
     if not specs:
         return []
     if isinstance(specs, (str, Path)):
@@ -255,15 +259,19 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
                             f"got {type(spec).__name__}")
         where = f"{field_name}[{i}] ({spec if isinstance(spec, (str, Path)) else repr(d)})"
         if getattr(d.cfg, "is_transcoder", False):
-            if not transcoders:
-                # These evaluators perturb one hook along W_dec's rows; a transcoder's rows
-                # live at its output hook, not at the hook it encodes.
+            if transcoders is None:
                 raise ValueError(f"{where} is a transcoder ({d.cfg.hook} -> {d.cfg.output_hook}); this evaluator "
-                                 "perturbs one hook along the dictionary's directions and does not take "
-                                 "transcoders yet: evaluate it with saekit eval suite (core, sparse_probing, tpp, "
-                                 "absorption), saekit compare or metrics.spliced.evaluate")
+                                 "does not take transcoders: evaluate it with saekit eval suite, sensitivity or "
+                                 "steering (at its output hook), saekit compare or metrics.spliced.evaluate")
             if d.cfg.output_hook is None:
                 raise ValueError(f"{where} is a transcoder without a recorded output hook; set its hook_out")
+            if transcoders == "writes":
+                if d.cfg.output_hook != hook:
+                    raise ValueError(f"{where} is a transcoder writing {d.cfg.output_hook!r}; this evaluator "
+                                     f"perturbs {hook!r} along decoder rows: set hook to {d.cfg.output_hook!r}")
+                hook_width(model, d.cfg.hook)  # the input hook it encodes: an unknown one raises here
+                out.append((dictionary_name(spec, taken), d.to(model_device(model))))
+                continue
             hook_width(model, d.cfg.output_hook)  # an unknown output hook raises here, listing the valid ones
         if d.cfg.hook is not None and d.cfg.hook != hook:
             raise ValueError(f"{where} was fitted on hook {d.cfg.hook!r}, but hook is {hook!r}; set hook to "
@@ -275,6 +283,12 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str,
             d.cfg = dataclasses.replace(d.cfg, hook=hook)
         out.append((dictionary_name(spec, taken), d.to(model_device(model))))
     return out
+
+
+def input_hooks(dicts: list[tuple[str, Any]], hook: str) -> list[str]:
+    """The hooks other than ``hook`` that the dictionaries encode (transcoders' inputs),
+    to harvest in the same forward pass."""
+    return list(dict.fromkeys(d.cfg.hook for _, d in dicts if d.cfg.is_transcoder and d.cfg.hook != hook))
 
 
 def encode_rows(dictionary: Any, x: Tensor, chunk: int = 8192) -> Tensor:

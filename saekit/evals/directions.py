@@ -128,10 +128,14 @@ class DirectionSelector:
         self.norms: list[Tensor] = []
 
     @torch.no_grad()
-    def update(self, acts: Tensor, current: Tensor, following: Tensor) -> None:
+    def update(self, acts: Tensor, current: Tensor, following: Tensor,
+               inputs: dict[str, Tensor] | None = None) -> None:
+        """``inputs``: the same rows at the hooks transcoders encode, by hook name (a
+        transcoder that writes the steered hook reads another)."""
         labels = {"input": current, "output": following}
         for d, counts in zip(self.dictionaries, self.counts, strict=True):
-            active = d.active(d.encode(acts.to(d.W_dec.device, d.W_dec.dtype)))
+            x = inputs[d.cfg.hook] if d.cfg.is_transcoder and inputs and d.cfg.hook in inputs else acts
+            active = d.active(d.encode(x.to(d.W_dec.device, d.W_dec.dtype)))
             for m in self.select_by:
                 counts[m].update(active, labels[m])
         x = acts.double().cpu()

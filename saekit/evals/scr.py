@@ -100,7 +100,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         raise ValueError(f"Config.n_features must be positive integers, got {cfg.n_features!r}")
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders=True)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders="reads")
     tokens, target, _ = source(cfg, model)
     mask = token_mask(tokens, model)
     lut = first_letter_lookup(token_strings(model))

@@ -76,6 +76,7 @@ from saekit.evals.common import (
     clean_log_probs,
     encode_rows,
     fit_gaussian,
+    input_hooks,
     input_mask,
     kl_per_token,
     load_dictionaries,
@@ -100,7 +101,9 @@ class Config(EvalConfig):
     """Sensitive directions at ``hook``; defaults are the demo-LM settings."""
 
     hook: str = "blocks.2.mlp.hook_post"
-    """Hook perturbed (TransformerLens name). Every dictionary must be fitted on it."""
+    """Hook perturbed (TransformerLens name). Every dictionary must be fitted on it, or be a
+    transcoder that writes it (its codes come from its own input hook, its directions and
+    its splice are at this one)."""
     dictionaries: list[str] | None = field(
         default_factory=lambda: ["checkpoints/demo-topk", "checkpoints/demo-snmf"])
     """Dictionaries whose feature directions (and reconstructions, for the pathology
@@ -234,15 +237,20 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
 
     model = load_model_for(cfg, model)
     validate_hook(model, cfg.hook)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders="writes")
     dev = model_device(model)
     g = torch.Generator().manual_seed(cfg.seed)
 
     tokens = load_tokens(cfg.data, model, cfg.n_tokens, cfg.ctx_len, seed=cfg.seed)
     mask = input_mask(tokens, model)
-    # The hook's activations of every evaluated window, unmasked ([windows, seq, d]), on CPU.
-    acts = torch.cat([forward_hooks(model, [cfg.hook], tokens[i:i + cfg.batch_size].to(dev))[cfg.hook].float().cpu()
-                      for i in range(0, len(tokens), cfg.batch_size)])
+    # The hook's activations of every evaluated window, unmasked ([windows, seq, d]), on CPU,
+    # and those of the hooks transcoders encode (they write cfg.hook), from the same passes.
+    hooks = [cfg.hook, *input_hooks(dicts, cfg.hook)]
+    passes = [forward_hooks(model, hooks, tokens[i:i + cfg.batch_size].to(dev))
+              for i in range(0, len(tokens), cfg.batch_size)]
+    read = {h: torch.cat([p[h].float().cpu() for p in passes]) for h in hooks}
+    del passes
+    acts = read[cfg.hook]
     pool = acts[mask]
     if len(pool) < 2:
         raise ValueError(f"data {cfg.data!r} gave {len(pool)} real tokens; need at least 2")
@@ -264,10 +272,12 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
             for b in range(n_batches):
                 sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
                 x = acts[sl][mask[sl]].to(dev)
-                codes = encode_rows(d, x)
+                x_in = read[d.cfg.hook][sl][mask[sl]].to(dev) if d.cfg.is_transcoder else x
+                codes = encode_rows(d, x_in)
                 fired[name][b] = d.active(codes).any(0).cpu()
                 e = eps[name][sl]
-                e[mask[sl]] = (d.decode(codes) - x).norm(dim=-1).float().cpu()
+                x_hat = d.decode(codes, x_in) if d.cfg.is_transcoder else d.decode(codes)
+                e[mask[sl]] = (x_hat - x).norm(dim=-1).float().cpu()
     alive = {name: f.any(0) for name, f in fired.items()}
 
     radii = [float(r) for r in cfg.radii]

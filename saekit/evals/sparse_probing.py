@@ -209,7 +209,7 @@ def prepare(cfg: ConceptProbes, model: Any = None, progress: bool = False) -> Pr
     dictionary. No usable concept is an error."""
     if model is None:
         model = load_model(cfg.model, device=cfg.device)
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders=True)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders="reads")
     outputs = tuple(dict.fromkeys(d.cfg.output_hook for _, d in dicts if d.cfg.is_transcoder))
     acts, labels, names, written = concept_data(cfg, model, progress, also=outputs)
     splits, skipped = concept_splits(labels, len(names), cfg)

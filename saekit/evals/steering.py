@@ -83,7 +83,7 @@ from torch import Tensor
 
 from saekit.activations.harvest import harvest
 from saekit.data import get_tokenizer, load_tokens, token_mask
-from saekit.evals.common import EvalConfig, EvalResult, load_dictionaries
+from saekit.evals.common import EvalConfig, EvalResult, input_hooks, load_dictionaries
 from saekit.evals.directions import (
     RANDOM_KINDS,
     SELECT_MODES,
@@ -276,7 +276,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     t_start = time.perf_counter()
     model = load_model(model if model is not None else cfg.model, device=cfg.device)
     width = hook_width(model, cfg.hook)
-    loaded = load_dictionaries(cfg.dictionaries, model, cfg.hook)
+    loaded = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders="writes")
     names = [n + "'" if n in ("diffmean", "random", "clean") else n for n, _ in loaded]
     dicts = [d for _, d in loaded]
     vocab = concept_vocabulary(model, cfg.concepts)
@@ -297,10 +297,13 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
     current, following = concept_positions(tokens, vocab)
     selector = DirectionSelector(concepts, dicts, names, cfg.select_by, width, cfg.n_random, cfg.random_kind,
                                  cfg.seed)
-    batches = harvest(model, [cfg.hook], tokens, cfg.batch_size, mask=mask, stream=True, progress=progress)
+    # transcoders that write cfg.hook are selected by their codes at their own input hook
+    batches = harvest(model, [cfg.hook, *input_hooks(loaded, cfg.hook)], tokens, cfg.batch_size, mask=mask,
+                      stream=True, progress=progress)
     for lo, batch in zip(range(0, len(tokens), cfg.batch_size), batches, strict=True):
         keep = mask[lo:lo + cfg.batch_size]
-        selector.update(batch[cfg.hook], current[lo:lo + cfg.batch_size][keep], following[lo:lo + cfg.batch_size][keep])
+        selector.update(batch[cfg.hook], current[lo:lo + cfg.batch_size][keep], following[lo:lo + cfg.batch_size][keep],
+                        inputs=batch)
     scale = selector.median_norm()
     directions = selector.directions(cfg.signs)
     vectors = torch.stack([d.vector for d in directions])

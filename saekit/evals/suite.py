@@ -6,8 +6,8 @@ probing, targeted probe perturbation, absorption, spurious correlation removal
 (:mod:`saekit.evals.scr`, on its two text sources), sensitivity and steering, and gathers
 their headlines into one row per dictionary, comparable across SAE kinds, SNMF,
 transcoders and loaded checkpoints (a transcoder reads ``hook`` and is scored where it
-writes; sensitivity and steering, which perturb one hook along decoder rows, run on the
-SAEs only and say so in ``summary["not_run"]``). Each evaluator's own table is kept beside it
+writes; sensitivity and steering perturb the hook each dictionary writes, so they run
+once per written hook). Each evaluator's own table is kept beside it
 (``tables``), and the results are also written in SAEBench's result layout
 (``saebench/{dictionary}_{eval}_eval_results.json``: ``eval_type_id``, ``eval_config``,
 ``eval_result_metrics``, ``eval_result_details``, ``sae_cfg_dict``, ...) so SAEBench's
@@ -36,8 +36,8 @@ CONCEPT_PARTS = ("sparse_probing", "tpp", "absorption")
 #: SAEBench's ``eval_type_id`` of the parts it has.
 SAEBENCH_IDS = {"core": "core", "sparse_probing": "sparse_probing", "tpp": "tpp", "absorption": "absorption_first_letter",
                 "scr": "scr"}
-#: The parts that take transcoders (the others perturb one hook along decoder rows: SAEs only).
-TRANSCODER_PARTS = (*CONCEPT_PARTS, "scr")
+#: The parts that read the dictionaries' hook (the others perturb the hook each one writes).
+READING_PARTS = (*CONCEPT_PARTS, "scr")
 
 
 @dataclass
@@ -101,12 +101,14 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         model = load_model(cfg.model, device=cfg.device)
     specs = list(cfg.dictionaries)
     hook = cfg.hook or _hook_of(specs[0])
-    dicts = load_dictionaries(specs, model, hook, transcoders=True)
+    dicts = load_dictionaries(specs, model, hook, transcoders="reads")
     rows = [{"dictionary": name, "kind": d.cfg.kind, "hook": hook, "hook_out": d.cfg.output_hook,
              "d_dict": d.cfg.d_dict, "k": d.cfg.k} for name, d in dicts]
-    # Sensitivity and steering perturb one hook along the decoder rows and take SAEs only.
-    saes = [spec for spec, (_, d) in zip(specs, dicts, strict=True) if not d.cfg.is_transcoder]
-    not_run: dict[str, str] = {}
+    # Sensitivity and steering perturb the hook a dictionary writes along its decoder rows:
+    # one run per written hook (a transcoder's output hook, the others' hook).
+    writes: dict[str, list[Any]] = {}
+    for spec, (_, d) in zip(specs, dicts, strict=True):
+        writes.setdefault(d.cfg.output_hook or hook, []).append(spec)
     tables: dict[str, list[dict[str, Any]]] = {}
     data: dict[str, Any] = {}
     pages: dict[str, str] = {}
@@ -127,30 +129,30 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         mod = evaluator(part)
         fields = {f for f in mod.Config.__dataclass_fields__}
         concepts = part in CONCEPT_PARTS
-        own = common if part in TRANSCODER_PARTS else {**common, "dictionaries": saes}
-        if not own["dictionaries"]:
-            not_run[part] = "no dictionary it takes (it perturbs the hook along decoder rows: SAEs only)"
-            continue
-        sub = mod.Config(**{k: v for k, v in own.items() if k in fields},
-                         **({"n_tokens": cfg.n_tokens} if part in TRANSCODER_PARTS else {}))
-        if concepts:  # one harvest and one encoding per dictionary for all three
-            prepared = prepared or prepare(sub, model, progress)
-            result = mod.run(sub, model=model, progress=progress, prepared=prepared)
+        if part in READING_PARTS:
+            sub = mod.Config(**{k: v for k, v in common.items() if k in fields}, n_tokens=cfg.n_tokens)
+            if concepts:  # one harvest and one encoding per dictionary for all three
+                prepared = prepared or prepare(sub, model, progress)
+                results = [mod.run(sub, model=model, progress=progress, prepared=prepared)]
+            else:
+                results = [mod.run(sub, model=model, progress=progress)]
         else:
-            result = mod.run(sub, model=model, progress=progress)
-        tables[part], data[part] = result.rows, result.summary
+            results = [mod.run(mod.Config(**{k: v for k, v in {**common, "hook": h, "dictionaries": group}.items()
+                                             if k in fields}), model=model, progress=progress)
+                       for h, group in writes.items()]
+        tables[part] = [r | ({"hook": res.config.get("hook")} if len(results) > 1 else {})
+                        for res in results for r in res.rows]
+        data[part] = results[0].summary if len(results) == 1 else {res.config.get("hook"): res.summary
+                                                                   for res in results}
         for row, (name, d) in zip(rows, dicts, strict=True):
-            row.update(_headline(part, result.summary, name))
+            for res in results:
+                row.update(_headline(part, res.summary, name))
             if part in SAEBENCH_IDS:
-                mine = [r for r in result.rows if name in str(r.get("dictionary", r.get("probe", "")))]
+                (res,) = results
+                mine = [r for r in res.rows if name in str(r.get("dictionary", r.get("probe", "")))]
                 pages[f"saebench/{name}_{part}_eval_results.json"] = saebench_json(
-                    part, name, d, result.config, _headline(part, result.summary, name), mine)
-    transcoders = [name for name, d in dicts if d.cfg.is_transcoder]
-    if transcoders and saes:
-        for part in ("sensitivity", "steering"):
-            if part in cfg.parts and part not in not_run:
-                not_run[part] = f"not run on the transcoder(s) {transcoders}: it perturbs the hook along decoder rows"
-    return EvalResult("suite", rows, {"dictionaries": len(rows), "parts": list(cfg.parts), "not_run": not_run},
+                    part, name, d, res.config, _headline(part, res.summary, name), mine)
+    return EvalResult("suite", rows, {"dictionaries": len(rows), "parts": list(cfg.parts)},
                       settings(cfg), tables=tables, data=data, pages=pages)
 
 
