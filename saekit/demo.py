@@ -35,6 +35,7 @@ from saekit.jobs import claim_output
 from saekit.metrics import StreamingStats, ce_kl_recovered_all, fvu_with_se
 from saekit.models import is_native_dir, load_model
 from saekit.report import Result, Section, Stat
+from saekit.schema import plural
 from saekit.training import fit
 
 DEMO_LM = Path(__file__).resolve().parent.parent / "checkpoints" / "demo-lm"
@@ -197,7 +198,7 @@ def run_demo(config: DemoConfig | str | Path | None = None, out: str | Path | No
         acts = harvest(model, hooks, tokens, batch_size=32, progress=True)
         dt = time.time() - t1
     n = int(mask.sum())
-    print(f"harvested {len(hooks)} hooks x {n:,} tokens in one pass per batch: {dt:.1f}s ({n / dt:,.0f} tokens/s)")
+    print(f"harvested {plural(len(hooks), 'hook')} x {n:,} tokens in one pass per batch: {dt:.1f}s ({n / dt:,.0f} tokens/s)")
 
     with stages("activation statistics, concepts per neuron"):
         hook_rows = []

@@ -48,6 +48,7 @@ from saekit.interp.answers import OUTCOMES, CallLog
 from saekit.interp.budget import SIZES, LLMBudget, Sizes
 from saekit.interp.llm import LLMError
 from saekit.report import json_safe
+from saekit.schema import plural
 
 PROGRESS_FILE = "llm_progress.json"
 
@@ -114,7 +115,7 @@ def run_llm(client: Any, model: Any, dictionary: Any, store: Any, corpus: Any, v
                 stopped = str(e)  # the server is gone: keep what is done, ask nothing more
                 descriptions.pop(f, None)
                 scores.pop(f, None)
-                warnings.warn(f"LLM work stopped after {len(done)} features: {e}", RuntimeWarning, stacklevel=2)
+                warnings.warn(f"LLM work stopped after {plural(len(done), 'feature')}: {e}", RuntimeWarning, stacklevel=2)
                 break
             scores[f]["llm_sizes_level"] = f_level
             budget.end()

@@ -62,7 +62,7 @@ from saekit.metrics.uncertainty import mean_se, paired_difference
 from saekit.models import load_model
 from saekit.report import Result
 from saekit.report.stats import EMPTY, LOW_N_NOTE, Stat, stat_text
-from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides
+from saekit.schema import add_config_arguments, add_config_file_arguments, given_overrides, plural
 from saekit.tokenization import token_strings
 
 
@@ -210,7 +210,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
                     progress=progress)
     shown = select_features(store, cfg.features)
     vocab = token_strings(model)
-    say(f"interp: {len(shown)} features shown of {dictionary.cfg.d_dict}; describing ...")
+    say(f"interp: {plural(len(shown), 'feature')} shown of {dictionary.cfg.d_dict:,}; describing ...")
     offline = describe.describe(store, vocab, shown, model=model, dictionary=dictionary)
     alive = [f for f in shown if store.count()[store.row(f)] > 0]
     clusters = prism.clusters(store, alive[:cfg.prism_features], vocab, max_windows=cfg.prism_windows,
@@ -222,7 +222,7 @@ def interp(model: Any, dictionary: Any, tokens: torch.Tensor, score_tokens: torc
     llm: dict[str, Any] = {"descriptions": {}, "scores": {}, "calls": {}, "work": None}
     if llm_feats:
         budget = f", within {cfg.llm_budget_s:g} s" if cfg.llm_budget_s else ""
-        say(f"interp: LLM explanations for {len(llm_feats)} features ({client.model}){budget}")
+        say(f"interp: LLM explanations for {plural(len(llm_feats), 'feature')} ({client.model}){budget}")
         llm = run_llm(client, model, dictionary, store, corpus, vocab, llm_feats, offline, clusters,
                       budget_s=cfg.llm_budget_s, seed=cfg.seed, out=out, progress=progress)
     descriptions = {f: [("offline", offline[f]["text"])] + [("prism", c.label) for c in clusters.get(f, [])]

@@ -49,6 +49,7 @@ from saekit.dictionaries.sae import SAE
 from saekit.fileio import atomic_write_text, remove_directory
 from saekit.jobs import Interrupted, graceful, requested
 from saekit.models import resolve_device
+from saekit.schema import plural
 from saekit.training.inputs import check_target, input_scale, rows_and_config, variance
 from saekit.training.metrics_log import MetricsLog
 from saekit.training.schedule import default_dead_tokens, default_lr, default_schedule
@@ -448,7 +449,7 @@ def _train_together(jobs: list[tuple[Trainer, dict[str, Any]]], progress: bool) 
     bar = None
     if progress:
         bar = tqdm(total=max(t.steps for t, _ in runs), initial=min(t.step for t, _ in runs),
-                   desc=f"train {len(runs)} dictionaries", unit="step")
+                   desc=f"train {plural(len(runs), 'dictionary', 'dictionaries')}", unit="step")
     active = list(runs)
     try:
         while active:
