@@ -446,9 +446,9 @@ def test_train_a_transcoder_from_a_cache_of_both_hooks(tmp_path):
 
 
 def test_perturbation_evaluators_take_a_transcoder_at_the_hook_it_writes(demo_model, demo_transcoder, tmp_path):
-    """Sensitivity and steering perturb the hook a transcoder writes (its output hook)
-    along its decoder rows, with its codes from its input hook; at its input hook they
-    say where to run; evaluators that do not take transcoders say so by name."""
+    """Sensitivity, steering and synthetic activations perturb the hook a transcoder writes
+    (its output hook) along its decoder rows, with its codes from its input hook; at its
+    input hook they say where to run."""
     from saekit.evals import run
     from saekit.evals.sensitivity import Config as SensitivityConfig
     from saekit.evals.synthetic import Config as SyntheticConfig
@@ -463,9 +463,16 @@ def test_perturbation_evaluators_take_a_transcoder_at_the_hook_it_writes(demo_mo
     feats = [row for row in r.rows if row.get("dictionary") == "tc" and row["experiment"] == "curve"]
     recon = [row for row in r.rows if row.get("dictionary") == "tc" and row["experiment"] == "pathology"]
     assert feats and recon and all(row["kl_mean"] > 0 for row in feats + recon), r.rows
-    with pytest.raises(ValueError, match=r"is a transcoder \(blocks.2.hook_resid_mid -> blocks.2.hook_mlp_out\); "
-                                         r"this evaluator does not take transcoders"):
+    with pytest.raises(ValueError, match="is a transcoder writing 'blocks.2.hook_mlp_out'.*set hook to"):
         run("synthetic", SyntheticConfig(hook=HOOK_IN, dictionaries=tc), model=demo_model)
+    # synthetic activations are the transcoder's predictions at the hook it writes, from
+    # codes of its input hook rearranged as the paper's bag of latents
+    r = run("synthetic", SyntheticConfig(hook=HOOK_OUT, read_hook="blocks.3.hook_resid_post", dictionaries=tc,
+                                         types=["real", "synthetic_baseline"], experiments=["plateau"],
+                                         readouts=["kl"], n_prompts=8, n_stat_prompts=64, n_steps=8),
+            model=demo_model)
+    assert {row["type"] for row in r.rows} == {"real", "synthetic_baseline"}, r.rows[:2]
+    assert any(row.get("dictionary") == "tc" for row in r.rows)
 
 
 def test_a_transcoder_trains_from_a_live_stream_of_both_hooks(demo_model):

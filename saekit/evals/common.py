@@ -261,8 +261,8 @@ def load_dictionaries(specs: list[Any] | None, model: Any, hook: str, field_name
         if getattr(d.cfg, "is_transcoder", False):
             if transcoders is None:
                 raise ValueError(f"{where} is a transcoder ({d.cfg.hook} -> {d.cfg.output_hook}); this evaluator "
-                                 "does not take transcoders: evaluate it with saekit eval suite, sensitivity or "
-                                 "steering (at its output hook), saekit compare or metrics.spliced.evaluate")
+                                 "does not take transcoders: evaluate it with saekit eval suite, sensitivity, "
+                                 "steering or synthetic (at its output hook), saekit compare or metrics.spliced.evaluate")
             if d.cfg.output_hook is None:
                 raise ValueError(f"{where} is a transcoder without a recorded output hook; set its hook_out")
             if transcoders == "writes":

@@ -89,6 +89,7 @@ from saekit.evals.common import (
     check_choices,
     encode_rows,
     fit_gaussian,
+    input_hooks,
     input_mask,
     load_dictionaries,
     load_model_for,
@@ -122,7 +123,8 @@ class Config(EvalConfig):
     """Later hook whose last-position L2 change is the ``l2`` read-out."""
     dictionaries: list[str] | None = field(
         default_factory=lambda: ["checkpoints/demo-topk", "checkpoints/demo-snmf"])
-    """Dictionaries the synthetic activations are built from (each fitted on ``hook``);
+    """Dictionaries the synthetic activations are built from (each fitted on ``hook``, or a
+    transcoder that writes it);
     ``[]`` or None: only ``real`` and ``random``."""
     n_tokens: int = 0
     """Not used (must stay 0): ``n_prompts`` and ``n_stat_prompts`` set how much text is read."""
@@ -269,7 +271,9 @@ def synthetic_structured(codes: Tensor, active: Tensor, st: FeatureStats, k: int
 
 def build_synthetic(dictionary: Any, st: FeatureStats, A: Tensor, kind: str, cfg: Config,
                     rng: np.random.Generator) -> Tensor:
-    """Synthetic activations ``[n, d_in]`` of ``kind`` built from real ones ``A [n, d_in]``."""
+    """Synthetic activations ``[n, d]`` of ``kind`` built from real ones ``A [n, d_in]``, the
+    rows the dictionary encodes (a transcoder's input hook: the synthetic activations are
+    its predictions at its output hook, a skip transcoder's skip term taken from ``A``)."""
     with torch.no_grad():
         codes = encode_rows(dictionary, A.to(dictionary.W_dec.device)).float().cpu()
         active = dictionary.active(codes.to(dictionary.W_dec.device)).cpu()
@@ -279,7 +283,10 @@ def build_synthetic(dictionary: Any, st: FeatureStats, A: Tensor, kind: str, cfg
         else:
             new = torch.stack([synthetic_structured(c, m, st, cfg.structured_neighbours, cfg.anchor_cosine)
                                for c, m in zip(codes, active, strict=True)])
-        return dictionary.decode(new.to(dictionary.W_dec.device, dictionary.W_dec.dtype)).float().cpu()
+        new = new.to(dictionary.W_dec.device, dictionary.W_dec.dtype)
+        if dictionary.cfg.is_transcoder:
+            return dictionary.decode(new, A.to(dictionary.W_dec.device, dictionary.W_dec.dtype)).float().cpu()
+        return dictionary.decode(new).float().cpu()
 
 
 # --------------------------------------------------------------------------- the evaluator
@@ -339,7 +346,7 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
         validate_hook(model, cfg.read_hook)
         if cfg.read_hook == cfg.hook or hook_order(model, [cfg.hook, cfg.read_hook])[0] != cfg.hook:
             raise ValueError(f"read_hook {cfg.read_hook!r} must come after hook {cfg.hook!r} in the forward pass")
-    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook)
+    dicts = load_dictionaries(cfg.dictionaries, model, cfg.hook, transcoders="writes")
     synth_types = [t for t in cfg.types if t.startswith("synthetic")]
     if synth_types and not dicts:
         raise ValueError(f"types {synth_types} need a dictionary; dictionaries is empty")
@@ -357,7 +364,8 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
                          f"n_prompts + n_stat_prompts = {need}")
     tokens = tokens[torch.randperm(len(tokens), generator=g)[:need]]
     prompts = tokens[:cfg.n_prompts]  # the rest are the statistics prompts
-    hooks = [cfg.hook] + ([cfg.read_hook] if want_l2 else [])
+    # transcoders that write cfg.hook encode their own input hook, read in the same passes
+    hooks = list(dict.fromkeys([cfg.hook] + ([cfg.read_hook] if want_l2 else []) + input_hooks(dicts, cfg.hook)))
     last: dict[str, list[Tensor]] = {h: [] for h in hooks}
     for i in range(0, need, cfg.batch_size):
         got = forward_hooks(model, hooks, tokens[i:i + cfg.batch_size].to(dev))
@@ -386,10 +394,11 @@ def run(cfg: Config, model: Any = None, progress: bool = False) -> EvalResult:
             targets.append(gauss.sample(cfg.n_prompts, g))
         else:
             for name, d in dicts:
+                rows = torch.cat(last[d.cfg.hook]) if d.cfg.is_transcoder else hook_last  # what d encodes
                 if name not in stats:
-                    stats[name] = feature_stats(d, stat)
+                    stats[name] = feature_stats(d, rows[cfg.n_prompts:])
                 kinds.append((t, name))
-                targets.append(build_synthetic(d, stats[name], A, t, cfg, rng))
+                targets.append(build_synthetic(d, stats[name], rows[:cfg.n_prompts], t, cfg, rng))
     K, P = len(kinds), cfg.n_prompts
     prompt_idx = torch.arange(P).repeat(K)  # kind-major: walk j = k·P + p
     T = torch.cat(targets)
