@@ -11,10 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import (
-    REGISTRY,
-    Dictionary,
-    DictionaryConfig,
+from saekit.dictionaries.base import REGISTRY, Dictionary, DictionaryConfig
+from saekit.dictionaries.integrity import (
     FormatError,
     check_tensor,
     read_json_object,
